@@ -1,0 +1,255 @@
+"""Reading the published split files and building the graphs ReFINe++ trains on.
+
+File layout (SPEC.md §1): ``<data_dir>/<DATASET>/<DATASET>_{train_augment,train_original,
+validation,test}.csv`` with the RecBole-style columns ``user_id:token``, ``item_id:token``,
+``rating:float``.
+
+Rating classes in the train file (SPEC.md §4): positive r >= 4, confirmed negative r <= 1,
+neutral r in {2, 3}. T = positive ∪ confirmed negative. Users and items are re-indexed by
+the sorted unique ids occurring in T; graph node ids are users 0..U-1, items U..U+I-1.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+DATASETS = ("ML-100K", "ML-1M", "Netflix-1M", "Amazon_Digital_Music", "Amazon_Books")
+USER_COL, ITEM_COL, RATING_COL = "user_id:token", "item_id:token", "rating:float"
+TRAIN_RATINGS = (0.5, 1.0, 2.0, 3.0, 4.0, 4.5, 5.0)
+DATA_DIR_ENV = "REFINE_DATA_DIR"
+
+
+class DataError(Exception):
+    """A problem with the input data, reported to the user as one line (exit code 2)."""
+
+
+def resolve_data_dir(data_dir: str | None = None) -> Path:
+    """``--data_dir`` if given, else ``$REFINE_DATA_DIR``, else ``dataset/``."""
+    return Path(data_dir or os.environ.get(DATA_DIR_ENV) or "dataset")
+
+
+def split_path(data_dir: str | Path, dataset: str, split: str) -> Path:
+    """Path of one split file; ``split`` is train_augment, train_original, validation or test."""
+    return Path(data_dir) / dataset / f"{dataset}_{split}.csv"
+
+
+def read_split(path: Path, *, is_train: bool, warn=print) -> pd.DataFrame:
+    """Read and validate one split file; returns the three columns, first row of duplicates kept.
+
+    Raises DataError (one line) for a missing file, missing columns, non-numeric or
+    unexpected ratings and empty splits.
+    """
+    if not path.is_file():
+        raise DataError(
+            f"missing data file {path}: download the published splits "
+            f"(python dataloader.py download --dataset {path.parent.name}) or place them there "
+            f"(set --data_dir or ${DATA_DIR_ENV} to another folder)")
+    try:
+        df = pd.read_csv(path, dtype={USER_COL: str, ITEM_COL: str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot be read as CSV ({str(err).splitlines()[0]})") from None
+    missing = [c for c in (USER_COL, ITEM_COL, RATING_COL) if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; "
+                        f"found {', '.join(map(str, df.columns))}")
+    df = df[[USER_COL, ITEM_COL, RATING_COL]]
+    ratings = pd.to_numeric(df[RATING_COL], errors="coerce")
+    bad = ratings.isna() & df[RATING_COL].notna() | df[RATING_COL].isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(f"{path}: {int(bad.sum())} non-numeric or empty rating(s), first at data "
+                        f"row {row + 1}: {df[RATING_COL].iloc[row]!r}")
+    if df[USER_COL].isna().any() or df[ITEM_COL].isna().any():
+        raise DataError(f"{path}: empty user or item id in "
+                        f"{int((df[USER_COL].isna() | df[ITEM_COL].isna()).sum())} row(s)")
+    df = df.assign(**{RATING_COL: ratings.astype(np.float64)})
+    if is_train:
+        unexpected = ~df[RATING_COL].isin(TRAIN_RATINGS)
+        if unexpected.any():
+            values = sorted(df.loc[unexpected, RATING_COL].unique().tolist())[:5]
+            raise DataError(f"{path}: {int(unexpected.sum())} rating(s) outside "
+                            f"{list(TRAIN_RATINGS)}, e.g. {values}")
+    dup = df.duplicated([USER_COL, ITEM_COL], keep="first")
+    if dup.any():
+        warn(f"warning: {path.name}: {int(dup.sum())} duplicate (user, item) row(s); "
+             f"kept the first of each")
+        df = df[~dup]
+    if len(df) == 0:
+        raise DataError(f"{path}: the split is empty")
+    return df.reset_index(drop=True)
+
+
+def _sorted_ids(values: pd.Series) -> np.ndarray:
+    """Sorted unique ids: numeric order when every id is an integer, else lexicographic."""
+    unique = pd.unique(values.to_numpy(dtype=object))
+    as_int = pd.to_numeric(pd.Series(unique), errors="coerce")
+    if len(unique) and as_int.notna().all() and (as_int == as_int.round()).all():
+        order = np.argsort(as_int.to_numpy(dtype=np.float64), kind="stable")
+    else:
+        order = np.argsort(unique.astype(str), kind="stable")
+    return unique[order]
+
+
+@dataclass
+class Interactions:
+    """Index pairs of one relation; ``users`` in 0..U-1, ``items`` in 0..I-1 (LongTensors)."""
+
+    users: torch.Tensor
+    items: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.users.numel())
+
+    def to(self, device) -> "Interactions":
+        return Interactions(self.users.to(device), self.items.to(device))
+
+
+@dataclass
+class RecData:
+    """Everything the models and the evaluation need, in index space.
+
+    ``train`` is T in file order with ``train_is_pos`` telling positives from confirmed
+    negatives; ``neutral`` are the 2/3 rows (masked in evaluation, weight 1 in sampling).
+    """
+
+    dataset: str
+    num_users: int
+    num_items: int
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    train: Interactions
+    train_is_pos: torch.Tensor
+    neutral: Interactions
+    validation: Interactions
+    test: Interactions
+
+    @property
+    def positives(self) -> Interactions:
+        return Interactions(self.train.users[self.train_is_pos], self.train.items[self.train_is_pos])
+
+    @property
+    def negatives(self) -> Interactions:
+        keep = ~self.train_is_pos
+        return Interactions(self.train.users[keep], self.train.items[keep])
+
+
+def _encode(df: pd.DataFrame, user_index: pd.Index, item_index: pd.Index):
+    users = user_index.get_indexer(df[USER_COL].to_numpy(dtype=object))
+    items = item_index.get_indexer(df[ITEM_COL].to_numpy(dtype=object))
+    return users, items
+
+
+def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
+                 warn=print) -> RecData:
+    """Load the train/validation/test files of ``dataset`` and encode them (SPEC.md §4).
+
+    Validation/test rows whose user or item does not occur in T are dropped with a counted
+    warning; rows with rating < 4 there are dropped too (SPEC: they hold positives only).
+    """
+    if dataset_augment not in ("augment", "original"):
+        raise DataError(f"--dataset_augment must be augment or original, got {dataset_augment!r}")
+    train_df = read_split(split_path(data_dir, dataset, f"train_{dataset_augment}"),
+                          is_train=True, warn=warn)
+    rating = train_df[RATING_COL].to_numpy()
+    in_t = (rating >= 4) | (rating <= 1)
+    t_df = train_df[in_t]
+    if len(t_df) == 0 or not (t_df[RATING_COL] >= 4).any():
+        raise DataError(f"{split_path(data_dir, dataset, f'train_{dataset_augment}')}: "
+                        f"no positive (rating >= 4) training rows")
+    user_ids = _sorted_ids(t_df[USER_COL])
+    item_ids = _sorted_ids(t_df[ITEM_COL])
+    user_index, item_index = pd.Index(user_ids), pd.Index(item_ids)
+
+    t_users, t_items = _encode(t_df, user_index, item_index)
+    neutral_df = train_df[~in_t]
+    n_users, n_items = _encode(neutral_df, user_index, item_index)
+    known = (n_users >= 0) & (n_items >= 0)  # a neutral row of a user/item absent from T
+    if not known.all():
+        warn(f"warning: {int((~known).sum())} neutral training row(s) of users/items absent "
+             f"from T ignored")
+
+    def eval_split(split: str) -> Interactions:
+        path = split_path(data_dir, dataset, split)
+        df = read_split(path, is_train=False, warn=warn)
+        low = df[RATING_COL] < 4
+        if low.any():
+            warn(f"warning: {path.name}: dropped {int(low.sum())} row(s) with rating < 4")
+            df = df[~low]
+        users, items = _encode(df, user_index, item_index)
+        seen = (users >= 0) & (items >= 0)
+        if not seen.all():
+            warn(f"warning: {path.name}: dropped {int((~seen).sum())} row(s) whose user or item "
+                 f"is not in the training data")
+        if not seen.any():
+            raise DataError(f"{path}: no row left after dropping users/items unseen in training")
+        return Interactions(torch.as_tensor(users[seen], dtype=torch.long),
+                            torch.as_tensor(items[seen], dtype=torch.long))
+
+    return RecData(
+        dataset=dataset, num_users=len(user_ids), num_items=len(item_ids),
+        user_ids=user_ids, item_ids=item_ids,
+        train=Interactions(torch.as_tensor(t_users, dtype=torch.long),
+                           torch.as_tensor(t_items, dtype=torch.long)),
+        train_is_pos=torch.as_tensor(t_df[RATING_COL].to_numpy() >= 4),
+        neutral=Interactions(torch.as_tensor(n_users[known], dtype=torch.long),
+                             torch.as_tensor(n_items[known], dtype=torch.long)),
+        validation=eval_split("validation"), test=eval_split("test"))
+
+
+# ----------------------------------------------------------------------------- graphs
+
+def build_norm_adj(train: Interactions, num_users: int, num_items: int) -> torch.Tensor:
+    """D^-1/2 A D^-1/2 of the bipartite graph of T as a (U+I) x (U+I) sparse CSR tensor.
+
+    Every (u, i) in T is an edge in both directions (confirmed negatives included, as in
+    the reference); no self loops; degrees are taken from this graph.
+    """
+    n = num_users + num_items
+    row = torch.cat([train.users, train.items + num_users])
+    col = torch.cat([train.items + num_users, train.users])
+    deg = torch.bincount(row, minlength=n).to(torch.float32)
+    inv_sqrt = deg.pow(-0.5)
+    inv_sqrt[deg == 0] = 0.0
+    values = inv_sqrt[row] * inv_sqrt[col]
+    coo = torch.sparse_coo_tensor(torch.stack([row, col]), values, (n, n),
+                                  check_invariants=False).coalesce()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta" is noise for users
+        warnings.simplefilter("ignore", UserWarning)
+        return coo.to_sparse_csr()
+
+
+@dataclass
+class RowIndex:
+    """CSR layout of a relation grouped by row: the columns of row r are
+    ``indices[indptr[r]:indptr[r+1]]`` (sorted)."""
+
+    indptr: torch.Tensor
+    indices: torch.Tensor
+
+    @staticmethod
+    def build(rows: torch.Tensor, cols: torch.Tensor, num_rows: int) -> "RowIndex":
+        order = torch.argsort(rows * (int(cols.max()) + 1 if cols.numel() else 1) + cols)
+        counts = torch.bincount(rows, minlength=num_rows)
+        indptr = torch.zeros(num_rows + 1, dtype=torch.long)
+        indptr[1:] = torch.cumsum(counts, 0)
+        return RowIndex(indptr, cols[order].contiguous())
+
+    def to(self, device) -> "RowIndex":
+        return RowIndex(self.indptr.to(device), self.indices.to(device))
+
+    def degree(self) -> torch.Tensor:
+        return self.indptr[1:] - self.indptr[:-1]
+
+    def gather(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Entries of the given rows: (position of the row in ``rows``, column), flattened."""
+        start, count = self.indptr[rows], self.indptr[rows + 1] - self.indptr[rows]
+        owner = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), count)
+        offset = torch.arange(owner.numel(), device=rows.device) - torch.repeat_interleave(
+            torch.cumsum(count, 0) - count, count)
+        return owner, self.indices[torch.repeat_interleave(start, count) + offset]
