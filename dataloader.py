@@ -22,6 +22,7 @@ import torch
 DATASETS = ("ML-100K", "ML-1M", "Netflix-1M", "Amazon_Digital_Music", "Amazon_Books")
 USER_COL, ITEM_COL, RATING_COL = "user_id:token", "item_id:token", "rating:float"
 TRAIN_RATINGS = (0.5, 1.0, 2.0, 3.0, 4.0, 4.5, 5.0)
+EVAL_RATINGS = (1.0, 2.0, 3.0, 4.0, 5.0)  # raw ratings; 0.5/4.5 exist only after refinement
 DATA_DIR_ENV = "REFINE_DATA_DIR"
 
 
@@ -69,12 +70,12 @@ def read_split(path: Path, *, is_train: bool, warn=print) -> pd.DataFrame:
         raise DataError(f"{path}: empty user or item id in "
                         f"{int((df[USER_COL].isna() | df[ITEM_COL].isna()).sum())} row(s)")
     df = df.assign(**{RATING_COL: ratings.astype(np.float64)})
-    if is_train:
-        unexpected = ~df[RATING_COL].isin(TRAIN_RATINGS)
-        if unexpected.any():
-            values = sorted(df.loc[unexpected, RATING_COL].unique().tolist())[:5]
-            raise DataError(f"{path}: {int(unexpected.sum())} rating(s) outside "
-                            f"{list(TRAIN_RATINGS)}, e.g. {values}")
+    expected = TRAIN_RATINGS if is_train else EVAL_RATINGS  # eval rows < 4 are dropped later
+    unexpected = ~df[RATING_COL].isin(expected)
+    if unexpected.any():
+        values = sorted(df.loc[unexpected, RATING_COL].unique().tolist())[:5]
+        raise DataError(f"{path}: {int(unexpected.sum())} rating(s) outside "
+                        f"{list(expected)}, e.g. {values}")
     dup = df.duplicated([USER_COL, ITEM_COL], keep="first")
     if dup.any():
         warn(f"warning: {path.name}: {int(dup.sum())} duplicate (user, item) row(s); "
@@ -253,3 +254,107 @@ class RowIndex:
         offset = torch.arange(owner.numel(), device=rows.device) - torch.repeat_interleave(
             torch.cumsum(count, 0) - count, count)
         return owner, self.indices[torch.repeat_interleave(start, count) + offset]
+
+
+# ----------------------------------------------------------------------------- getting the files
+
+def ensure_split_files(data_dir, dataset: str, splits: list[str], download: bool = True,
+                       base_url: str | None = None, log=print) -> None:
+    """Download missing published split files (verified by git blob SHA-1) unless
+    ``download`` is False; raise DataError naming a missing file and how to get it.
+    The base URL defaults to the pinned upstream commit; ``$REFINE_BASE_URL`` overrides it."""
+    from datasets_fetch import ensure_split_files as ensure  # urllib/zip only when needed
+    ensure(data_dir, dataset, splits, download=download, base_url=base_url, log=log)
+
+
+def main(argv=None) -> int:
+    """``python dataloader.py prepare|download|stats``; DataError -> one line, exit code 2."""
+    import argparse
+    import sys
+
+    import datasets_fetch as fetch
+    import datasets_prep as prep
+
+    parser = argparse.ArgumentParser(prog="python dataloader.py",
+                                     description="Get, prepare and inspect the split files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data_dir", help=f"split folder (default ${DATA_DIR_ENV} or dataset/)")
+
+    p = sub.add_parser("download", parents=[common], help="fetch published splits (verified)")
+    p.add_argument("--dataset", required=True, choices=DATASETS)
+    p.add_argument("--splits", nargs="+", choices=prep.SPLITS, default=list(prep.SPLITS))
+    p.add_argument("--base_url", help=f"instead of ${fetch.BASE_URL_ENV} or the pinned commit "
+                   f"(with --raw: instead of ${fetch.RAW_BASE_URL_ENV} or RecBole's bucket)")
+    p.add_argument("--raw", action="store_true",
+                   help="fetch RecBole's raw zip into --raw_dir instead of the splits")
+    p.add_argument("--raw_dir", help="raw folder (default <data_dir>/raw)")
+
+    p = sub.add_parser("prepare", parents=[common], help="write train_original/validation/test "
+                       "from raw RecBole files (SPEC.md §2)")
+    p.add_argument("--dataset", choices=DATASETS, help="a published dataset")
+    p.add_argument("--raw_dir", help="folder of its raw files (default <data_dir>/raw/<stem>)")
+    p.add_argument("--inter", help="your own .inter file (user_id:token, item_id:token, "
+                   "rating:float; tab separated)")
+    p.add_argument("--item", help="optional .item file of your own dataset")
+    p.add_argument("--text_cols", nargs="+", help="item columns a row must have "
+                   "(default: every column of --item)")
+    p.add_argument("--name", help="name of your own dataset (the output folder)")
+    p.add_argument("--positive", type=float, default=4.0, help="positive: rating >= this")
+    p.add_argument("--core", type=int, default=5, help="k-core of users and items")
+    p.add_argument("--valid_ratio", type=float, default=0.1)
+    p.add_argument("--test_ratio", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--sample_users", type=int, default=0, help="own data: draw this many users")
+    p.add_argument("--check", action="store_true",
+                   help="compare the output with the published git blob SHA-1s (exit 1 if not equal)")
+
+    p = sub.add_parser("stats", parents=[common], help="users, items, ratings per split")
+    p.add_argument("--dataset", required=True)
+
+    args = parser.parse_args(argv)
+    data_dir = resolve_data_dir(args.data_dir)
+    try:
+        if args.command == "download":
+            if args.raw:
+                fetch.download_raw(args.dataset, Path(args.raw_dir or data_dir / "raw"),
+                                   base_url=args.base_url)
+            else:
+                for split in args.splits:
+                    path = split_path(data_dir, args.dataset, split)
+                    if path.is_file():
+                        ok = fetch.check_published([path], args.dataset)
+                        if not ok:
+                            print(f"warning: kept the local {path}; delete it to download "
+                                  f"the published file")
+                        continue
+                    fetch.download_split(data_dir, args.dataset, split, base_url=args.base_url)
+        elif args.command == "prepare":
+            protocol = prep.SplitProtocol(positive=args.positive, core=args.core,
+                                          valid_ratio=args.valid_ratio,
+                                          test_ratio=args.test_ratio, seed=args.seed)
+            if bool(args.dataset) == bool(args.inter):
+                raise DataError("prepare needs either --dataset NAME or --inter FILE --name NAME")
+            if args.dataset:
+                raw_dir = Path(args.raw_dir or data_dir / "raw" / prep.RAW_FORMATS[args.dataset].stem)
+                paths = prep.prepare_dataset(args.dataset, raw_dir, data_dir, protocol)
+                if args.check and not fetch.check_published(paths, args.dataset):
+                    return 1
+            else:
+                if not args.name:
+                    raise DataError("--inter needs --name NAME (the output folder name)")
+                prep.prepare_custom(args.inter, args.name, data_dir, item_path=args.item,
+                                    text_cols=args.text_cols, protocol=protocol,
+                                    sample_users=args.sample_users)
+        else:
+            print(prep.format_stats(prep.dataset_stats(data_dir, args.dataset)))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the imported module's main so DataError is the class the helper modules raise.
+    from dataloader import main as _main
+    raise SystemExit(_main())

@@ -1,0 +1,221 @@
+"""Fetching data files over HTTP with verification: the published split files (git blob
+SHA-1 from ../shared/datasets/MANIFEST.tsv, shipped below as a table) and RecBole's raw zips.
+
+Every download streams into a temp file next to its destination and is renamed into place
+only after it verified; a failed check deletes it. Errors are one line naming the URL and
+the folder where the file can be placed by hand.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from dataloader import DataError, split_path
+from datasets_prep import NETFLIX_GENRES, NETFLIX_TITLES, RAW_FORMATS, RawFormat, raw_format
+
+PUBLISHED_COMMIT = "458d2b3693663514849fb28bba38eaa3d75ff0cb"
+DEFAULT_BASE_URL = ("https://raw.githubusercontent.com/Chanwoo-Jeong-2000/ReFINe_plus/"
+                    f"{PUBLISHED_COMMIT}/dataset")
+BASE_URL_ENV = "REFINE_BASE_URL"
+RAW_BASE_URL = "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets"
+RAW_BASE_URL_ENV = "REFINE_RAW_BASE_URL"
+
+# Git blob SHA-1 of every published split file (from ../shared/datasets/MANIFEST.tsv), i.e.
+# sha1(b"blob <size>\0" + data): the same id `git hash-object FILE` prints.
+PUBLISHED_BLOBS = {
+    "Amazon_Books/Amazon_Books_test.csv": "a3ac9499f5124ddef4d8eba80047736a2fc53a58",
+    "Amazon_Books/Amazon_Books_train_augment.csv": "e9b9200d12833f95584cd2279feefe0987ffa1d4",
+    "Amazon_Books/Amazon_Books_train_original.csv": "cc9a161e2c5055808411b7d8395ac1f6dfb91c6d",
+    "Amazon_Books/Amazon_Books_validation.csv": "3fe96a092f12828ed143f29863fbdde88cd871ee",
+    "Amazon_Digital_Music/Amazon_Digital_Music_test.csv":
+        "182119cc4c3f601d253cfef62bc89c875b7c4ad8",
+    "Amazon_Digital_Music/Amazon_Digital_Music_train_augment.csv":
+        "dac24d3d94cf865b015dfbc5e7e16df854b7c0f2",
+    "Amazon_Digital_Music/Amazon_Digital_Music_train_original.csv":
+        "2fd87cad23f736fddce491ddffbcb057b8ea05ef",
+    "Amazon_Digital_Music/Amazon_Digital_Music_validation.csv":
+        "6a942ba0108749460403ca53b5fd7d92dcd57c75",
+    "ML-100K/ML-100K_test.csv": "f3cbe95698f3cd22627cf92045ff0eb5a0e951f5",
+    "ML-100K/ML-100K_train_augment.csv": "0cc04baaf46fcc4ee59a6adbb999d8bf56adb8e9",
+    "ML-100K/ML-100K_train_original.csv": "38def0b51e296992900303f611ff2bf85c1a0b73",
+    "ML-100K/ML-100K_validation.csv": "dc14ca7fcd367346f249d6aeb23a3e09f20cbef1",
+    "ML-1M/ML-1M_test.csv": "c1407e658b3e0815ace9822ea64dbfed13165d6a",
+    "ML-1M/ML-1M_train_augment.csv": "40e29bb86d51752fe10a7bc1cd2e3d96c53bbbda",
+    "ML-1M/ML-1M_train_original.csv": "e3baf41eef82249f4af08dc0e9e846a84892a7a0",
+    "ML-1M/ML-1M_validation.csv": "474b0a7448e43441e02b924b4fc446f5492654f8",
+    "Netflix-1M/Netflix-1M_test.csv": "d1b455f977e866fa707819dbb1df54ae1e563390",
+    "Netflix-1M/Netflix-1M_train_augment.csv": "771c07bced85dba460ce294a103b2bfa55d1c7ad",
+    "Netflix-1M/Netflix-1M_train_original.csv": "f4341eb1be8f1d794297e33f6ef3f022fc138b1e",
+    "Netflix-1M/Netflix-1M_validation.csv": "1d16d5157068acc8230ad6b234b5f6992401689d",
+}
+
+# SHA-256 of raw files whose official bytes we know (RecBole's ml-100k.zip members).
+RAW_SHA256 = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+}
+
+
+def git_blob_sha1(path: Path) -> str:
+    """SHA-1 of ``b"blob <size>\\0" + data`` (what ``git hash-object`` prints)."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def published_key(dataset: str, split: str) -> str:
+    return f"{dataset}/{dataset}_{split}.csv"
+
+
+def _fetch(url: str, dest: Path, verify, hand_hint: str) -> None:
+    """Stream ``url`` into a temp file next to ``dest``; ``verify(tmp)`` returns an error text
+    or None; only a verified file is renamed to ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")  # same folder: rename is atomic
+    try:
+        with open(tmp, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=60)
+            except urllib.error.HTTPError as err:
+                raise DataError(f"download failed: HTTP {err.code} {err.reason} for {url}; "
+                                f"{hand_hint}") from None
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                reason = getattr(err, "reason", err)
+                raise DataError(f"download failed: cannot reach {url} ({reason}); "
+                                f"{hand_hint}") from None
+            with response:
+                size = response.headers.get("Content-Length")
+                with tqdm(total=int(size) if size else None, unit="B", unit_scale=True,
+                          unit_divisor=1024, desc=dest.name, mininterval=0.5) as bar:
+                    try:
+                        for block in iter(lambda: response.read(1 << 16), b""):
+                            out.write(block)
+                            bar.update(len(block))
+                    except (OSError, http.client.HTTPException) as err:
+                        raise DataError(f"download failed: connection lost while reading "
+                                        f"{url} ({err}); {hand_hint}") from None
+        problem = verify(tmp)
+        if problem:
+            raise DataError(f"download of {url} rejected: {problem}; deleted it, nothing "
+                            f"written to {dest}")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_base_url(base_url: str | None = None) -> str:
+    """``--base_url`` if given, else ``$REFINE_BASE_URL``, else the pinned upstream commit."""
+    return (base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL).rstrip("/")
+
+
+def download_split(data_dir, dataset: str, split: str, base_url: str | None = None,
+                   log=print) -> Path:
+    """Download one published split file into ``data_dir`` and verify its git blob SHA-1."""
+    key = published_key(dataset, split)
+    if key not in PUBLISHED_BLOBS:
+        raise DataError(f"{key} is not a published file (published datasets: "
+                        f"{', '.join(RAW_FORMATS)}); prepare it with python dataloader.py prepare")
+    expected = PUBLISHED_BLOBS[key]
+    dest = split_path(data_dir, dataset, split)
+    url = f"{resolve_base_url(base_url)}/{key}"
+
+    def verify(tmp: Path) -> str | None:
+        got = git_blob_sha1(tmp)
+        if got != expected:
+            return f"git blob SHA-1 {got} != published {expected}"
+        with open(tmp, "rb") as f:  # raw.githubusercontent serves LFS pointers as-is
+            if f.read(40).startswith(b"version https://git-lfs"):
+                return "the server sent a Git LFS pointer, not the data"
+        return None
+
+    log(f"downloading {url}")
+    _fetch(url, dest, verify, f"to work offline, place {dest.name} in {dest.parent}/ by hand")
+    log(f"verified {dest} (git blob {expected})")
+    return dest
+
+
+def ensure_split_files(data_dir, dataset: str, splits: list[str], download: bool = True,
+                       base_url: str | None = None, log=print) -> None:
+    """Make sure every split file of ``dataset`` exists in ``data_dir``: missing published
+    files are downloaded and verified (unless ``download`` is False); otherwise DataError
+    says which file is missing and how to get it. Existing files are used as they are."""
+    for split in splits:
+        path = split_path(data_dir, dataset, split)
+        if path.is_file():
+            continue
+        key = published_key(dataset, split)
+        if key not in PUBLISHED_BLOBS:
+            how = ("run refine_llm.py to write it" if split == "train_augment" else
+                   "prepare it with python dataloader.py prepare")
+            raise DataError(f"missing data file {path}: not a published file; {how}")
+        if not download:
+            raise DataError(f"missing data file {path}: allow downloading (drop --no_download) "
+                            f"or run python dataloader.py download --dataset {dataset} "
+                            f"--data_dir {Path(data_dir)}, or place it there by hand")
+        download_split(data_dir, dataset, split, base_url=base_url, log=log)
+
+
+def download_raw(dataset: str, raw_dir, base_url: str | None = None, log=print) -> Path:
+    """Fetch RecBole's zip of ``dataset`` and extract its .inter/.item files into
+    ``raw_dir/<stem>/``; files with a known SHA-256 are verified."""
+    fmt = raw_format(dataset)
+    out_dir = Path(raw_dir) / fmt.stem
+    base = (base_url or os.environ.get(RAW_BASE_URL_ENV) or RAW_BASE_URL).rstrip("/")
+    url = f"{base}/{fmt.zip_name}"
+    zip_path = out_dir / Path(fmt.zip_name).name
+
+    def verify(tmp: Path) -> str | None:
+        if not zipfile.is_zipfile(tmp):
+            return "not a zip file"
+        with zipfile.ZipFile(tmp) as zf:
+            names = [n for n in zf.namelist() if Path(n).name in _raw_names(fmt)]
+            if f"{fmt.stem}.inter" not in {Path(n).name for n in names}:
+                return f"the zip holds no {fmt.stem}.inter"
+            for name in names:
+                known = RAW_SHA256.get(Path(name).name)
+                if known and hashlib.sha256(zf.read(name)).hexdigest() != known:
+                    return f"{Path(name).name} has an unexpected SHA-256"
+        return None
+
+    log(f"downloading {url}")
+    _fetch(url, zip_path, verify, f"to work offline, download it by hand and extract "
+                                   f"{fmt.stem}.inter and {fmt.stem}.item into {out_dir}/")
+    with zipfile.ZipFile(zip_path) as zf:
+        for name in zf.namelist():
+            if Path(name).name in _raw_names(fmt):
+                dest = out_dir / Path(name).name
+                part = dest.with_name(f".{dest.name}.part")
+                part.write_bytes(zf.read(name))
+                os.replace(part, dest)
+                log(f"extracted {dest}")
+    zip_path.unlink()
+    if fmt.netflix_items:
+        log(f"Netflix also needs {NETFLIX_TITLES} (Kaggle: netflix-inc/netflix-prize-data) and "
+            f"{NETFLIX_GENRES} (GitHub: tommasocarraro/netflix-prize-with-genres) in {out_dir}/")
+    return out_dir
+
+
+def _raw_names(fmt: RawFormat) -> set[str]:
+    return {f"{fmt.stem}.inter", f"{fmt.stem}.item"}
+
+
+def check_published(paths, dataset: str, log=print) -> bool:
+    """Compare prepared files with the published git blob SHA-1s; True when all match."""
+    ok = True
+    for path in paths:
+        expected = PUBLISHED_BLOBS.get(f"{dataset}/{Path(path).name}")
+        got = git_blob_sha1(Path(path))
+        same = got == expected
+        ok &= same
+        log(f"{'OK      ' if same else 'MISMATCH'} {Path(path).name} {got}"
+            f"{'' if same else f' (published {expected})'}")
+    return ok

@@ -1,0 +1,305 @@
+"""Preparing split files from raw RecBole atomic files exactly as the paper did (SPEC.md §2),
+and their statistics. ``python dataloader.py prepare|download|stats`` is the CLI;
+datasets_fetch.py downloads.
+
+Preparation (SPEC.md §2), for every dataset alike:
+  1. left-join the item text columns onto the interactions, drop rows missing user, item,
+     rating or any text field (Netflix: first keep 5,000 drawn users);
+  2. repeat until the row count is stable: pos = rating >= 4, neg = the rest; 5-core pos
+     (items, then users); df = concat(pos, neg); 5-core df the same way;
+  3. keep neg rows whose user and item occur in pos;
+  4. per user in ascending id order, one global seed: permutation(n), test = first int(0.2 n),
+     validation = next int(0.1 n), train = the rest, each in original row order;
+  5. train_original = train parts + neg; write user_id:token, item_id:token, rating:float.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from dataloader import (DataError, ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_COL, read_split,
+                        split_path)
+
+SPLITS = ("train_augment", "train_original", "validation", "test")
+PREPARED_SPLITS = ("train_original", "validation", "test")
+
+
+@dataclass(frozen=True)
+class RawFormat:
+    """How one dataset's raw files look: ``<stem>.inter`` (+ ``<stem>.item``), the item text
+    columns a row must have, the RecBole zip, and the Netflix-only user draw."""
+
+    stem: str
+    text_cols: tuple[str, ...]
+    zip_name: str | None = None
+    sample_users: int = 0
+    netflix_items: bool = False  # items from movie_titles.csv + netflix_genres.csv
+
+
+RAW_FORMATS = {
+    "ML-100K": RawFormat("ml-100k", ("movie_title:token_seq", "release_year:token",
+                                     "class:token_seq"), "MovieLens/ml-100k.zip"),
+    "ML-1M": RawFormat("ml-1m", ("movie_title:token_seq", "release_year:token",
+                                 "genre:token_seq"), "MovieLens/ml-1m.zip"),
+    "Netflix-1M": RawFormat("netflix", ("title:token", "year:token", "genres:token"),
+                            "Netflix/netflix.zip", sample_users=5000, netflix_items=True),
+    "Amazon_Digital_Music": RawFormat("Amazon_Digital_Music", ("title:token", "categories:token_seq"),
+                                      "Amazon_ratings/Amazon_Digital_Music.zip"),
+    "Amazon_Books": RawFormat("Amazon_Books", ("title:token", "categories:token_seq"),
+                              "Amazon_ratings/Amazon_Books.zip"),
+}
+NETFLIX_TITLES, NETFLIX_GENRES = "movie_titles.csv", "netflix_genres.csv"
+
+
+@dataclass(frozen=True)
+class SplitProtocol:
+    """The thresholds of SPEC.md §2 (defaults = the paper's)."""
+
+    positive: float = 4.0      # pos = rating >= positive
+    core: int = 5              # k-core on pos, then on pos + neg
+    valid_ratio: float = 0.1
+    test_ratio: float = 0.2
+    min_split_rows: int = 5    # users with fewer positives go to train whole
+    seed: int = 2024
+
+    def __post_init__(self):
+        if not (0 <= self.valid_ratio and 0 <= self.test_ratio
+                and self.valid_ratio + self.test_ratio < 1):
+            raise DataError(f"split ratios must be >= 0 with valid + test < 1, got "
+                            f"{self.valid_ratio} + {self.test_ratio}")
+        if self.core < 1:
+            raise DataError(f"--core must be >= 1, got {self.core}")
+
+
+def raw_format(dataset: str) -> RawFormat:
+    if dataset not in RAW_FORMATS:
+        raise DataError(f"unknown dataset {dataset!r}: one of {', '.join(RAW_FORMATS)}, or "
+                        f"prepare your own with --inter FILE --name NAME")
+    return RAW_FORMATS[dataset]
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def _read_table(path: Path, required: list[str], sep: str = "\t", **kwargs) -> pd.DataFrame:
+    """Read a RecBole atomic file (tab separated, no quoting); user/item ids stay strings."""
+    if not path.is_file():
+        raise DataError(f"missing raw file {path}")
+    try:
+        header = pd.read_csv(path, sep=sep, nrows=0, quoting=3, encoding_errors="replace")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise DataError(f"{path}: cannot be read ({str(err).splitlines()[0]})") from None
+    missing = [c for c in required if c not in header.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; "
+                        f"found {', '.join(map(str, header.columns))}")
+    dtype = {c: str for c in required if c != RATING_COL}
+    try:
+        return pd.read_csv(path, sep=sep, usecols=required, dtype=dtype, quoting=3,
+                           encoding_errors="replace", **kwargs)
+    except (pd.errors.ParserError, ValueError) as err:
+        raise DataError(f"{path}: cannot be read ({str(err).splitlines()[0]})") from None
+
+
+def _read_inter(path: Path, sample_users: int, seed: int, log=print) -> pd.DataFrame:
+    """The three interaction columns, in file order; ``sample_users`` > 0 keeps only users
+    drawn by ``np.random.seed(seed); np.random.choice(sorted unique users, n, replace=False)``."""
+    cols = [USER_COL, ITEM_COL, RATING_COL]
+    chunks = []
+    with tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, mininterval=1) as bar:
+        for chunk in _read_table(path, cols, chunksize=1_000_000):
+            chunks.append(chunk)
+            bar.update(len(chunk))
+    df = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=cols)
+    if not pd.api.types.is_numeric_dtype(df[RATING_COL]):
+        bad = pd.to_numeric(df[RATING_COL], errors="coerce").isna() & df[RATING_COL].notna()
+        raise DataError(f"{path}: {int(bad.sum())} non-numeric rating(s), e.g. "
+                        f"{df.loc[bad, RATING_COL].iloc[0]!r}")
+    if sample_users:
+        users = _id_order(pd.Series(df[USER_COL].dropna().unique()))
+        if len(users) < sample_users:
+            raise DataError(f"{path}: {len(users)} users, fewer than the {sample_users} to draw")
+        np.random.seed(seed)
+        drawn = np.random.choice(users.to_numpy(), sample_users, replace=False)
+        df = df[_as_ids(df[USER_COL]).isin(drawn)]
+        log(f"kept {len(df):,} rows of {sample_users:,} drawn users")
+    return df
+
+
+def _numeric_ids(ids: pd.Series) -> bool:
+    """Ids sort numerically when each one is an integer written canonically (no leading zero),
+    so converting them loses nothing (Amazon's ISBN-like '0439023483' stays a string)."""
+    s = ids.dropna().astype(str)
+    return bool(len(s)) and bool(s.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})").all())
+
+
+def _as_ids(ids: pd.Series) -> pd.Series:
+    """Integer ids as int64 (ascending numeric order, as the reference's pandas read them),
+    anything else as strings."""
+    return ids.astype(np.int64) if _numeric_ids(ids) else ids.astype(object)
+
+
+def _id_order(ids: pd.Series) -> pd.Series:
+    return _as_ids(ids).sort_values(kind="stable").reset_index(drop=True)
+
+
+def _read_items(fmt: RawFormat, raw_dir: Path, item_path: Path | None) -> pd.DataFrame:
+    if fmt.netflix_items:
+        titles = _read_netflix_titles(raw_dir / NETFLIX_TITLES)
+        genres = _read_table(raw_dir / NETFLIX_GENRES, ["movieId", "genres"], sep=",")
+        genres = genres.rename(columns={"movieId": ITEM_COL, "genres": "genres:token"})
+        return titles.merge(genres.astype({ITEM_COL: str}), on=ITEM_COL, how="left")
+    return _read_table(item_path, [ITEM_COL, *fmt.text_cols])
+
+
+def _read_netflix_titles(path: Path) -> pd.DataFrame:
+    """movie_titles.csv: latin-1 lines ``id,year,title`` split on the first two commas only
+    (titles hold commas); a year of NULL counts as missing."""
+    if not path.is_file():
+        raise DataError(f"missing raw file {path} (Kaggle: netflix-inc/netflix-prize-data)")
+    rows = []
+    with open(path, encoding="latin-1") as f:
+        for number, line in enumerate(f, 1):
+            parts = line.rstrip("\r\n").split(",", 2)
+            if len(parts) != 3:
+                raise DataError(f"{path}: line {number} is not 'id,year,title': {line.strip()!r}")
+            rows.append(parts)
+    df = pd.DataFrame(rows, columns=[ITEM_COL, "year:token", "title:token"], dtype=object)
+    return df.replace({"year:token": {"NULL": np.nan, "": np.nan}, "title:token": {"": np.nan}})
+
+
+def _core(df: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Keep rows of items with >= k rows, then of users with >= k rows (one pass each)."""
+    df = df[df[ITEM_COL].map(df[ITEM_COL].value_counts()) >= k]
+    return df[df[USER_COL].map(df[USER_COL].value_counts()) >= k]
+
+
+def split_interactions(df: pd.DataFrame, protocol: SplitProtocol = SplitProtocol()):
+    """SPEC.md §2 steps 2–5 on the joined, cleaned rows (ids already typed by ``_as_ids``).
+    Returns (train_original, validation, test) with the three output columns."""
+    while True:
+        size = len(df)
+        pos = _core(df[df[RATING_COL] >= protocol.positive], protocol.core)
+        neg = df[df[RATING_COL] < protocol.positive]
+        df = _core(pd.concat([pos, neg]), protocol.core)
+        if len(df) == size:
+            break
+    pos = df[df[RATING_COL] >= protocol.positive]
+    neg = df[df[RATING_COL] < protocol.positive]
+    neg = neg[neg[USER_COL].isin(pos[USER_COL].unique()) & neg[ITEM_COL].isin(pos[ITEM_COL].unique())]
+
+    np.random.seed(protocol.seed)
+    parts = {"train": [], "validation": [], "test": []}
+    groups = pos.groupby(USER_COL, sort=True).indices  # user -> row positions, in row order
+    for user in sorted(groups):
+        rows = groups[user]
+        n = len(rows)
+        if n < protocol.min_split_rows:
+            parts["train"].append(rows)
+            continue
+        idx = np.random.permutation(n)
+        n_test, n_valid = int(protocol.test_ratio * n), int(protocol.valid_ratio * n)
+        parts["test"].append(rows[np.sort(idx[:n_test])])
+        parts["validation"].append(rows[np.sort(idx[n_test:n_test + n_valid])])
+        parts["train"].append(rows[np.sort(idx[n_test + n_valid:])])
+
+    def take(name):
+        rows = np.concatenate(parts[name]) if parts[name] else np.empty(0, dtype=np.int64)
+        return pos.iloc[rows][[USER_COL, ITEM_COL, RATING_COL]]
+
+    train = pd.concat([take("train"), neg[[USER_COL, ITEM_COL, RATING_COL]]], ignore_index=True)
+    return train, take("validation").reset_index(drop=True), take("test").reset_index(drop=True)
+
+
+def prepare_frame(inter: pd.DataFrame, items: pd.DataFrame | None, text_cols,
+                  protocol: SplitProtocol = SplitProtocol()):
+    """Step 1 (join the item text, drop incomplete rows) then ``split_interactions``."""
+    if items is not None:
+        inter = inter.merge(items[[ITEM_COL, *text_cols]], on=ITEM_COL, how="left")
+    inter = inter.dropna(subset=[USER_COL, ITEM_COL, RATING_COL, *text_cols])
+    inter = inter.assign(**{USER_COL: _as_ids(inter[USER_COL]),
+                            ITEM_COL: _as_ids(inter[ITEM_COL])})
+    return split_interactions(inter.reset_index(drop=True), protocol)
+
+
+def write_splits(out_dir, name: str, frames, log=print) -> list[Path]:
+    """Write train_original/validation/test exactly as ``to_csv(index=False)`` does (LF line
+    ends on every OS); temp file + rename so a crash leaves no half file."""
+    paths = []
+    for split, frame in zip(PREPARED_SPLITS, frames):
+        dest = split_path(out_dir, name, split)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.part")
+        frame.to_csv(tmp, index=False, lineterminator="\n")
+        os.replace(tmp, dest)
+        log(f"wrote {dest}: {len(frame):,} rows")
+        paths.append(dest)
+    return paths
+
+
+def prepare_dataset(dataset: str, raw_dir, out_dir, protocol: SplitProtocol = SplitProtocol(),
+                    log=print) -> list[Path]:
+    """Prepare a published dataset from its raw files in ``raw_dir`` (SPEC.md §2)."""
+    fmt = raw_format(dataset)
+    raw_dir = Path(raw_dir)
+    inter = _read_inter(raw_dir / f"{fmt.stem}.inter", fmt.sample_users, protocol.seed, log)
+    items = _read_items(fmt, raw_dir, raw_dir / f"{fmt.stem}.item")
+    frames = prepare_frame(inter, items, fmt.text_cols, protocol)
+    return write_splits(out_dir, dataset, frames, log)
+
+
+def prepare_custom(inter_path, name: str, out_dir, item_path=None, text_cols=None,
+                   protocol: SplitProtocol = SplitProtocol(), sample_users: int = 0,
+                   log=print) -> list[Path]:
+    """Bring your own dataset: a RecBole .inter (user_id:token, item_id:token, rating:float)
+    and optionally a .item whose ``text_cols`` (default: all its other columns) must be set."""
+    inter = _read_inter(Path(inter_path), sample_users, protocol.seed, log)
+    items = None
+    if item_path is not None:
+        if not text_cols:
+            header = pd.read_csv(item_path, sep="\t", nrows=0, quoting=3)
+            text_cols = [c for c in header.columns if c != ITEM_COL]
+        items = _read_table(Path(item_path), [ITEM_COL, *text_cols])
+    frames = prepare_frame(inter, items, list(text_cols or []), protocol)
+    if any(len(f) == 0 for f in frames):
+        raise DataError(f"{inter_path}: a split came out empty after {protocol.core}-core "
+                        f"filtering; lower --core or check the ratings scale")
+    return write_splits(out_dir, name, frames, log)
+
+
+# ----------------------------------------------------------------------------- stats
+
+def dataset_stats(data_dir, dataset: str, warn=print) -> pd.DataFrame:
+    """One row per split file present: users, items, rows, density, rating histogram."""
+    rows = []
+    for split in SPLITS:
+        path = split_path(data_dir, dataset, split)
+        if not path.is_file():
+            continue
+        df = read_split(path, is_train=split.startswith("train"), warn=warn)
+        users, items = df[USER_COL].nunique(), df[ITEM_COL].nunique()
+        row = {"split": split, "users": users, "items": items, "rows": len(df),
+               "density": len(df) / (users * items)}
+        counts = df[RATING_COL].value_counts()
+        row.update({f"r={r:g}": int(counts.get(r, 0)) for r in TRAIN_RATINGS})
+        rows.append(row)
+    if not rows:
+        raise DataError(f"no split files of {dataset} in {Path(data_dir) / dataset}")
+    return pd.DataFrame(rows).set_index("split")
+
+
+def format_stats(stats: pd.DataFrame) -> str:
+    """The stats table plus, for train_augment, the share of LLM-refined rows (0.5 / 4.5)."""
+    lines = [stats.to_string(formatters={"density": "{:.5f}".format})]
+    if "train_augment" in stats.index:
+        aug = stats.loc["train_augment"]
+        refined = int(aug["r=0.5"] + aug["r=4.5"])
+        neutral = int(aug["r=2"] + aug["r=3"])
+        lines.append(f"refined rows in train_augment: {refined:,} of {int(aug['rows']):,} "
+                     f"({refined / aug['rows']:.1%}); -> 4.5: {int(aug['r=4.5']):,}, "
+                     f"-> 0.5: {int(aug['r=0.5']):,}; still 2/3: {neutral:,}")
+    return "\n".join(lines)
