@@ -109,11 +109,14 @@ def _read_inter(path: Path, sample_users: int, seed: int, log=print) -> pd.DataF
     """The three interaction columns, in file order; ``sample_users`` > 0 keeps only users
     drawn by ``np.random.seed(seed); np.random.choice(sorted unique users, n, replace=False)``."""
     cols = [USER_COL, ITEM_COL, RATING_COL]
-    chunks = []
+    chunks, reader = [], _read_table(path, cols, chunksize=1_000_000)
     with tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, mininterval=1) as bar:
-        for chunk in _read_table(path, cols, chunksize=1_000_000):
-            chunks.append(chunk)
-            bar.update(len(chunk))
+        try:
+            for chunk in reader:
+                chunks.append(chunk)
+                bar.update(len(chunk))
+        except (pd.errors.ParserError, ValueError) as err:
+            raise DataError(f"{path}: cannot be read ({str(err).splitlines()[0]})") from None
     df = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=cols)
     if not pd.api.types.is_numeric_dtype(df[RATING_COL]):
         bad = pd.to_numeric(df[RATING_COL], errors="coerce").isna() & df[RATING_COL].notna()
