@@ -307,7 +307,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--sample_users", type=int, default=0, help="own data: draw this many users")
     p.add_argument("--check", action="store_true",
-                   help="compare the output with the published git blob SHA-1s (exit 1 if not equal)")
+                   help="compare the output with the published git blob SHA-1s "
+                   "(exit 1 if one differs)")
 
     p = sub.add_parser("stats", parents=[common], help="users, items, ratings per split")
     p.add_argument("--dataset", required=True)
@@ -335,8 +336,14 @@ def main(argv=None) -> int:
                                           test_ratio=args.test_ratio, seed=args.seed)
             if bool(args.dataset) == bool(args.inter):
                 raise DataError("prepare needs either --dataset NAME or --inter FILE --name NAME")
+            own = [f"--{k}" for k in ("item", "text_cols", "name", "sample_users")
+                   if getattr(args, k)]
+            if args.dataset and own:
+                raise DataError(f"{', '.join(own)}: only for your own data (--inter FILE), "
+                                f"not with --dataset")
             if args.dataset:
-                raw_dir = Path(args.raw_dir or data_dir / "raw" / prep.RAW_FORMATS[args.dataset].stem)
+                stem = prep.RAW_FORMATS[args.dataset].stem
+                raw_dir = Path(args.raw_dir or data_dir / "raw" / stem)
                 paths = prep.prepare_dataset(args.dataset, raw_dir, data_dir, protocol)
                 if args.check and not fetch.check_published(paths, args.dataset):
                     return 1

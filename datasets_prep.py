@@ -14,6 +14,7 @@ Preparation (SPEC.md §2), for every dataset alike:
 """
 from __future__ import annotations
 
+import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,8 @@ RAW_FORMATS = {
                                  "genre:token_seq"), "MovieLens/ml-1m.zip"),
     "Netflix-1M": RawFormat("netflix", ("title:token", "year:token", "genres:token"),
                             "Netflix/netflix.zip", sample_users=5000, netflix_items=True),
-    "Amazon_Digital_Music": RawFormat("Amazon_Digital_Music", ("title:token", "categories:token_seq"),
+    "Amazon_Digital_Music": RawFormat("Amazon_Digital_Music",
+                                      ("title:token", "categories:token_seq"),
                                       "Amazon_ratings/Amazon_Digital_Music.zip"),
     "Amazon_Books": RawFormat("Amazon_Books", ("title:token", "categories:token_seq"),
                               "Amazon_ratings/Amazon_Books.zip"),
@@ -90,7 +92,8 @@ def _read_table(path: Path, required: list[str], sep: str = "\t", **kwargs) -> p
     if not path.is_file():
         raise DataError(f"missing raw file {path}")
     try:
-        header = pd.read_csv(path, sep=sep, nrows=0, quoting=3, encoding_errors="replace")
+        header = pd.read_csv(path, sep=sep, nrows=0, quoting=csv.QUOTE_NONE,
+                             encoding_errors="replace")
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"{path}: cannot be read ({str(err).splitlines()[0]})") from None
     missing = [c for c in required if c not in header.columns]
@@ -99,38 +102,51 @@ def _read_table(path: Path, required: list[str], sep: str = "\t", **kwargs) -> p
                         f"found {', '.join(map(str, header.columns))}")
     dtype = {c: str for c in required if c != RATING_COL}
     try:
-        return pd.read_csv(path, sep=sep, usecols=required, dtype=dtype, quoting=3,
-                           encoding_errors="replace", **kwargs)
+        return pd.read_csv(path, sep=sep, usecols=required, dtype=dtype,
+                           quoting=csv.QUOTE_NONE, encoding_errors="replace", **kwargs)
     except (pd.errors.ParserError, ValueError) as err:
         raise DataError(f"{path}: cannot be read ({str(err).splitlines()[0]})") from None
 
 
 def _read_inter(path: Path, sample_users: int, seed: int, log=print) -> pd.DataFrame:
     """The three interaction columns, in file order; ``sample_users`` > 0 keeps only users
-    drawn by ``np.random.seed(seed); np.random.choice(sorted unique users, n, replace=False)``."""
-    cols = [USER_COL, ITEM_COL, RATING_COL]
-    chunks, reader = [], _read_table(path, cols, chunksize=1_000_000)
-    with tqdm(desc=f"reading {path.name}", unit=" rows", unit_scale=True, mininterval=1) as bar:
-        try:
-            for chunk in reader:
-                chunks.append(chunk)
-                bar.update(len(chunk))
-        except (pd.errors.ParserError, ValueError) as err:
-            raise DataError(f"{path}: cannot be read ({str(err).splitlines()[0]})") from None
-    df = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame(columns=cols)
+    drawn by ``np.random.seed(seed); np.random.choice(sorted unique users, n, replace=False)``
+    (read in two passes so Netflix's 100M rows never sit in memory at once)."""
+    keep = None
+    if sample_users:
+        seen = set()
+        for chunk in _chunks(path, [USER_COL], "listing users of"):
+            seen.update(chunk[USER_COL].dropna().unique())
+        if len(seen) < sample_users:
+            raise DataError(f"{path}: {len(seen)} users, fewer than the {sample_users} to draw")
+        np.random.seed(seed)
+        drawn = np.random.choice(_id_order(pd.Series(list(seen), dtype=object)).to_numpy(),
+                                 sample_users, replace=False)
+        keep = {str(user) for user in drawn}  # numeric ids are canonical: str() round-trips
+    chunks = [chunk if keep is None else chunk[chunk[USER_COL].isin(keep)]
+              for chunk in _chunks(path, [USER_COL, ITEM_COL, RATING_COL], "reading")]
+    df = pd.concat(chunks, ignore_index=True) if chunks else pd.DataFrame()
+    if len(df) == 0:
+        raise DataError(f"{path}: no interactions")
     if not pd.api.types.is_numeric_dtype(df[RATING_COL]):
         bad = pd.to_numeric(df[RATING_COL], errors="coerce").isna() & df[RATING_COL].notna()
         raise DataError(f"{path}: {int(bad.sum())} non-numeric rating(s), e.g. "
                         f"{df.loc[bad, RATING_COL].iloc[0]!r}")
-    if sample_users:
-        users = _id_order(pd.Series(df[USER_COL].dropna().unique()))
-        if len(users) < sample_users:
-            raise DataError(f"{path}: {len(users)} users, fewer than the {sample_users} to draw")
-        np.random.seed(seed)
-        drawn = np.random.choice(users.to_numpy(), sample_users, replace=False)
-        df = df[_as_ids(df[USER_COL]).isin(drawn)]
+    if keep is not None:
         log(f"kept {len(df):,} rows of {sample_users:,} drawn users")
     return df
+
+
+def _chunks(path: Path, cols: list[str], what: str):
+    """``_read_table`` in chunks of 1M rows, with a progress bar and one-line parse errors."""
+    reader = _read_table(path, cols, chunksize=1_000_000)
+    with tqdm(desc=f"{what} {path.name}", unit=" rows", unit_scale=True, mininterval=1) as bar:
+        try:
+            for chunk in reader:
+                bar.update(len(chunk))
+                yield chunk
+        except (pd.errors.ParserError, ValueError) as err:
+            raise DataError(f"{path}: cannot be read ({str(err).splitlines()[0]})") from None
 
 
 def _numeric_ids(ids: pd.Series) -> bool:
@@ -193,7 +209,8 @@ def split_interactions(df: pd.DataFrame, protocol: SplitProtocol = SplitProtocol
             break
     pos = df[df[RATING_COL] >= protocol.positive]
     neg = df[df[RATING_COL] < protocol.positive]
-    neg = neg[neg[USER_COL].isin(pos[USER_COL].unique()) & neg[ITEM_COL].isin(pos[ITEM_COL].unique())]
+    neg = neg[neg[USER_COL].isin(pos[USER_COL].unique())
+              & neg[ITEM_COL].isin(pos[ITEM_COL].unique())]
 
     np.random.seed(protocol.seed)
     parts = {"train": [], "validation": [], "test": []}
@@ -264,7 +281,7 @@ def prepare_custom(inter_path, name: str, out_dir, item_path=None, text_cols=Non
     items = None
     if item_path is not None:
         if not text_cols:
-            header = pd.read_csv(item_path, sep="\t", nrows=0, quoting=3)
+            header = pd.read_csv(item_path, sep="\t", nrows=0, quoting=csv.QUOTE_NONE)
             text_cols = [c for c in header.columns if c != ITEM_COL]
         items = _read_table(Path(item_path), [ITEM_COL, *text_cols])
     frames = prepare_frame(inter, items, list(text_cols or []), protocol)

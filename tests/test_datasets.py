@@ -100,7 +100,8 @@ def synthetic(users: list, items: list, bad_user, text_less, rare, rating_fmt=st
 
 
 def write_inter(path: Path, rows, timestamp=True):
-    lines = ["user_id:token\titem_id:token\trating:float" + ("\ttimestamp:float" if timestamp else "")]
+    lines = ["user_id:token\titem_id:token\trating:float"
+             + ("\ttimestamp:float" if timestamp else "")]
     lines += [f"{u}\t{i}\t{r}" + (f"\t{880000000 + n}" if timestamp else "")
               for n, (u, i, r) in enumerate(rows)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -130,12 +131,9 @@ def check_synthetic_output(out_dir: Path, name: str, users: list, items: list, r
         assert (valid["user_id:token"] == str(user)).sum() == 1
         assert (test["user_id:token"] == str(user)).sum() == 2
         for part in (pos, test):  # each part keeps the file order (items ascending here)
-            order = [items.index(_typed(i, items)) for i in part[part["user_id:token"] == str(user)]["item_id:token"]]
+            part_items = part[part["user_id:token"] == str(user)]["item_id:token"]
+            order = [items.index(type(items[0])(i)) for i in part_items]
             assert order == sorted(order)
-
-
-def _typed(text: str, items: list):
-    return type(items[0])(text)
 
 
 # ----------------------------------------------------------------------------- tables and hashes
@@ -353,7 +351,8 @@ def test_download_blob_mismatch_deletes_file(tmp_path, serve):
         dataloader.ensure_split_files(target, "ML-100K", ["test"], base_url=serve(served.parent),
                                       log=lambda *_: None)
     message = str(err.value)
-    assert "rejected: git blob SHA-1" in message and "f3cbe95698f3cd22627cf92045ff0eb5a0e951f5" in message
+    assert "rejected: git blob SHA-1" in message
+    assert "published f3cbe95698f3cd22627cf92045ff0eb5a0e951f5" in message
     assert "\n" not in message
     assert not split_path(target, "ML-100K", "test").exists()
     assert leftovers(target) == []
@@ -498,7 +497,8 @@ def test_cli_stats_table_and_exit_code_2(tmp_path, capsys):
     write_split_files(tmp_path, "Tiny", GOOD_TRAIN, HEADER + "\n1,12,5\n", HEADER + "\n3,10,4\n")
     assert dataloader.main(["stats", "--dataset", "Tiny", "--data_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "refined rows in train_augment: 2 of 5 (40.0%); -> 4.5: 1, -> 0.5: 1; still 2/3: 1" in out
+    assert ("refined rows in train_augment: 2 of 5 (40.0%); -> 4.5: 1, -> 0.5: 1; "
+            "still 2/3: 1") in out
     row = next(line.split() for line in out.splitlines() if line.startswith("train_augment"))
     assert row[:4] == ["train_augment", "3", "3", "5"]  # users, items, rows
     split_path(tmp_path, "Tiny", "test").write_text(HEADER + "\n1,10,x\n")
