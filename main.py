@@ -1,0 +1,536 @@
+"""Train and evaluate ReFINe++ (SPEC.md §4-§6): ``python main.py --dataset ML-100K``.
+
+Every run writes ``<result_dir>/<dataset>/<run>/`` with argv.txt, config.json, train.log,
+epochs.jsonl, best.pt, last.pt (for --resume) and metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+import dataloader
+from dataloader import DataError, Interactions, RecData, RowIndex
+from model import (ReFINePlus, ae_terms_dense, ae_terms_sparse, alignment_loss, gumbel_topk,
+                   half_l2, multinomial_without_replacement, sampled_softmax_loss)
+from utils import (RULE, EarlyStopping, RunLogger, atomic_save, atomic_write_text,
+                   command_line, dump_json, evaluate, format_metrics, resolve_device,
+                   rng_state, seed_everything, set_rng_state)
+
+
+class ConfigError(ValueError):
+    """An invalid combination of flags (exit code 2)."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, impossible sampling); exit code 2."""
+
+
+@dataclass
+class Config:
+    """Every setting of a run; the reference's flag names are kept."""
+
+    dataset: str = "ML-100K"
+    dataset_augment: str = "augment"
+    data_dir: str | None = None
+    random_seed: int = 2024
+    batch_size: int = 1024
+    test_batch_size: int = 8192
+    embedding_dim: int = 64
+    layers: int | None = None  # None: 4, or 2 for Amazon_Books (the paper's setting)
+    learning_rate: float = 1e-3
+    evaluation_step: int = 1
+    early_stopping_step: int = 50
+    top_k: tuple[int, ...] = (5, 10, 15, 20)
+    epochs: int = 1000
+    real_neg_samp_prob: float = 1.5
+    lambda1: float = 1e-7
+    lambda2: float = 1e-5
+    negatives: str = "shared"
+    ae_input: str = "batch"
+    impl: str = "fast"
+    mask_valid_in_test: bool = False
+    device: str = "auto"
+    gpu_id: int | None = None
+    threads: int = 0
+    path_name: str | None = None
+    result_dir: str = "result"
+    resume: str | None = None
+    quiet: bool = False
+
+    def __post_init__(self):
+        self.top_k = tuple(sorted(int(k) for k in self.top_k))
+        if self.layers is None:
+            self.layers = 2 if self.dataset == "Amazon_Books" else 4
+        checks = [
+            (self.dataset_augment in ("augment", "original"), "--dataset_augment must be augment or original"),
+            (self.negatives in ("shared", "per_user"), "--negatives must be shared or per_user"),
+            (self.ae_input in ("batch", "user_negatives"), "--ae_input must be batch or user_negatives"),
+            (self.impl in ("fast", "reference"), "--impl must be fast or reference"),
+            (self.batch_size > 0 and self.test_batch_size > 0, "batch sizes must be positive"),
+            (self.embedding_dim > 0 and self.layers >= 0, "--embedding_dim > 0 and --layers >= 0"),
+            (self.epochs > 0 and self.evaluation_step > 0, "--epochs and --evaluation_step must be > 0"),
+            (self.early_stopping_step > 0, "--early_stopping_step must be > 0"),
+            (self.learning_rate > 0, "--learning_rate must be > 0"),
+            (self.real_neg_samp_prob > 0, "--real_neg_samp_prob must be > 0"),
+            (len(self.top_k) > 0 and self.top_k[0] > 0, "--top_k needs positive values"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+
+# ------------------------------------------------------------------------------ graphs
+
+@dataclass
+class Graphs:
+    """The training data in the form the step and the evaluation use, on the run's device."""
+
+    norm_adj: torch.Tensor
+    train: Interactions  # T in file order
+    is_pos: torch.Tensor
+    t_by_user: RowIndex  # items of each user in T (sampling weight 0)
+    neg_by_user: RowIndex  # confirmed negatives per user (sampling weight gamma)
+    neg_by_item: RowIndex  # confirmed negatives per item (item AE input)
+    seen_by_user: RowIndex  # every train-file row (T and neutral): masked in evaluation
+    seen_or_valid_by_user: RowIndex
+    valid_by_user: RowIndex
+    test_by_user: RowIndex
+    num_users: int
+    num_items: int
+
+
+def build_graphs(data: RecData, device) -> Graphs:
+    U, I = data.num_users, data.num_items
+    neg, seen = data.negatives, data.train
+    seen_users = torch.cat([seen.users, data.neutral.users])
+    seen_items = torch.cat([seen.items, data.neutral.items])
+    rows = lambda users, items, n: RowIndex.build(users, items, n).to(device)  # noqa: E731
+    return Graphs(
+        norm_adj=dataloader.build_norm_adj(data.train, U, I).to(device),
+        train=data.train.to(device), is_pos=data.train_is_pos.to(device),
+        t_by_user=rows(data.train.users, data.train.items, U),
+        neg_by_user=rows(neg.users, neg.items, U), neg_by_item=rows(neg.items, neg.users, I),
+        seen_by_user=rows(seen_users, seen_items, U),
+        seen_or_valid_by_user=rows(torch.cat([seen_users, data.validation.users]),
+                                   torch.cat([seen_items, data.validation.items]), U),
+        valid_by_user=rows(data.validation.users, data.validation.items, U),
+        test_by_user=rows(data.test.users, data.test.items, U),
+        num_users=U, num_items=I)
+
+
+def num_negatives(num_items: int) -> int:
+    """n = floor(I / 10) sampled negatives per positive (SPEC §4)."""
+    return num_items // 10
+
+
+def sampling_log_weights(users: torch.Tensor, graphs: Graphs, gamma: float) -> torch.Tensor:
+    """log w_u(j) for each given user: -inf on u's items in T, log gamma on u's confirmed
+    negatives (set last, as the reference does), 0 elsewhere. (len(users), I)."""
+    log_w = torch.zeros(users.numel(), graphs.num_items, device=users.device)
+    owner, cols = graphs.t_by_user.gather(users)
+    log_w[owner, cols] = float("-inf")
+    owner, cols = graphs.neg_by_user.gather(users)
+    log_w[owner, cols] = math.log(gamma)
+    return log_w
+
+
+def dense_sampling_weights(graphs: Graphs, gamma: float) -> torch.Tensor:
+    """The reference's U x I weight matrix (only the reference implementation uses it)."""
+    w = torch.ones(graphs.num_users, graphs.num_items, device=graphs.norm_adj.device)
+    w[graphs.train.users, graphs.train.items] = 0.0
+    neg = ~graphs.is_pos
+    w[graphs.train.users[neg], graphs.train.items[neg]] = gamma
+    return w
+
+
+def check_sampling_feasible(graphs: Graphs, n: int) -> None:
+    """Every user with a positive must leave >= n items of non-zero sampling weight."""
+    pos_users = torch.unique(graphs.train.users[graphs.is_pos])
+    candidates = graphs.num_items - graphs.t_by_user.degree()[pos_users] \
+        + graphs.neg_by_user.degree()[pos_users]
+    short = candidates < n
+    if short.any():
+        raise TrainingError(
+            f"{int(short.sum())} user(s) leave fewer than n = floor(I/10) = {n} items to sample "
+            f"negatives from (fewest: {int(candidates.min())}); this dataset is too dense for "
+            f"the sampled softmax")
+
+
+def draw_negatives(pos_users: torch.Tensor, graphs: Graphs, config: Config, n: int,
+                   dense_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Negatives for the batch's positives: (n,) in shared mode, (P, n) in per_user mode.
+
+    shared (reference): the n draws of the batch's SECOND positive's user serve every positive.
+    """
+    if config.negatives == "shared" and pos_users.numel() < 2:
+        raise TrainingError(f"a batch has {pos_users.numel()} positive row(s); --negatives shared "
+                            f"needs >= 2 (use --negatives per_user or another --batch_size)")
+    if config.impl == "reference":
+        drawn = multinomial_without_replacement(dense_weights[pos_users], n)
+        return drawn[1] if config.negatives == "shared" else drawn
+    if config.negatives == "shared":
+        return gumbel_topk(sampling_log_weights(pos_users[1:2], graphs,
+                                                config.real_neg_samp_prob), n)[0]
+    users, inverse = torch.unique(pos_users, return_inverse=True)
+    log_w = sampling_log_weights(users, graphs, config.real_neg_samp_prob)
+    return gumbel_topk(log_w[inverse], n)
+
+
+def ae_inputs(neg_users: torch.Tensor, neg_items: torch.Tensor, graphs: Graphs, ae_input: str):
+    """Non-zero rows of the user-AE input X and of the item-AE input X^T for one batch:
+    two (rows, owner, cols) triples. ``batch``: X has ones at the batch's confirmed
+    negatives only (reference); ``user_negatives``: every confirmed negative of those
+    users (and, for the item AE, of those items)."""
+    users, user_owner = torch.unique(neg_users, return_inverse=True)
+    items, item_owner = torch.unique(neg_items, return_inverse=True)
+    if ae_input == "batch":
+        return (users, user_owner, neg_items), (items, item_owner, neg_users)
+    return ((users, *graphs.neg_by_user.gather(users)),
+            (items, *graphs.neg_by_item.gather(items)))
+
+
+def _dense_rows(rows, owner, cols, num_rows: int, num_cols: int, like) -> torch.Tensor:
+    x = like.new_zeros(num_rows, num_cols)
+    x[rows[owner], cols] = 1.0
+    return x
+
+
+def ae_parameters(model: ReFINePlus) -> list[torch.nn.Parameter]:
+    return [*model.user_ae.parameters(), *model.item_ae.parameters()]
+
+
+def make_optimizer(model: ReFINePlus, config: Config) -> torch.optim.Optimizer:
+    """Adam, lr 1e-3. On the fast path the two L2 terms (λ/2)||θ||² enter as Adam's L2
+    weight decay (grad += λθ): the very same gradient, without autograd passes over every
+    parameter; and the fused kernel. The reference path keeps them in the loss."""
+    if config.impl == "reference":
+        return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    groups = [{"params": [model.gcn.embedding.weight], "weight_decay": config.lambda1},
+              {"params": ae_parameters(model), "weight_decay": config.lambda2}]
+    return torch.optim.Adam(groups, lr=config.learning_rate, fused=True)
+
+
+def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives: torch.Tensor,
+               config: Config) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """loss = L_ssm + (λ1/2)||E0||² + L_ae + (λ2/2)||θ_AE||² + L_align for one batch of T rows.
+
+    Returns (the tensor to backpropagate, the loss value to report, |P|).
+    ``impl=reference`` computes it as the reference does (E propagated twice, dense U x I
+    autoencoder input, L2 in the loss); ``impl=fast`` with one propagation, the sparse AE
+    and the L2 gradient left to the optimizer (``make_optimizer``): same value, same
+    update (tests/test_oracles.py).
+    """
+    users, items = graphs.train.users[batch], graphs.train.items[batch]
+    is_pos = graphs.is_pos[batch]
+    pos_users, pos_items = users[is_pos], items[is_pos]
+    U, I = graphs.num_users, graphs.num_items
+
+    e_users, e_items = model(graphs.norm_adj)
+    pos_scores = (e_users[pos_users] * e_items[pos_items]).sum(1)
+    if negatives.dim() == 1:  # shared: (P, d) @ (d, n)
+        neg_scores = e_users[pos_users] @ e_items[negatives].t()
+    else:  # per user: (P, n)
+        neg_scores = torch.einsum("pd,pnd->pn", e_users[pos_users], e_items[negatives])
+    loss = sampled_softmax_loss(pos_scores, neg_scores)
+
+    user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, config.ae_input)
+    if config.impl == "reference":
+        bce_u, z_users = ae_terms_dense(model.user_ae, _dense_rows(*user_in, U, I, e_users))
+        bce_i, z_items = ae_terms_dense(model.item_ae, _dense_rows(*item_in, I, U, e_users))
+        e_users, e_items = model(graphs.norm_adj)  # the reference propagates a second time
+    else:
+        bce_u, z_users = ae_terms_sparse(model.user_ae, *user_in, U)
+        bce_i, z_items = ae_terms_sparse(model.item_ae, *item_in, I)
+    loss = loss + bce_u + bce_i + alignment_loss(e_users, z_users, e_items, z_items)
+
+    if config.impl == "reference":
+        loss = loss + half_l2([model.gcn.embedding.weight], config.lambda1) \
+            + half_l2(ae_parameters(model), config.lambda2)
+        return loss, loss.detach(), int(pos_users.numel())
+    with torch.no_grad():  # the value only; vector_norm is one fast pass per tensor
+        norms = [torch.linalg.vector_norm(p).square() for p in ae_parameters(model)]
+        l2 = config.lambda1 / 2 * torch.linalg.vector_norm(model.gcn.embedding.weight).square() \
+            + config.lambda2 / 2 * torch.stack(norms).sum()
+    return loss, loss.detach() + l2, int(pos_users.numel())
+
+
+def train_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int, n: int,
+                dense_weights=None) -> float:
+    """One pass over shuffled T in batches; returns sum(loss_b |P_b|) / sum(|P_b|)."""
+    perm = torch.randperm(len(graphs.train), device=graphs.norm_adj.device)
+    losses, sizes = [], []
+    for start in range(0, perm.numel(), config.batch_size):
+        batch = perm[start:start + config.batch_size]
+        pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
+        if pos_users.numel() == 0:
+            continue  # a batch of confirmed negatives only has no L_ssm term to average
+        negatives = draw_negatives(pos_users, graphs, config, n, dense_weights)
+        loss, value, num_pos = batch_loss(model, graphs, batch, negatives, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(value)
+        sizes.append(num_pos)
+    losses_t = torch.stack(losses)
+    finite = torch.isfinite(losses_t)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise TrainingError(f"non-finite loss at epoch {epoch}, batch {bad + 1}; stopped. The "
+                            f"last good state is last.pt of epoch {epoch - 1}")
+    sizes_t = torch.tensor(sizes, dtype=losses_t.dtype, device=losses_t.device)
+    return float((losses_t * sizes_t).sum() / sizes_t.sum())
+
+
+# ------------------------------------------------------------------------------- runs
+
+def header_lines(config: Config, device: torch.device) -> list[str]:
+    """The reference's hyper-parameter block (same names, same order), then ours."""
+    reference = [("ramdom_seed", config.random_seed), ("gpu_id", config.gpu_id),
+                 ("dataset", config.dataset), ("dataset_augment", config.dataset_augment),
+                 ("batch_size", config.batch_size), ("test_batch_size", config.test_batch_size),
+                 ("embedding_dim", config.embedding_dim), ("layers", config.layers),
+                 ("learning_rate", config.learning_rate),
+                 ("evaluation_step", config.evaluation_step),
+                 ("early_stopping_step", config.early_stopping_step),
+                 ("top_k", list(config.top_k)), ("epochs", config.epochs),
+                 ("real_negative_sampling_probabilities", config.real_neg_samp_prob),
+                 ("path_name", config.path_name)]
+    ours = [("model", "refine_plus"), ("negatives", config.negatives),
+            ("ae_input", config.ae_input), ("lambda1", config.lambda1),
+            ("lambda2", config.lambda2), ("impl", config.impl),
+            ("mask_valid_in_test", config.mask_valid_in_test), ("device", device),
+            ("threads", torch.get_num_threads())]
+    return [RULE, *(f"{k}: {v}" for k, v in reference + ours), RULE, ""]
+
+
+def data_lines(config: Config, data: RecData) -> list[str]:
+    return [RULE, "data loading...", f"train set: train_{config.dataset_augment}",
+            f"user: {data.num_users},  item: {data.num_items}",
+            f"train interations: {len(data.train)}",
+            f"valid interations: {len(data.validation)}",
+            f"test interations: {len(data.test)}", "done!", RULE]
+
+
+def make_run_dir(config: Config) -> Path:
+    name = config.path_name or datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(config.result_dir) / config.dataset / name
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ConfigError(f"run folder {run_dir} exists; continue it with --resume {run_dir} "
+                          f"or choose another --path_name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def run(config: Config) -> dict:
+    """Train (or resume) one run end to end and return its metrics.json content."""
+    resuming = config.resume is not None
+    run_dir = Path(config.resume) if resuming else make_run_dir(config)
+    try:
+        device = resolve_device(config.device, config.gpu_id)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if device.type == "cpu":
+        torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+    seed_everything(config.random_seed)
+    log = RunLogger(run_dir / "train.log", quiet=config.quiet)
+    try:
+        return _run(config, run_dir, device, log, resuming)
+    finally:
+        log.close()
+
+
+def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool) -> dict:
+    if not resuming:
+        atomic_write_text(run_dir / "argv.txt", command_line() + "\n")
+        dump_json(asdict(config), run_dir / "config.json")
+    for line in header_lines(config, device):
+        log(line)
+    data_dir = dataloader.resolve_data_dir(config.data_dir)
+    data = dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
+                                   warn=lambda line: log(line))
+    for line in data_lines(config, data):
+        log(line)
+    graphs = build_graphs(data, device)
+    n = num_negatives(graphs.num_items)
+    check_sampling_feasible(graphs, n)
+    dense_weights = (dense_sampling_weights(graphs, config.real_neg_samp_prob)
+                     if config.impl == "reference" else None)
+
+    model = ReFINePlus(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers,
+                       symmetric_backward=config.impl == "fast").to(device)
+    optimizer = make_optimizer(model, config)
+    stopper = EarlyStopping(config.early_stopping_step)
+    start_epoch, train_seconds = 1, 0.0
+    if resuming:
+        state = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        stopper.load_state_dict(state["early_stopping"])
+        set_rng_state(state["rng"])
+        start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
+        log(f"Resumed from {run_dir / 'last.pt'} after epoch {state['epoch']}.")
+
+    max_k_index = config.top_k.index(20) if 20 in config.top_k else len(config.top_k) - 1
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, config.epochs + 1):
+        if stopper.should_stop:
+            break
+        tic = time.perf_counter()
+        results = None
+        model.train()
+        loss = train_epoch(model, optimizer, graphs, config, epoch, n, dense_weights)
+        train_time = time.perf_counter() - tic
+        if epoch % config.evaluation_step == 0:
+            model.eval()
+            with torch.no_grad():
+                e_users, e_items = model(graphs.norm_adj)
+            results = evaluate(e_users, e_items, graphs.seen_by_user, graphs.valid_by_user,
+                               config.top_k, config.test_batch_size)
+            log(f"\nEpoch: {epoch:03d}, Loss: {loss:.4f}")
+            for line in format_metrics(config.top_k, results):
+                log(line)
+            if stopper.step(epoch, results[max_k_index][1], results):
+                atomic_save({"model": model.state_dict(), "config": asdict(config),
+                             "epoch": epoch}, run_dir / "best.pt")
+                log(f"Save: {run_dir / 'best.pt'}")
+            else:
+                log(f"EarlyStopping counter: {stopper.counter} out of {stopper.patience}")
+        epoch_time = time.perf_counter() - tic
+        train_seconds += epoch_time
+        with open(run_dir / "epochs.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"epoch": epoch, "loss": loss, "train_s": train_time,
+                                "epoch_s": epoch_time, "valid": results}) + "\n")
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "early_stopping": stopper.state_dict(), "rng": rng_state(),
+                     "epoch": epoch, "train_seconds": train_seconds,
+                     "config": asdict(config)}, run_dir / "last.pt")
+
+    if stopper.best_epoch == 0:
+        raise TrainingError("no evaluation happened (is --evaluation_step > --epochs?)")
+    if stopper.should_stop:
+        log(f"\nEarly stopping at epoch {stopper.best_epoch}. Best Validation Results:")
+    else:
+        log(f"\nReached --epochs {config.epochs} without early stopping; best epoch "
+            f"{stopper.best_epoch}. Best Validation Results:")
+    for line in format_metrics(config.top_k, stopper.best_metrics):
+        log(line)
+    log(f"\nTraining completed in {train_seconds} seconds.")
+
+    best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
+    model.load_state_dict(best["model"])
+    model.eval()
+    with torch.no_grad():
+        e_users, e_items = model(graphs.norm_adj)
+    exclude = graphs.seen_or_valid_by_user if config.mask_valid_in_test else graphs.seen_by_user
+    test = evaluate(e_users, e_items, exclude, graphs.test_by_user, config.top_k,
+                    config.test_batch_size)
+    log("\n" + RULE)
+    log("Final Test Results")
+    for line in format_metrics(config.top_k, test):
+        log(line)
+    log(RULE)
+
+    def named(results):
+        return {f"{m}@{k}": v for k, r in zip(config.top_k, results)
+                for m, v in zip(("precision", "recall", "ndcg"), r)}
+    metrics = {"dataset": config.dataset, "best_epoch": stopper.best_epoch,
+               "last_epoch": epoch, "early_stopped": stopper.should_stop,
+               "best_validation": named(stopper.best_metrics), "test": named(test),
+               "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(epoch, 1)}
+    dump_json(metrics, run_dir / "metrics.json")
+    return metrics
+
+
+# -------------------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                argument_default=argparse.SUPPRESS)
+    a = p.add_argument
+    a("--dataset", help="ML-100K, ML-1M, Netflix-1M, Amazon_Digital_Music, Amazon_Books, or a "
+                        "folder name under --data_dir (default ML-100K)")
+    a("--dataset_augment", choices=("augment", "original"),
+      help="train on the LLM-refined file (augment, default) or the raw ratings (original)")
+    a("--data_dir", help="folder holding <DATASET>/ (default $REFINE_DATA_DIR or dataset/)")
+    a("--random_seed", type=int, help="seed for python, numpy, torch (default 2024)")
+    a("--batch_size", type=int, help="rows of T per step (default 1024)")
+    a("--test_batch_size", type=int, help="users per evaluation block (default 8192)")
+    a("--embedding_dim", type=int, help="d (default 64)")
+    a("--layers", type=int, help="LightGCN layers K (default 4; 2 for Amazon_Books)")
+    a("--learning_rate", type=float, help="Adam learning rate (default 1e-3)")
+    a("--evaluation_step", type=int, help="validate every N epochs (default 1)")
+    a("--early_stopping_step", type=int, help="patience on validation Recall@20 (default 50)")
+    a("--top_k", type=int, nargs="+", help="cut-offs (default 5 10 15 20)")
+    a("--epochs", type=int, help="maximum epochs (default 1000); with --resume: new maximum")
+    a("--real_neg_samp_prob", type=float, help="gamma, sampling weight of confirmed negatives (1.5)")
+    a("--lambda1", type=float, help="L2 weight on the embedding table (default 1e-7)")
+    a("--lambda2", type=float, help="L2 weight on the autoencoders (default 1e-5)")
+    a("--negatives", choices=("shared", "per_user"),
+      help="shared: the batch's 2nd positive's draws for all (reference, default); per_user")
+    a("--ae_input", choices=("batch", "user_negatives"),
+      help="AE input: the batch's confirmed negatives (reference, default) or all confirmed "
+           "negatives of the users/items involved")
+    a("--impl", choices=("fast", "reference"),
+      help="fast (default) or the reference-equivalent slow path (benchmarks, oracles)")
+    a("--mask_valid_in_test", action="store_true",
+      help="also mask validation rows when scoring the test split (reference: not masked)")
+    a("--device", help="auto (default), cpu, cuda or cuda:N")
+    a("--gpu_id", type=int, help="GPU index used by --device auto (reference flag)")
+    a("--threads", type=int, help="CPU threads (default: all cores available to the process)")
+    a("--path_name", help="run folder name under <result_dir>/<dataset>/ (default: timestamp)")
+    a("--result_dir", help="root of run folders (default result)")
+    a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    a("--quiet", action="store_true", help="log to train.log only, not stdout")
+    return p
+
+
+RESUME_OVERRIDES = ("epochs", "device", "gpu_id", "threads", "data_dir", "quiet")
+
+
+def config_from_args(argv=None) -> Config:
+    given = vars(build_parser().parse_args(argv))
+    if "resume" in given:
+        run_dir = Path(given["resume"])
+        if not (run_dir / "config.json").is_file() or not (run_dir / "last.pt").is_file():
+            raise ConfigError(f"--resume {run_dir}: no config.json/last.pt there")
+        saved = json.loads((run_dir / "config.json").read_text())
+        ignored = sorted(set(given) - set(RESUME_OVERRIDES) - {"resume"})
+        if ignored:
+            raise ConfigError(f"--resume keeps the run's settings; only "
+                              f"{', '.join('--' + k for k in RESUME_OVERRIDES)} may be given "
+                              f"(got {', '.join('--' + k for k in ignored)})")
+        known = {f.name for f in fields(Config)}
+        saved = {k: v for k, v in saved.items() if k in known}
+        return Config(**{**saved, **given})
+    return Config(**given)
+
+
+def main(argv=None) -> int:
+    try:
+        config = config_from_args(argv)
+        data_dir = dataloader.resolve_data_dir(config.data_dir)
+        if config.dataset not in dataloader.DATASETS and not (data_dir / config.dataset).is_dir():
+            raise ConfigError(f"unknown dataset {config.dataset!r}: use one of "
+                              f"{', '.join(dataloader.DATASETS)} or a folder under {data_dir}")
+        run(config)
+    except (ConfigError, DataError, TrainingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: continue with --resume <run folder> (last.pt holds the last "
+              "finished epoch)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""ReFINe++ models and losses (SPEC.md §4). Pure: no I/O, no printing, graph given at call time.
+
+Notation: U users, I items, d = embedding size, E0 the (U+I) x d embedding table, E the
+final LightGCN embeddings, s(u, i) = E_u · E_i.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import LGConv
+
+
+class _SymmetricSpMM(torch.autograd.Function):
+    """y = A x for a symmetric sparse A.
+
+    The gradient w.r.t. x is A^T g = A g, so the backward is the same sparse product.
+    torch's generic CSR backward materialises A^T first, which dominated the step time.
+    """
+
+    @staticmethod
+    def forward(ctx, adj: Tensor, x: Tensor) -> Tensor:
+        ctx.adj = adj
+        return adj @ x
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, ctx.adj @ grad
+
+
+class SymmetricLGConv(LGConv):
+    """PyG's LGConv on a pre-normalised symmetric torch.sparse adjacency, with the cheap backward.
+
+    Use with ``normalize=False``: the adjacency passed in is already D^-1/2 A D^-1/2.
+    """
+
+    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:
+        return _SymmetricSpMM.apply(adj_t, x)
+
+
+class LightGCN(nn.Module):
+    """E = mean(E0, ..., EK), E(k+1) = D^-1/2 A D^-1/2 E(k) (He et al. 2020)."""
+
+    def __init__(self, num_nodes: int, embedding_dim: int = 64, num_layers: int = 4,
+                 symmetric_backward: bool = True):
+        super().__init__()
+        self.embedding = nn.Embedding(num_nodes, embedding_dim)
+        nn.init.xavier_uniform_(self.embedding.weight)
+        conv = SymmetricLGConv if symmetric_backward else LGConv
+        self.convs = nn.ModuleList(conv(normalize=False) for _ in range(num_layers))
+
+    def forward(self, norm_adj: Tensor) -> Tensor:
+        """norm_adj: (U+I) x (U+I) sparse, already normalised. Returns E: (U+I) x d."""
+        x = self.embedding.weight
+        out = x
+        for conv in self.convs:
+            x = conv(x, norm_adj)
+            out = out + x
+        return out / (len(self.convs) + 1)
+
+
+class DispreferenceAE(nn.Module):
+    """Autoencoder of a binary dispreference row: in -> 600 -> 64 -> 600 -> in, sigmoid output."""
+
+    def __init__(self, num_inputs: int, hidden_dim: int = 600, code_dim: int = 64):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(num_inputs, hidden_dim), nn.ReLU(),
+                                     nn.Linear(hidden_dim, code_dim))
+        self.decoder = nn.Sequential(nn.Linear(code_dim, hidden_dim), nn.ReLU(),
+                                     nn.Linear(hidden_dim, num_inputs), nn.Sigmoid())
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)  # biases keep torch's default init
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x: (rows, in) dense. Returns (codes (rows, 64), reconstruction (rows, in))."""
+        z = self.encoder(x)
+        return z, self.decoder(z)
+
+
+class ReFINePlus(nn.Module):
+    """LightGCN over T plus the user AE (input: a user's row of X, length I) and the item
+    AE (input: an item's column of X, length U)."""
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
+                 num_layers: int = 4, symmetric_backward: bool = True):
+        super().__init__()
+        self.num_users, self.num_items = num_users, num_items
+        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers, symmetric_backward)
+        self.user_ae = DispreferenceAE(num_items, code_dim=embedding_dim)
+        self.item_ae = DispreferenceAE(num_users, code_dim=embedding_dim)
+
+    def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
+        """Final embeddings split into (users U x d, items I x d)."""
+        out = self.gcn(norm_adj)
+        return out[:self.num_users], out[self.num_users:]
+
+
+# ------------------------------------------------------------------------------ losses
+
+def sampled_softmax_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
+    """L_ssm = mean_p log(1 + sum_j exp(s(u_p, j) - s(u_p, i_p))).
+
+    pos_scores: (P,), neg_scores: (P, n). Computed as a logsumexp over [0, s_j - s_i],
+    which is the same value without overflow.
+    """
+    diff = neg_scores - pos_scores.unsqueeze(1)
+    return torch.logsumexp(torch.cat([diff.new_zeros(diff.size(0), 1), diff], 1), 1).mean()
+
+
+def half_l2(tensors, weight: float) -> Tensor:
+    """(weight / 2) * sum of squared entries of every tensor."""
+    return weight / 2 * sum(t.pow(2).sum() for t in tensors)
+
+
+def alignment_loss(e_users: Tensor, z_users: Tensor, e_items: Tensor, z_items: Tensor) -> Tensor:
+    """L_align = MSE_mean(E_users, Z_users) + MSE_mean(E_items, Z_items); gradients reach both."""
+    return F.mse_loss(e_users, z_users) + F.mse_loss(e_items, z_items)
+
+
+def ae_terms_dense(ae: DispreferenceAE, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Reference computation: (BCE_mean(AE(x), x) over all rows*in entries, codes of all rows).
+
+    The slow, obvious version: kept as the oracle for ``ae_terms_sparse``.
+    """
+    z, recon = ae(x)
+    return F.binary_cross_entropy(recon, x), z
+
+
+class _SigmoidBCESum(torch.autograd.Function):
+    """sum_r w_r sum_j BCE(sigmoid(z_rj), t_rj) for binary t, as torch computes it.
+
+    Forward: the logs are clamped at -100 exactly as torch.binary_cross_entropy does
+    (so saturated sigmoids give the same value). Backward: torch's BCE gradient
+    (r - t) / max(r (1 - r), 1e-12) chained with the sigmoid's r (1 - r). One fused pass
+    instead of torch's scalar BCE kernel, which dominated the AE on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, row_weight: Tensor) -> Tensor:
+        r = torch.sigmoid(logits)
+        picked = torch.where(target > 0, r, 1.0 - r)
+        per_row = torch.log(picked).clamp_min(-100.0).sum(1)
+        ctx.save_for_backward(r, target, row_weight)
+        return -(per_row * row_weight).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        r, target, row_weight = ctx.saved_tensors
+        d = (1.0 - r) * r
+        grad_logits = (r - target) / d.clamp_min(1e-12) * d
+        return grad_logits * (row_weight * grad).unsqueeze(1), None, None
+
+
+def sigmoid_bce_sum(logits: Tensor, target: Tensor, row_weight: Tensor) -> Tensor:
+    return _SigmoidBCESum.apply(logits, target, row_weight)
+
+
+class _BinaryRowsTimesWeightT(torch.autograd.Function):
+    """h[r] = sum over t with owner[t] = r of W[:, cols[t]]: the binary rows times W^T.
+
+    A hand-written backward scatters into a dense grad of W's own layout; going through
+    W.t() (embedding_bag, sparse mm) cost two transposed copies of W per step.
+    """
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, owner: Tensor, cols: Tensor, num_rows: int) -> Tensor:
+        ctx.save_for_backward(owner, cols)
+        ctx.weight_shape = weight.shape
+        out = weight.new_zeros(num_rows, weight.size(0))
+        return out.index_add_(0, owner, weight.t()[cols])  # (num_rows, out_features)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        owner, cols = ctx.saved_tensors
+        grad_weight = grad.new_zeros(ctx.weight_shape)
+        grad_weight.index_add_(1, cols, grad[owner].t())
+        return grad_weight, None, None, None
+
+
+def ae_terms_sparse(ae: DispreferenceAE, rows: Tensor, owner: Tensor, cols: Tensor,
+                    num_rows: int) -> tuple[Tensor, Tensor]:
+    """Same value and gradients as ``ae_terms_dense`` on the binary num_rows x in matrix X
+    whose non-zero rows are ``rows`` (distinct, m of them), with X[rows[owner[t]], cols[t]] = 1.
+
+    Exact shortcuts: (1) a binary row times W1^T is the sum of the W1 columns it selects;
+    (2) every all-zero row has the same code z0 = W2 relu(b1) + b2 and the
+    same reconstruction r0, so its BCE sum -sum_j log(1 - r0_j) is computed once and
+    weighted by the number of such rows.
+    """
+    first, second = ae.encoder[0], ae.encoder[2]
+    m, num_inputs = rows.numel(), first.in_features
+    code0 = second(torch.relu(first.bias)).unsqueeze(0)  # (1, d)
+    if m:
+        h = _BinaryRowsTimesWeightT.apply(first.weight, owner, cols, m) + first.bias
+        codes = torch.cat([code0, second(torch.relu(h))])  # (1 + m, d)
+    else:
+        codes = code0
+    logits = ae.decoder[:-1](codes)  # (1 + m, in); decoder[-1] is the sigmoid, fused below
+    target = torch.zeros_like(logits)
+    target[owner + 1, cols] = 1.0
+    row_weight = torch.ones(m + 1, dtype=logits.dtype, device=logits.device)
+    row_weight[0] = num_rows - m
+    bce = sigmoid_bce_sum(logits, target, row_weight) / (num_rows * num_inputs)
+    z = code0.expand(num_rows, -1).index_put((rows,), codes[1:])  # (num_rows, d)
+    return bce, z
+
+
+# ---------------------------------------------------------------------------- sampling
+
+def gumbel_topk(log_weights: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """n distinct column indices per row, drawn without replacement from the categorical
+    distribution proportional to exp(log_weights) (Gumbel-top-k: the same distribution as
+    sequential draws, as torch.multinomial(replacement=False) makes). Zero weights are -inf.
+
+    log_weights: (..., I) -> (..., n) long.
+    """
+    u = torch.rand(log_weights.shape, generator=generator, device=log_weights.device,
+                   dtype=log_weights.dtype)
+    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+    return torch.topk(log_weights + gumbel, n, dim=-1, sorted=False).indices
+
+
+def multinomial_without_replacement(weights: Tensor, n: int,
+                                    generator: torch.Generator | None = None) -> Tensor:
+    """The reference's sampler: torch.multinomial(weights, n, replacement=False)."""
+    return torch.multinomial(weights, n, replacement=False, generator=generator)
+
