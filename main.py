@@ -65,6 +65,8 @@ class Config:
     result_dir: str = "result"
     resume: str | None = None
     quiet: bool = False
+    download: bool = True
+    base_url: str | None = None
 
     def __post_init__(self):
         self.top_k = tuple(sorted(int(k) for k in self.top_k))
@@ -355,6 +357,9 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool) 
     for line in header_lines(config, device):
         log(line)
     data_dir = dataloader.resolve_data_dir(config.data_dir)
+    dataloader.ensure_split_files(data_dir, config.dataset,
+                                  [f"train_{config.dataset_augment}", "validation", "test"],
+                                  download=config.download, base_url=config.base_url, log=log)
     data = dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
                                    warn=lambda line: log(line))
     for line in data_lines(config, data):
@@ -490,10 +495,15 @@ def build_parser() -> argparse.ArgumentParser:
     a("--result_dir", help="root of run folders (default result)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     a("--quiet", action="store_true", help="log to train.log only, not stdout")
+    a("--no_download", dest="download", action="store_false",
+      help="never download missing split files (default: fetch and verify them)")
+    a("--base_url", help="where to download the published splits from (default: the pinned "
+                         "upstream commit; also $REFINE_BASE_URL)")
     return p
 
 
-RESUME_OVERRIDES = ("epochs", "device", "gpu_id", "threads", "data_dir", "quiet")
+RESUME_OVERRIDES = ("epochs", "device", "gpu_id", "threads", "data_dir", "quiet", "download",
+                    "base_url")
 
 
 def config_from_args(argv=None) -> Config:

@@ -191,11 +191,10 @@ def ae_terms_sparse(ae: DispreferenceAE, rows: Tensor, owner: Tensor, cols: Tens
     first, second = ae.encoder[0], ae.encoder[2]
     m, num_inputs = rows.numel(), first.in_features
     code0 = second(torch.relu(first.bias)).unsqueeze(0)  # (1, d)
-    if m:
-        h = _BinaryRowsTimesWeightT.apply(first.weight, owner, cols, m) + first.bias
-        codes = torch.cat([code0, second(torch.relu(h))])  # (1 + m, d)
-    else:
-        codes = code0
+    # m may be 0: W1 then still gets its (zero) gradient, as in the dense computation,
+    # so Adam's moments and weight decay update it exactly as the reference's do
+    h = _BinaryRowsTimesWeightT.apply(first.weight, owner, cols, m) + first.bias
+    codes = torch.cat([code0, second(torch.relu(h))])  # (1 + m, d)
     logits = ae.decoder[:-1](codes)  # (1 + m, in); decoder[-1] is the sigmoid, fused below
     target = torch.zeros_like(logits)
     target[owner + 1, cols] = 1.0

@@ -1,0 +1,34 @@
+"""Shared test helpers: where ../shared lives, and tiny synthetic split folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATASETS = SHARED / "datasets"
+SHARED_REFERENCE = SHARED / "reference"
+
+
+def shared_dataset(name: str):
+    """skipif marker for tests that read ../shared/datasets/<name>."""
+    return pytest.mark.skipif(not (SHARED_DATASETS / name).is_dir(),
+                              reason=f"../shared/datasets/{name} is not present")
+
+
+needs_reference_logs = pytest.mark.skipif(
+    not (SHARED_REFERENCE / "refine_plus").is_dir(),
+    reason="../shared/reference (the reference training logs) is not present")
+
+
+def write_split_folder(root: Path, name: str, train_rows, valid_rows, test_rows,
+                       augment: str = "augment") -> Path:
+    """Write <root>/<name>/<name>_{train_<augment>,validation,test}.csv from (u, i, r) rows."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "user_id:token,item_id:token,rating:float\n"
+    for split, rows in ((f"train_{augment}", train_rows), ("validation", valid_rows),
+                        ("test", test_rows)):
+        lines = "".join(f"{u},{i},{r}\n" for u, i, r in rows)
+        (folder / f"{name}_{split}.csv").write_text(header + lines)
+    return root

@@ -1,0 +1,199 @@
+"""End-to-end runs through main.main(): real 2-epoch runs on ../shared ML-100K and
+Amazon_Digital_Music, exact resume, and every bad input ending in one line + exit code 2."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+import main as M
+from conftest import SHARED_DATASETS, SHARED_REFERENCE, shared_dataset, write_split_folder
+from utils import parse_log
+
+REFERENCE_LOG = {"ML-100K": "ML-100K.log", "Amazon_Digital_Music": "Amazon-Music.log"}
+
+
+def run_main(args, tmp_path, name="run"):
+    argv = [*args, "--result_dir", str(tmp_path / "result"), "--path_name", name, "--quiet",
+            "--no_download", "--threads", "1"]
+    return M.main(argv), tmp_path / "result"
+
+
+@pytest.mark.parametrize("dataset", ["ML-100K", "Amazon_Digital_Music"])
+def test_two_epochs_on_real_data(dataset, tmp_path):
+    if not (SHARED_DATASETS / dataset).is_dir():
+        pytest.skip(f"../shared/datasets/{dataset} is not present")
+    rc, result = run_main(["--dataset", dataset, "--data_dir", str(SHARED_DATASETS),
+                           "--epochs", "2"], tmp_path)
+    assert rc == 0
+    run_dir = result / dataset / "run"
+    for name in ("argv.txt", "config.json", "train.log", "best.pt", "last.pt", "metrics.json",
+                 "epochs.jsonl"):
+        assert (run_dir / name).is_file(), name
+    log = parse_log(run_dir / "train.log")
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    losses = [e["loss"] for e in log["epochs"]]
+    assert all(0 < x < 20 for x in losses) and losses[1] < losses[0]
+    assert set(log["test"]) == {5, 10, 15, 20}
+    assert 0 < log["test"][20][1] < 1
+    # the dataset statistics in our header equal the reference log's
+    ref_log = SHARED_REFERENCE / "refine_plus" / REFERENCE_LOG[dataset]
+    if ref_log.is_file():
+        assert log["stats"] == parse_log(ref_log)["stats"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["recall@20"] == pytest.approx(log["test"][20][1], abs=5e-5)
+    assert metrics["best_epoch"] == log["best_epoch"]
+    best = torch.load(run_dir / "best.pt", weights_only=False)
+    assert best["config"]["dataset"] == dataset and best["epoch"] == metrics["best_epoch"]
+
+
+@shared_dataset("ML-100K")
+def test_resume_after_interrupt_equals_straight_run(tmp_path, monkeypatch):
+    args = ["--dataset", "ML-100K", "--data_dir", str(SHARED_DATASETS), "--batch_size", "4096",
+            "--epochs", "3"]
+    rc, result = run_main(args, tmp_path, "straight")
+    assert rc == 0
+
+    real_train_epoch, calls = M.train_epoch, []
+
+    def interrupted(*a, **kw):  # Ctrl-C in the middle of epoch 2
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(*a, **kw)
+
+    monkeypatch.setattr(M, "train_epoch", interrupted)
+    rc, _ = run_main(args, tmp_path, "split")
+    assert rc == 130
+    monkeypatch.setattr(M, "train_epoch", real_train_epoch)
+    split_dir = result / "ML-100K" / "split"
+    assert torch.load(split_dir / "last.pt", weights_only=False)["epoch"] == 1
+    assert M.main(["--resume", str(split_dir), "--quiet", "--threads", "1"]) == 0
+
+    def epochs(run):
+        rows = [json.loads(line) for line in (result / "ML-100K" / run / "epochs.jsonl").open()]
+        return [(r["epoch"], r["loss"], r["valid"]) for r in rows]
+
+    assert epochs("split") == epochs("straight")
+    straight = json.loads((result / "ML-100K" / "straight" / "metrics.json").read_text())
+    resumed = json.loads((split_dir / "metrics.json").read_text())
+    assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
+    assert parse_log(split_dir / "train.log")["test"] == \
+        parse_log(result / "ML-100K" / "straight" / "train.log")["test"]
+
+
+# ------------------------------------------------------------------------- bad inputs
+
+def synthetic_rows(num_users=30, num_items=40, seed=0):
+    """Random ratings: every user has >= 8 positives and a few negatives/neutral rows."""
+    rng = random.Random(seed)
+    train, valid, test = [], [], []
+    for u in range(num_users):
+        items = rng.sample(range(num_items), 16)
+        for i in items[:8]:
+            train.append((u, i, rng.choice([4, 4.5, 5])))
+        for i in items[8:11]:
+            train.append((u, i, rng.choice([0.5, 1])))
+        for i in items[11:13]:
+            train.append((u, i, 3))
+        valid.append((u, items[13], 5))
+        test += [(u, items[14], 4), (u, items[15], 5)]
+    return train, valid, test
+
+
+def fails_with(capsys, rc, *fragments):
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]
+
+
+def test_synthetic_dataset_trains(tmp_path):
+    write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+    rc, result = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data"),
+                           "--epochs", "2", "--batch_size", "64"], tmp_path)
+    assert rc == 0
+    assert (result / "Synth" / "run" / "metrics.json").is_file()
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    rc, _ = run_main(["--dataset", "ML-100K", "--data_dir", str(tmp_path / "nowhere")], tmp_path)
+    fails_with(capsys, rc, "ML-100K_train_augment.csv")
+
+
+def test_unknown_dataset(tmp_path, capsys):
+    rc, _ = run_main(["--dataset", "ML-200K", "--data_dir", str(tmp_path)], tmp_path)
+    fails_with(capsys, rc, "unknown dataset 'ML-200K'")
+
+
+def test_renamed_column(tmp_path, capsys):
+    write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+    path = tmp_path / "data" / "Synth" / "Synth_train_augment.csv"
+    path.write_text(path.read_text().replace("rating:float", "score"))
+    rc, _ = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data")], tmp_path)
+    fails_with(capsys, rc, "missing column(s) rating:float")
+
+
+def test_non_numeric_rating(tmp_path, capsys):
+    train, valid, test = synthetic_rows()
+    train[3] = (train[3][0], train[3][1], "five")
+    write_split_folder(tmp_path / "data", "Synth", train, valid, test)
+    rc, _ = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data")], tmp_path)
+    fails_with(capsys, rc, "non-numeric", "'five'")
+
+
+def test_unseen_validation_rows_are_dropped_with_a_count(tmp_path):
+    train, valid, test = synthetic_rows()
+    valid += [(999, 1, 5), (0, 999, 4)]
+    write_split_folder(tmp_path / "data", "Synth", train, valid, test)
+    rc, result = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data"),
+                           "--epochs", "1", "--batch_size", "64"], tmp_path)
+    assert rc == 0
+    log = (result / "Synth" / "run" / "train.log").read_text()
+    assert "dropped 2 row(s) whose user or item is not in the training data" in log
+
+
+def test_too_few_sampling_candidates(tmp_path, capsys):
+    # I = 20 items, so n = 2; user 0 has 19 of them in T: 1 candidate left
+    train = [(0, i, 5) for i in range(19)] + [(1, i, 4) for i in range(5, 20)]
+    write_split_folder(tmp_path / "data", "Dense", train, [(1, 0, 5)], [(1, 1, 5)])
+    rc, _ = run_main(["--dataset", "Dense", "--data_dir", str(tmp_path / "data")], tmp_path)
+    fails_with(capsys, rc, "fewer than n = floor(I/10) = 2")
+
+
+def test_shared_mode_batch_with_one_positive(tmp_path, capsys):
+    write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+    rc, _ = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data"),
+                      "--batch_size", "1"], tmp_path)
+    fails_with(capsys, rc, "needs >= 2", "--negatives per_user")
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+    real_batch_loss, calls = M.batch_loss, []
+
+    def poisoned(*a, **kw):  # |T| = 330: 6 batches of 64 per epoch; poison epoch 2, batch 2
+        loss, value, num_pos = real_batch_loss(*a, **kw)
+        calls.append(1)
+        if len(calls) == 8:
+            loss, value = loss * float("nan"), value * float("nan")
+        return loss, value, num_pos
+
+    monkeypatch.setattr(M, "batch_loss", poisoned)
+    rc, result = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data"),
+                           "--epochs", "5", "--batch_size", "64"], tmp_path)
+    fails_with(capsys, rc, "non-finite loss at epoch 2, batch 2")
+    last = torch.load(result / "Synth" / "run" / "last.pt", weights_only=False)
+    assert last["epoch"] == 1
+
+
+def test_resume_refuses_changed_settings(tmp_path, capsys):
+    write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+    rc, result = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data"),
+                           "--epochs", "1", "--batch_size", "64"], tmp_path)
+    assert rc == 0
+    rc = M.main(["--resume", str(result / "Synth" / "run"), "--learning_rate", "0.1"])
+    fails_with(capsys, rc, "--learning_rate")

@@ -1,0 +1,86 @@
+"""Metrics on a tiny hit matrix whose values were computed by hand, and the block evaluation."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dataloader import RowIndex
+from utils import evaluate, ndcg_at_k, precision_at_k, recall_at_k
+
+# user 0: ranks 1 and 3 relevant, 2 ground-truth items in all
+# user 1: rank 2 relevant, 4 ground-truth items in all
+HITS = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+NUM_RELEVANT = torch.tensor([2.0, 4.0], dtype=torch.float64)
+LOG2 = math.log2
+
+
+def test_precision_by_hand():
+    assert precision_at_k(HITS, 1).tolist() == [1.0, 0.0]
+    assert precision_at_k(HITS, 3).tolist() == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_recall_by_hand():
+    assert recall_at_k(HITS, NUM_RELEVANT, 2).tolist() == pytest.approx([1 / 2, 1 / 4])
+    assert recall_at_k(HITS, NUM_RELEVANT, 3).tolist() == pytest.approx([1.0, 1 / 4])
+
+
+def test_ndcg_by_hand():
+    # user 0 at k=3: DCG = 1/log2(2) + 1/log2(4) = 1.5; IDCG (2 hits) = 1 + 1/log2(3)
+    # user 1 at k=3: DCG = 1/log2(3); IDCG (min(4, 3) = 3 hits) = 1 + 1/log2(3) + 1/log2(4)
+    expected = [1.5 / (1 + 1 / LOG2(3)), (1 / LOG2(3)) / (1 + 1 / LOG2(3) + 0.5)]
+    assert ndcg_at_k(HITS, NUM_RELEVANT, 3).tolist() == pytest.approx(expected)
+    # k=1: user 0 hit at rank 1 -> 1; user 1 miss -> 0
+    assert ndcg_at_k(HITS, NUM_RELEVANT, 1).tolist() == pytest.approx([1.0, 0.0])
+
+
+def test_evaluate_masks_training_items_and_averages_over_users_with_truth():
+    # 3 users, 4 items; scores make the order of items 3 > 2 > 1 > 0 for every user
+    user_emb = torch.ones(3, 1)
+    item_emb = torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    # user 0 trained on item 3 (masked); truth {2, 0}. user 1: truth {3}. user 2: no truth.
+    exclude = RowIndex.build(torch.tensor([0]), torch.tensor([3]), 3)
+    truth = RowIndex.build(torch.tensor([0, 0, 1]), torch.tensor([2, 0, 3]), 3)
+    (p1, r1, n1), (p2, r2, n2) = evaluate(user_emb, item_emb, exclude, truth, (1, 2),
+                                          block_size=2)
+    # user 0 ranking: 2, 1, 0 -> hits [1, 0]; user 1 ranking: 3, 2 -> hits [1, 0]
+    assert (p1, r1, n1) == pytest.approx((1.0, (1 / 2 + 1) / 2, 1.0))
+    idcg_user0 = 1 + 1 / LOG2(3)
+    assert (p2, r2) == pytest.approx((0.5, (1 / 2 + 1) / 2))
+    assert n2 == pytest.approx((1 / idcg_user0 + 1.0) / 2)
+
+
+def reference_evaluate(user_emb, item_emb, exclude_pairs, truth_pairs, ks):
+    """The obvious version: one dense score matrix, a separate top-k per k (as the reference)."""
+    scores = user_emb @ item_emb.t()
+    scores[exclude_pairs] = float("-inf")
+    truth = torch.zeros_like(scores, dtype=torch.bool)
+    truth[truth_pairs] = True
+    num_truth = truth.sum(1).double()
+    users = num_truth > 0
+    out = []
+    for k in ks:
+        top = scores.topk(k, dim=1).indices
+        hits = truth.gather(1, top).double()[users]
+        n = num_truth[users]
+        discount = 1 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
+        ideal = torch.stack([discount[:int(min(c, k))].sum() for c in n])
+        out += [(hits.sum(1) / k).mean().item(), (hits.sum(1) / n).mean().item(),
+                ((hits * discount).sum(1) / ideal).mean().item()]
+    return out
+
+
+def test_evaluate_in_blocks_equals_dense_oracle():
+    torch.manual_seed(0)
+    users, items = 37, 50
+    user_emb, item_emb = torch.randn(users, 8), torch.randn(items, 8)
+    pairs = torch.randperm(users * items)[:400]
+    ex = (pairs[:250] // items, pairs[:250] % items)
+    tr = (pairs[250:] // items, pairs[250:] % items)
+    exclude = RowIndex.build(ex[0], ex[1], users)
+    truth = RowIndex.build(tr[0], tr[1], users)
+    expected = reference_evaluate(user_emb, item_emb, ex, tr, (5, 10, 20))
+    for block in (1000, 7, 1):
+        got = evaluate(user_emb, item_emb, exclude, truth, (5, 10, 20), block_size=block)
+        assert [v for row in got for v in row] == pytest.approx(expected)
