@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -18,9 +17,10 @@ from pathlib import Path
 import torch
 
 import dataloader
-from dataloader import DataError, Interactions, RecData, RowIndex
-from model import (ReFINePlus, ae_terms_dense, ae_terms_sparse, alignment_loss, gumbel_topk,
-                   half_l2, multinomial_without_replacement, sampled_softmax_loss)
+import training
+from dataloader import DataError, RecData
+from model import ReFINePlus
+from training import TrainingError
 from utils import (RULE, EarlyStopping, RunLogger, atomic_save, atomic_write_text,
                    command_line, dump_json, evaluate, format_metrics, resolve_device,
                    rng_state, seed_everything, set_rng_state)
@@ -28,10 +28,6 @@ from utils import (RULE, EarlyStopping, RunLogger, atomic_save, atomic_write_tex
 
 class ConfigError(ValueError):
     """An invalid combination of flags (exit code 2)."""
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, impossible sampling); exit code 2."""
 
 
 @dataclass
@@ -65,6 +61,7 @@ class Config:
     result_dir: str = "result"
     resume: str | None = None
     quiet: bool = False
+    flush_denormal: bool = True
     download: bool = True
     base_url: str | None = None
 
@@ -88,208 +85,6 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-
-
-# ------------------------------------------------------------------------------ graphs
-
-@dataclass
-class Graphs:
-    """The training data in the form the step and the evaluation use, on the run's device."""
-
-    norm_adj: torch.Tensor
-    train: Interactions  # T in file order
-    is_pos: torch.Tensor
-    t_by_user: RowIndex  # items of each user in T (sampling weight 0)
-    neg_by_user: RowIndex  # confirmed negatives per user (sampling weight gamma)
-    neg_by_item: RowIndex  # confirmed negatives per item (item AE input)
-    seen_by_user: RowIndex  # every train-file row (T and neutral): masked in evaluation
-    seen_or_valid_by_user: RowIndex
-    valid_by_user: RowIndex
-    test_by_user: RowIndex
-    num_users: int
-    num_items: int
-
-
-def build_graphs(data: RecData, device) -> Graphs:
-    U, I = data.num_users, data.num_items
-    neg, seen = data.negatives, data.train
-    seen_users = torch.cat([seen.users, data.neutral.users])
-    seen_items = torch.cat([seen.items, data.neutral.items])
-    rows = lambda users, items, n: RowIndex.build(users, items, n).to(device)  # noqa: E731
-    return Graphs(
-        norm_adj=dataloader.build_norm_adj(data.train, U, I).to(device),
-        train=data.train.to(device), is_pos=data.train_is_pos.to(device),
-        t_by_user=rows(data.train.users, data.train.items, U),
-        neg_by_user=rows(neg.users, neg.items, U), neg_by_item=rows(neg.items, neg.users, I),
-        seen_by_user=rows(seen_users, seen_items, U),
-        seen_or_valid_by_user=rows(torch.cat([seen_users, data.validation.users]),
-                                   torch.cat([seen_items, data.validation.items]), U),
-        valid_by_user=rows(data.validation.users, data.validation.items, U),
-        test_by_user=rows(data.test.users, data.test.items, U),
-        num_users=U, num_items=I)
-
-
-def num_negatives(num_items: int) -> int:
-    """n = floor(I / 10) sampled negatives per positive (SPEC §4)."""
-    return num_items // 10
-
-
-def sampling_log_weights(users: torch.Tensor, graphs: Graphs, gamma: float) -> torch.Tensor:
-    """log w_u(j) for each given user: -inf on u's items in T, log gamma on u's confirmed
-    negatives (set last, as the reference does), 0 elsewhere. (len(users), I)."""
-    log_w = torch.zeros(users.numel(), graphs.num_items, device=users.device)
-    owner, cols = graphs.t_by_user.gather(users)
-    log_w[owner, cols] = float("-inf")
-    owner, cols = graphs.neg_by_user.gather(users)
-    log_w[owner, cols] = math.log(gamma)
-    return log_w
-
-
-def dense_sampling_weights(graphs: Graphs, gamma: float) -> torch.Tensor:
-    """The reference's U x I weight matrix (only the reference implementation uses it)."""
-    w = torch.ones(graphs.num_users, graphs.num_items, device=graphs.norm_adj.device)
-    w[graphs.train.users, graphs.train.items] = 0.0
-    neg = ~graphs.is_pos
-    w[graphs.train.users[neg], graphs.train.items[neg]] = gamma
-    return w
-
-
-def check_sampling_feasible(graphs: Graphs, n: int) -> None:
-    """Every user with a positive must leave >= n items of non-zero sampling weight."""
-    pos_users = torch.unique(graphs.train.users[graphs.is_pos])
-    candidates = graphs.num_items - graphs.t_by_user.degree()[pos_users] \
-        + graphs.neg_by_user.degree()[pos_users]
-    short = candidates < n
-    if short.any():
-        raise TrainingError(
-            f"{int(short.sum())} user(s) leave fewer than n = floor(I/10) = {n} items to sample "
-            f"negatives from (fewest: {int(candidates.min())}); this dataset is too dense for "
-            f"the sampled softmax")
-
-
-def draw_negatives(pos_users: torch.Tensor, graphs: Graphs, config: Config, n: int,
-                   dense_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Negatives for the batch's positives: (n,) in shared mode, (P, n) in per_user mode.
-
-    shared (reference): the n draws of the batch's SECOND positive's user serve every positive.
-    """
-    if config.negatives == "shared" and pos_users.numel() < 2:
-        raise TrainingError(f"a batch has {pos_users.numel()} positive row(s); --negatives shared "
-                            f"needs >= 2 (use --negatives per_user or another --batch_size)")
-    if config.impl == "reference":
-        drawn = multinomial_without_replacement(dense_weights[pos_users], n)
-        return drawn[1] if config.negatives == "shared" else drawn
-    if config.negatives == "shared":
-        return gumbel_topk(sampling_log_weights(pos_users[1:2], graphs,
-                                                config.real_neg_samp_prob), n)[0]
-    users, inverse = torch.unique(pos_users, return_inverse=True)
-    log_w = sampling_log_weights(users, graphs, config.real_neg_samp_prob)
-    return gumbel_topk(log_w[inverse], n)
-
-
-def ae_inputs(neg_users: torch.Tensor, neg_items: torch.Tensor, graphs: Graphs, ae_input: str):
-    """Non-zero rows of the user-AE input X and of the item-AE input X^T for one batch:
-    two (rows, owner, cols) triples. ``batch``: X has ones at the batch's confirmed
-    negatives only (reference); ``user_negatives``: every confirmed negative of those
-    users (and, for the item AE, of those items)."""
-    users, user_owner = torch.unique(neg_users, return_inverse=True)
-    items, item_owner = torch.unique(neg_items, return_inverse=True)
-    if ae_input == "batch":
-        return (users, user_owner, neg_items), (items, item_owner, neg_users)
-    return ((users, *graphs.neg_by_user.gather(users)),
-            (items, *graphs.neg_by_item.gather(items)))
-
-
-def _dense_rows(rows, owner, cols, num_rows: int, num_cols: int, like) -> torch.Tensor:
-    x = like.new_zeros(num_rows, num_cols)
-    x[rows[owner], cols] = 1.0
-    return x
-
-
-def ae_parameters(model: ReFINePlus) -> list[torch.nn.Parameter]:
-    return [*model.user_ae.parameters(), *model.item_ae.parameters()]
-
-
-def make_optimizer(model: ReFINePlus, config: Config) -> torch.optim.Optimizer:
-    """Adam, lr 1e-3. On the fast path the two L2 terms (λ/2)||θ||² enter as Adam's L2
-    weight decay (grad += λθ): the very same gradient, without autograd passes over every
-    parameter; and the fused kernel. The reference path keeps them in the loss."""
-    if config.impl == "reference":
-        return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    groups = [{"params": [model.gcn.embedding.weight], "weight_decay": config.lambda1},
-              {"params": ae_parameters(model), "weight_decay": config.lambda2}]
-    return torch.optim.Adam(groups, lr=config.learning_rate, fused=True)
-
-
-def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives: torch.Tensor,
-               config: Config) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """loss = L_ssm + (λ1/2)||E0||² + L_ae + (λ2/2)||θ_AE||² + L_align for one batch of T rows.
-
-    Returns (the tensor to backpropagate, the loss value to report, |P|).
-    ``impl=reference`` computes it as the reference does (E propagated twice, dense U x I
-    autoencoder input, L2 in the loss); ``impl=fast`` with one propagation, the sparse AE
-    and the L2 gradient left to the optimizer (``make_optimizer``): same value, same
-    update (tests/test_oracles.py).
-    """
-    users, items = graphs.train.users[batch], graphs.train.items[batch]
-    is_pos = graphs.is_pos[batch]
-    pos_users, pos_items = users[is_pos], items[is_pos]
-    U, I = graphs.num_users, graphs.num_items
-
-    e_users, e_items = model(graphs.norm_adj)
-    pos_scores = (e_users[pos_users] * e_items[pos_items]).sum(1)
-    if negatives.dim() == 1:  # shared: (P, d) @ (d, n)
-        neg_scores = e_users[pos_users] @ e_items[negatives].t()
-    else:  # per user: (P, n)
-        neg_scores = torch.einsum("pd,pnd->pn", e_users[pos_users], e_items[negatives])
-    loss = sampled_softmax_loss(pos_scores, neg_scores)
-
-    user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, config.ae_input)
-    if config.impl == "reference":
-        bce_u, z_users = ae_terms_dense(model.user_ae, _dense_rows(*user_in, U, I, e_users))
-        bce_i, z_items = ae_terms_dense(model.item_ae, _dense_rows(*item_in, I, U, e_users))
-        e_users, e_items = model(graphs.norm_adj)  # the reference propagates a second time
-    else:
-        bce_u, z_users = ae_terms_sparse(model.user_ae, *user_in, U)
-        bce_i, z_items = ae_terms_sparse(model.item_ae, *item_in, I)
-    loss = loss + bce_u + bce_i + alignment_loss(e_users, z_users, e_items, z_items)
-
-    if config.impl == "reference":
-        loss = loss + half_l2([model.gcn.embedding.weight], config.lambda1) \
-            + half_l2(ae_parameters(model), config.lambda2)
-        return loss, loss.detach(), int(pos_users.numel())
-    with torch.no_grad():  # the value only; vector_norm is one fast pass per tensor
-        norms = [torch.linalg.vector_norm(p).square() for p in ae_parameters(model)]
-        l2 = config.lambda1 / 2 * torch.linalg.vector_norm(model.gcn.embedding.weight).square() \
-            + config.lambda2 / 2 * torch.stack(norms).sum()
-    return loss, loss.detach() + l2, int(pos_users.numel())
-
-
-def train_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int, n: int,
-                dense_weights=None) -> float:
-    """One pass over shuffled T in batches; returns sum(loss_b |P_b|) / sum(|P_b|)."""
-    perm = torch.randperm(len(graphs.train), device=graphs.norm_adj.device)
-    losses, sizes = [], []
-    for start in range(0, perm.numel(), config.batch_size):
-        batch = perm[start:start + config.batch_size]
-        pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-        if pos_users.numel() == 0:
-            continue  # a batch of confirmed negatives only has no L_ssm term to average
-        negatives = draw_negatives(pos_users, graphs, config, n, dense_weights)
-        loss, value, num_pos = batch_loss(model, graphs, batch, negatives, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(value)
-        sizes.append(num_pos)
-    losses_t = torch.stack(losses)
-    finite = torch.isfinite(losses_t)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0])
-        raise TrainingError(f"non-finite loss at epoch {epoch}, batch {bad + 1}; stopped. The "
-                            f"last good state is last.pt of epoch {epoch - 1}")
-    sizes_t = torch.tensor(sizes, dtype=losses_t.dtype, device=losses_t.device)
-    return float((losses_t * sizes_t).sum() / sizes_t.sum())
 
 
 # ------------------------------------------------------------------------------- runs
@@ -342,6 +137,9 @@ def run(config: Config) -> dict:
         raise ConfigError(str(err)) from None
     if device.type == "cpu":
         torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+        # Subnormal floats (|x| < 1.2e-38, e.g. from saturated AE sigmoids) made CPU steps
+        # 3.5x slower late in training; flushing them to zero changes no printed digit.
+        torch.set_flush_denormal(config.flush_denormal)
     seed_everything(config.random_seed)
     log = RunLogger(run_dir / "train.log", quiet=config.quiet)
     try:
@@ -364,15 +162,15 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool) 
                                    warn=lambda line: log(line))
     for line in data_lines(config, data):
         log(line)
-    graphs = build_graphs(data, device)
-    n = num_negatives(graphs.num_items)
-    check_sampling_feasible(graphs, n)
-    dense_weights = (dense_sampling_weights(graphs, config.real_neg_samp_prob)
+    graphs = training.build_graphs(data, device)
+    n = training.num_negatives(graphs.num_items)
+    training.check_sampling_feasible(graphs, n)
+    dense_weights = (training.dense_sampling_weights(graphs, config.real_neg_samp_prob)
                      if config.impl == "reference" else None)
 
     model = ReFINePlus(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers,
                        symmetric_backward=config.impl == "fast").to(device)
-    optimizer = make_optimizer(model, config)
+    optimizer = training.make_optimizer(model, config)
     stopper = EarlyStopping(config.early_stopping_step)
     start_epoch, train_seconds = 1, 0.0
     if resuming:
@@ -392,7 +190,7 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool) 
         tic = time.perf_counter()
         results = None
         model.train()
-        loss = train_epoch(model, optimizer, graphs, config, epoch, n, dense_weights)
+        loss = training.train_epoch(model, optimizer, graphs, config, epoch, n, dense_weights)
         train_time = time.perf_counter() - tic
         if epoch % config.evaluation_step == 0:
             model.eval()
@@ -495,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--result_dir", help="root of run folders (default result)")
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     a("--quiet", action="store_true", help="log to train.log only, not stdout")
+    a("--keep_denormals", dest="flush_denormal", action="store_false",
+      help="CPU: keep subnormal floats (slow); default flushes them to zero")
     a("--no_download", dest="download", action="store_false",
       help="never download missing split files (default: fetch and verify them)")
     a("--base_url", help="where to download the published splits from (default: the pinned "

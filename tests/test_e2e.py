@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import main as M
+import training
 from conftest import SHARED_DATASETS, SHARED_REFERENCE, shared_dataset, write_split_folder
 from utils import parse_log
 
@@ -56,7 +57,7 @@ def test_resume_after_interrupt_equals_straight_run(tmp_path, monkeypatch):
     rc, result = run_main(args, tmp_path, "straight")
     assert rc == 0
 
-    real_train_epoch, calls = M.train_epoch, []
+    real_train_epoch, calls = training.train_epoch, []
 
     def interrupted(*a, **kw):  # Ctrl-C in the middle of epoch 2
         calls.append(1)
@@ -64,10 +65,10 @@ def test_resume_after_interrupt_equals_straight_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_train_epoch(*a, **kw)
 
-    monkeypatch.setattr(M, "train_epoch", interrupted)
+    monkeypatch.setattr(training, "train_epoch", interrupted)
     rc, _ = run_main(args, tmp_path, "split")
     assert rc == 130
-    monkeypatch.setattr(M, "train_epoch", real_train_epoch)
+    monkeypatch.setattr(training, "train_epoch", real_train_epoch)
     split_dir = result / "ML-100K" / "split"
     assert torch.load(split_dir / "last.pt", weights_only=False)["epoch"] == 1
     assert M.main(["--resume", str(split_dir), "--quiet", "--threads", "1"]) == 0
@@ -173,7 +174,7 @@ def test_shared_mode_batch_with_one_positive(tmp_path, capsys):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
-    real_batch_loss, calls = M.batch_loss, []
+    real_batch_loss, calls = training.batch_loss, []
 
     def poisoned(*a, **kw):  # |T| = 330: 6 batches of 64 per epoch; poison epoch 2, batch 2
         loss, value, num_pos = real_batch_loss(*a, **kw)
@@ -182,7 +183,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, 
             loss, value = loss * float("nan"), value * float("nan")
         return loss, value, num_pos
 
-    monkeypatch.setattr(M, "batch_loss", poisoned)
+    monkeypatch.setattr(training, "batch_loss", poisoned)
     rc, result = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data"),
                            "--epochs", "5", "--batch_size", "64"], tmp_path)
     fails_with(capsys, rc, "non-finite loss at epoch 2, batch 2")

@@ -18,6 +18,7 @@ from torch_geometric.nn import LGConv
 
 import dataloader
 import main as M
+import training
 from conftest import SHARED_DATASETS, shared_dataset
 from dataloader import Interactions
 from model import (DispreferenceAE, LightGCN, ReFINePlus, ae_terms_dense, ae_terms_sparse,
@@ -122,7 +123,7 @@ def test_fused_sigmoid_bce_matches_torch_including_saturation():
 @pytest.fixture(scope="module")
 def ml100k_graphs():
     data = dataloader.load_dataset(SHARED_DATASETS, "ML-100K", "augment")
-    return M.build_graphs(data, "cpu")
+    return training.build_graphs(data, "cpu")
 
 
 @shared_dataset("ML-100K")
@@ -139,10 +140,10 @@ def test_fast_step_equals_reference_step(ml100k_graphs, negatives, ae_input):
     ref.gcn.convs = torch.nn.ModuleList(LGConv(normalize=False) for _ in range(4))
     batch = torch.randperm(len(graphs.train))[:1024]
     pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-    negs = M.draw_negatives(pos_users, graphs, fast_cfg, M.num_negatives(graphs.num_items))
+    negs = training.draw_negatives(pos_users, graphs, fast_cfg, training.num_negatives(graphs.num_items))
 
-    loss_f, value_f, _ = M.batch_loss(fast, graphs, batch, negs, fast_cfg)
-    loss_r, value_r, _ = M.batch_loss(ref, graphs, batch, negs, ref_cfg)
+    loss_f, value_f, _ = training.batch_loss(fast, graphs, batch, negs, fast_cfg)
+    loss_r, value_r, _ = training.batch_loss(ref, graphs, batch, negs, ref_cfg)
     torch.testing.assert_close(value_f, value_r, rtol=1e-12, atol=0)
     loss_f.backward()
     loss_r.backward()
@@ -161,14 +162,14 @@ def test_fast_optimizer_step_equals_reference_step(ml100k_graphs):
     torch.manual_seed(2)
     fast = ReFINePlus(graphs.num_users, graphs.num_items)
     ref = copy.deepcopy(fast)
-    opt_f, opt_r = M.make_optimizer(fast, fast_cfg), M.make_optimizer(ref, ref_cfg)
-    n = M.num_negatives(graphs.num_items)
+    opt_f, opt_r = training.make_optimizer(fast, fast_cfg), training.make_optimizer(ref, ref_cfg)
+    n = training.num_negatives(graphs.num_items)
     for _ in range(3):
         batch = torch.randperm(len(graphs.train))[:1024]
         pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-        negs = M.draw_negatives(pos_users, graphs, fast_cfg, n)
+        negs = training.draw_negatives(pos_users, graphs, fast_cfg, n)
         for model, opt, cfg in ((fast, opt_f, fast_cfg), (ref, opt_r, ref_cfg)):
-            loss, _, _ = M.batch_loss(model, graphs, batch, negs, cfg)
+            loss, _, _ = training.batch_loss(model, graphs, batch, negs, cfg)
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import main as M
+import training
 from conftest import write_split_folder
 from dataloader import load_dataset
 from model import gumbel_topk, multinomial_without_replacement
@@ -67,13 +68,13 @@ def tiny(tmp_path):
     train += [("b", i, 4) for i in range(8, 25)] + [("c", i, 4.5) for i in (1, 7, 9, 10)]
     write_split_folder(tmp_path, "Tiny", train, [("a", 8, 5)], [("b", 1, 4)])
     data = load_dataset(tmp_path, "Tiny", "augment")
-    return data, M.build_graphs(data, "cpu")
+    return data, training.build_graphs(data, "cpu")
 
 
 def test_sampling_log_weights_follow_spec(tiny):
     data, graphs = tiny
     item = {str(v): k for k, v in enumerate(data.item_ids)}
-    log_w = M.sampling_log_weights(torch.tensor([0]), graphs, 1.5)[0]  # user "a"
+    log_w = training.sampling_log_weights(torch.tensor([0]), graphs, 1.5)[0]  # user "a"
     for i in (1, 2, 3, 4):
         assert log_w[item[str(i)]] == float("-inf")  # positives in T: weight 0
     for i in (5, 6):
@@ -90,21 +91,21 @@ def test_shared_negatives_come_from_the_second_positive(tiny):
     b_items = set(graphs.t_by_user.indices[graphs.t_by_user.indptr[1]:graphs.t_by_user.indptr[2]]
                   .tolist())
     for _ in range(50):
-        negs = M.draw_negatives(pos_users, graphs, config, 2)
+        negs = training.draw_negatives(pos_users, graphs, config, 2)
         assert negs.shape == (2,) and not (set(negs.tolist()) & b_items)
-    per_user = M.draw_negatives(pos_users, graphs, M.Config(negatives="per_user"), 2)
+    per_user = training.draw_negatives(pos_users, graphs, M.Config(negatives="per_user"), 2)
     assert per_user.shape == (4, 2)
 
 
 def test_shared_mode_needs_two_positives(tiny):
     _, graphs = tiny
-    with pytest.raises(M.TrainingError, match="needs >= 2"):
-        M.draw_negatives(torch.tensor([0]), graphs, M.Config(), 2)
+    with pytest.raises(training.TrainingError, match="needs >= 2"):
+        training.draw_negatives(torch.tensor([0]), graphs, M.Config(), 2)
 
 
 def test_too_few_candidates_is_reported(tiny):
     _, graphs = tiny
     # user b has 17 of the 24 items in T: 7 candidates < n = 8
-    with pytest.raises(M.TrainingError, match="fewer than n"):
-        M.check_sampling_feasible(graphs, 8)
-    M.check_sampling_feasible(graphs, 7)
+    with pytest.raises(training.TrainingError, match="fewer than n"):
+        training.check_sampling_feasible(graphs, 8)
+    training.check_sampling_feasible(graphs, 7)
