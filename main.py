@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
+import compare
 import dataloader
+import seeds
 import training
 from dataloader import DataError, RecData
-from model import ReFINePlus
+from recommenders import DEFAULT_REFINE_R, MODELS, REFINE_R
 from training import TrainingError
 from utils import (RULE, EarlyStopping, RunLogger, atomic_save, atomic_write_text,
                    command_line, dump_json, evaluate, format_metrics, resolve_device,
@@ -35,6 +37,7 @@ class Config:
     """Every setting of a run; the reference's flag names are kept."""
 
     dataset: str = "ML-100K"
+    model: str = "refine_plus"
     dataset_augment: str = "augment"
     data_dir: str | None = None
     random_seed: int = 2024
@@ -64,13 +67,36 @@ class Config:
     flush_denormal: bool = True
     download: bool = True
     base_url: str | None = None
+    # the BPR baselines (recommenders.py): L2 weight, ReFINe's re-weighting (SPEC §7)
+    lambda_reg: float = 1e-4
+    p: float = 1.5
+    q: float = 0.75
+    r: int | None = None  # None: 100, 250 on ML-1M, 300 on Netflix-1M
+    s: int = 5
+    t: int = 50
+    seeds: tuple[int, ...] | None = None  # several runs, one per seed (seeds.py)
+    num_seeds: int | None = None  # seeds random_seed, random_seed + 1, ...
+    compare_to: tuple[str, ...] | None = None  # logs/runs to compare with at the end
 
     def __post_init__(self):
         self.top_k = tuple(sorted(int(k) for k in self.top_k))
         if self.layers is None:
             self.layers = 2 if self.dataset == "Amazon_Books" else 4
+        if self.r is None:
+            self.r = REFINE_R.get(self.dataset, DEFAULT_REFINE_R)
+        try:
+            self.seeds = seeds.resolve_seeds(self.seeds, self.num_seeds, self.random_seed)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        self.num_seeds = None  # resolved into seeds
+        if self.compare_to is not None:
+            self.compare_to = tuple(str(x) for x in self.compare_to)
         checks = [
             (self.dataset_augment in ("augment", "original"), "--dataset_augment must be augment or original"),
+            (self.model in MODELS, f"--model must be one of {', '.join(MODELS)}"),
+            (self.impl == "fast" or self.model == "refine_plus", "--impl reference exists for refine_plus only"),
+            (min(self.p, self.q, self.lambda_reg) >= 0 and min(self.r, self.s, self.t) >= 1,
+             "--p, --q, --lambda_reg must be >= 0 and --r, --s, --t >= 1"),
             (self.negatives in ("shared", "per_user"), "--negatives must be shared or per_user"),
             (self.ae_input in ("batch", "user_negatives"), "--ae_input must be batch or user_negatives"),
             (self.impl in ("fast", "reference"), "--impl must be fast or reference"),
@@ -100,19 +126,24 @@ def header_lines(config: Config, device: torch.device) -> list[str]:
                  ("early_stopping_step", config.early_stopping_step),
                  ("top_k", list(config.top_k)), ("epochs", config.epochs),
                  ("real_negative_sampling_probabilities", config.real_neg_samp_prob),
+                 *([(k, getattr(config, k)) for k in "pqrst"] if config.model == "refine" else []),
                  ("path_name", config.path_name)]
-    ours = [("model", "refine_plus"), ("negatives", config.negatives),
-            ("ae_input", config.ae_input), ("lambda1", config.lambda1),
-            ("lambda2", config.lambda2), ("impl", config.impl),
-            ("mask_valid_in_test", config.mask_valid_in_test), ("device", device),
-            ("threads", torch.get_num_threads())]
+    if config.model == "refine_plus":
+        ours = [("model", "refine_plus"), ("negatives", config.negatives),
+                ("ae_input", config.ae_input), ("lambda1", config.lambda1),
+                ("lambda2", config.lambda2), ("impl", config.impl)]
+    else:
+        ours = [("model", config.model), ("lambda_reg", config.lambda_reg)]
+    ours += [("mask_valid_in_test", config.mask_valid_in_test), ("device", device),
+             ("threads", torch.get_num_threads())]
     return [RULE, *(f"{k}: {v}" for k, v in reference + ours), RULE, ""]
 
 
 def data_lines(config: Config, data: RecData) -> list[str]:
+    trained_on = data.positives if MODELS[config.model].positives_graph else data.train
     return [RULE, "data loading...", f"train set: train_{config.dataset_augment}",
             f"user: {data.num_users},  item: {data.num_items}",
-            f"train interations: {len(data.train)}",
+            f"train interations: {len(trained_on)}",
             f"valid interations: {len(data.validation)}",
             f"test interations: {len(data.test)}", "done!", RULE]
 
@@ -125,6 +156,15 @@ def make_run_dir(config: Config) -> Path:
                           f"or choose another --path_name")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def evaluate_model(model: torch.nn.Module, graphs: training.Graphs, exclude, truth,
+                   config: Config) -> list[tuple[float, float, float]]:
+    """(P, R, NDCG) at every k of the current model on one split (SPEC §5)."""
+    model.eval()
+    with torch.no_grad():
+        e_users, e_items = model(graphs.norm_adj)
+    return evaluate(e_users, e_items, exclude, truth, config.top_k, config.test_batch_size)
 
 
 def run(config: Config) -> dict:
@@ -162,15 +202,11 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool) 
                                    warn=lambda line: log(line))
     for line in data_lines(config, data):
         log(line)
-    graphs = training.build_graphs(data, device)
-    n = training.num_negatives(graphs.num_items)
-    training.check_sampling_feasible(graphs, n)
-    dense_weights = (training.dense_sampling_weights(graphs, config.real_neg_samp_prob)
-                     if config.impl == "reference" else None)
-
-    model = ReFINePlus(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers,
-                       symmetric_backward=config.impl == "fast").to(device)
-    optimizer = training.make_optimizer(model, config)
+    recommender = MODELS[config.model]
+    graphs = training.build_graphs(data, device, recommender.positives_graph)
+    sampling = recommender.prepare(graphs, config)
+    model = recommender.build(graphs, config).to(device)
+    optimizer = recommender.make_optimizer(model, config)
     stopper = EarlyStopping(config.early_stopping_step)
     start_epoch, train_seconds = 1, 0.0
     if resuming:
@@ -184,20 +220,16 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool) 
 
     max_k_index = config.top_k.index(20) if 20 in config.top_k else len(config.top_k) - 1
     epoch = start_epoch - 1
-    for epoch in range(start_epoch, config.epochs + 1):
-        if stopper.should_stop:
-            break
+    while epoch < config.epochs and not stopper.should_stop:
+        epoch += 1
         tic = time.perf_counter()
         results = None
         model.train()
-        loss = training.train_epoch(model, optimizer, graphs, config, epoch, n, dense_weights)
+        loss = recommender.train_epoch(model, optimizer, graphs, config, epoch, sampling)
         train_time = time.perf_counter() - tic
         if epoch % config.evaluation_step == 0:
-            model.eval()
-            with torch.no_grad():
-                e_users, e_items = model(graphs.norm_adj)
-            results = evaluate(e_users, e_items, graphs.seen_by_user, graphs.valid_by_user,
-                               config.top_k, config.test_batch_size)
+            results = evaluate_model(model, graphs, graphs.seen_by_user, graphs.valid_by_user,
+                                     config)
             log(f"\nEpoch: {epoch:03d}, Loss: {loss:.4f}")
             for line in format_metrics(config.top_k, results):
                 log(line)
@@ -230,12 +262,8 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool) 
 
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(best["model"])
-    model.eval()
-    with torch.no_grad():
-        e_users, e_items = model(graphs.norm_adj)
     exclude = graphs.seen_or_valid_by_user if config.mask_valid_in_test else graphs.seen_by_user
-    test = evaluate(e_users, e_items, exclude, graphs.test_by_user, config.top_k,
-                    config.test_batch_size)
+    test = evaluate_model(model, graphs, exclude, graphs.test_by_user, config)
     log("\n" + RULE)
     log("Final Test Results")
     for line in format_metrics(config.top_k, test):
@@ -250,6 +278,9 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool) 
                "best_validation": named(stopper.best_metrics), "test": named(test),
                "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(epoch, 1)}
     dump_json(metrics, run_dir / "metrics.json")
+    if config.compare_to:
+        for line in compare.compare_lines([*config.compare_to, str(run_dir)]):
+            log(line)
     return metrics
 
 
@@ -259,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 argument_default=argparse.SUPPRESS)
     a = p.add_argument
+    a("--model", help=f"{', '.join(MODELS)} (default refine_plus); see recommenders.py")
     a("--dataset", help="ML-100K, ML-1M, Netflix-1M, Amazon_Digital_Music, Amazon_Books, or a "
                         "folder name under --data_dir (default ML-100K)")
     a("--dataset_augment", choices=("augment", "original"),
@@ -297,22 +329,38 @@ def build_parser() -> argparse.ArgumentParser:
       help="CPU: keep subnormal floats (slow); default flushes them to zero")
     a("--no_download", dest="download", action="store_false",
       help="never download missing split files (default: fetch and verify them)")
+    a("--lambda_reg", type=float, help="lightgcn/refine: L2 weight on the batch's node "
+                                       "embeddings, divided by the batch size (default 1e-4)")
+    a("--p", type=float, help="refine: weight of items similar to a confirmed negative (1.5)")
+    a("--q", type=float, help="refine: weight of items similar to a positive (0.75)")
+    a("--r", type=int, help="refine: similar items per confirmed negative (100; ML-1M 250, "
+                            "Netflix-1M 300)")
+    a("--s", type=int, help="refine: similar items per positive (5)")
+    a("--t", type=int, help="refine: first epoch of the similarity re-weighting (50)")
+    a("--seeds", type=int, nargs="+", help="run once per seed, each in <run>/seed<S>/, then "
+                                           "write <run>/summary.json (mean ± std)")
+    a("--num_seeds", type=int, help="as --seeds with random_seed, random_seed + 1, ...")
+    a("--compare_to", nargs="+", metavar="PATH",
+      help="logs or run folders to print side by side with this run at the end (compare.py)")
     a("--base_url", help="where to download the published splits from (default: the pinned "
                          "upstream commit; also $REFINE_BASE_URL)")
     return p
 
 
 RESUME_OVERRIDES = ("epochs", "device", "gpu_id", "threads", "data_dir", "quiet", "download",
-                    "base_url")
+                    "base_url", "compare_to")
 
 
 def config_from_args(argv=None) -> Config:
     given = vars(build_parser().parse_args(argv))
     if "resume" in given:
         run_dir = Path(given["resume"])
-        if not (run_dir / "config.json").is_file() or not (run_dir / "last.pt").is_file():
+        if (run_dir / seeds.SEEDS_FILE).is_file():  # a multi-seed run: continue every seed
+            saved = json.loads((run_dir / seeds.SEEDS_FILE).read_text())
+        elif not (run_dir / "config.json").is_file() or not (run_dir / "last.pt").is_file():
             raise ConfigError(f"--resume {run_dir}: no config.json/last.pt there")
-        saved = json.loads((run_dir / "config.json").read_text())
+        else:
+            saved = json.loads((run_dir / "config.json").read_text())
         ignored = sorted(set(given) - set(RESUME_OVERRIDES) - {"resume"})
         if ignored:
             raise ConfigError(f"--resume keeps the run's settings; only "
@@ -331,8 +379,16 @@ def main(argv=None) -> int:
         if config.dataset not in dataloader.DATASETS and not (data_dir / config.dataset).is_dir():
             raise ConfigError(f"unknown dataset {config.dataset!r}: use one of "
                               f"{', '.join(dataloader.DATASETS)} or a folder under {data_dir}")
-        run(config)
-    except (ConfigError, DataError, TrainingError) as err:
+        for path in config.compare_to or ():  # fail now, not after hours of training
+            try:
+                compare.load(path)
+            except (compare.CompareError, OSError) as err:
+                raise ConfigError(f"--compare_to: {err}") from None
+        if config.seeds is not None:
+            seeds.run_seeds(config, run)
+        else:
+            run(config)
+    except (ConfigError, DataError, TrainingError, seeds.SeedsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
