@@ -174,13 +174,13 @@ def answer_requests(backend, requests: list[Request], cfg: RefineConfig, cache: 
         for layout in ("main", "retry"):
             asked = []
             for r in pending:
-                n_tokens = backend.count_tokens(r.prompts[layout])
+                n_tokens = backend.count_tokens(r.prompt(layout))
                 records[r.key]["prompt_tokens"] = n_tokens
                 if n_tokens is not None and n_tokens > cfg.max_prompt_tokens:
                     records[r.key]["status"] = "too_long"
                 else:
                     asked.append(r)
-            outputs = backend.generate([r.prompts[layout] for r in asked], [r.context for r in asked]) \
+            outputs = backend.generate([r.prompt(layout) for r in asked], [r.context for r in asked]) \
                 if asked else []
             pending = []
             for r, text in zip(asked, outputs):
@@ -345,7 +345,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
         users = [p.user for p in plans]
         if cfg.dry_run:
             for r in requests[:cfg.dry_run]:
-                log(f"--- user {r.user}, items {r.items}\n{r.prompts['main']}")
+                log(f"--- user {r.user}, items {r.items}\n{r.prompt('main')}")
             return {}
         cache_path = Path(cfg.cache) if cfg.cache else output.with_name(output.name + ".cache.jsonl")
         cache = AnswerCache(cache_path)

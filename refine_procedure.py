@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from dataloader import ITEM_COL, RATING_COL, USER_COL, DataError
-from llm_prompts import item_text, parse_answer
+from llm_prompts import PromptTemplate, item_text, parse_answer
 
 POSITIVE, NEGATIVE = 4.5, 0.5
 TITLE_COLUMNS = ("movie_title:token_seq", "title:token_seq", "title:token", "movie_title", "title")
@@ -136,34 +136,42 @@ def plan_users(train: pd.DataFrame, texts: dict, seed: int) -> list[UserPlan]:
 
 @dataclass
 class Request:
-    """One chunk of one user: what a backend answers, with its cache key."""
+    """One chunk of one user: what a backend answers, with its cache key. The prompt is
+    rendered on demand (``prompt(layout)``); the prompt arguments share the user's lists."""
 
     user: str
     items: list[str]
-    prompts: dict[str, str]
+    template: PromptTemplate = field(repr=False)
+    args: dict = field(repr=False)
     context: dict = field(repr=False)
     key: str = ""
 
+    def prompt(self, layout: str) -> str:
+        return self.template.render(layout, **self.args)
+
 
 def build_requests(plans: list[UserPlan], texts: dict, cfg) -> list[Request]:
-    """One request per chunk of ``cfg.chunk_size`` candidates (``cfg``: a RefineConfig)."""
+    """One request per chunk of ``cfg.chunk_size`` candidates (``cfg``: a RefineConfig).
+
+    Cache key: user, chunk items, template digest, model id and the hash of the main
+    prompt (so a changed item text or example list is a different question)."""
     template = cfg.prompt_template
     full = {i: item_text(*texts[i]) for i in texts}
     bare = {i: item_text(texts[i][0], None) for i in texts}
     requests = []
     for plan in plans:
+        shared = dict(dataset=cfg.dataset, positives=[full[i] for i in plan.positives],
+                      example_candidates=[full[i] for i in plan.examples],
+                      example_answer=[bare[i] for i in plan.example_answer])
         for start in range(0, len(plan.candidates), cfg.chunk_size):
             chunk = plan.candidates[start:start + cfg.chunk_size]
-            args = dict(dataset=cfg.dataset, positives=[full[i] for i in plan.positives],
-                        example_candidates=[full[i] for i in plan.examples],
-                        example_answer=[bare[i] for i in plan.example_answer],
-                        candidates=[full[i] for i in chunk])
-            prompts = {layout: template.render(layout, **args) for layout in ("main", "retry")}
+            args = dict(shared, candidates=[full[i] for i in chunk])
+            main = template.render("main", **args)
             key_text = json.dumps([plan.user, chunk, template.digest, cfg.model_id(),
-                                   hashlib.sha256(prompts["main"].encode()).hexdigest()])
+                                   hashlib.sha256(main.encode()).hexdigest()])
             context = dict(positives=plan.positives, examples=plan.examples,
                            example_answer=plan.example_answer, candidates=chunk)
-            requests.append(Request(plan.user, chunk, prompts, context,
+            requests.append(Request(plan.user, chunk, template, args, context,
                                     hashlib.sha256(key_text.encode()).hexdigest()[:32]))
     return requests
 

@@ -71,7 +71,7 @@ def test_prompt_holds_the_spec_parts(tmp_path):
     plans = rp.plan_users(toy_train(tmp_path), texts, 2024)
     requests = rp.build_requests(plans, texts, cfg)
     assert [len(r.items) for r in requests] == [5, 2, 3, 2]  # chunks of 5 per user
-    main = requests[0].prompts["main"]
+    main = requests[0].prompt("main")
     assert "ML-100K" in main
     assert "positively:\n[<Alpha (genre: Action)>]" in main
     example_answer = main.split("Answer: [", 1)[1].split("]", 1)[0]
@@ -79,7 +79,7 @@ def test_prompt_holds_the_spec_parts(tmp_path):
     chunk = main.rsplit("Candidate movies:\n[", 1)[1].split("]", 1)[0]
     assert chunk == ", ".join(f"<{TOY_ITEMS[i][0]} (genre: {', '.join(TOY_ITEMS[i][1].split())})>"
                               for i in requests[0].items)
-    retry = requests[0].prompts["retry"]
+    retry = requests[0].prompt("retry")
     assert retry.startswith("Task:") and retry.index("Task:") < retry.index("positively:\n")
     assert len({r.key for r in requests}) == len(requests)
 

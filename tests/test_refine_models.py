@@ -108,7 +108,7 @@ def test_hf_token_limit_skips_and_counts(tmp_path, tiny_llama):
                           tmp_path / "ML-100K" / "ml-100k.item")
     c = cfg(tmp_path, backend="hf", model=str(tiny_llama))
     plans = rp.plan_users(rp.read_train(c.input_path()), texts, 2024)
-    lengths = [len(tok(r.prompts["main"])["input_ids"]) for r in rp.build_requests(plans, texts, c)]
+    lengths = [len(tok(r.prompt("main"))["input_ids"]) for r in rp.build_requests(plans, texts, c)]
     limit = sorted(lengths)[1]  # the two shortest prompts fit, the others do not
     c = cfg(tmp_path, backend="hf", model=str(tiny_llama), max_new_tokens=4, max_prompt_tokens=limit)
     manifest = rl.run(c, **QUIET)
