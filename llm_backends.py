@@ -4,8 +4,9 @@ refiner. Each has ``count_tokens(prompt) -> int | None`` and
 ``generate(prompts, contexts) -> list[str]`` (greedy completions, or for ``embedding`` an
 answer in the same "[<Title>, …]" format computed from ``contexts``).
 
-Heavy imports (transformers, sentence_transformers) happen only inside the backend that
-needs them.
+``reads_prompts`` says whether the backend looks at the prompt text at all (the embedding
+refiner does not, so its prompts are never rendered). Heavy imports (transformers,
+sentence_transformers) happen only inside the backend that needs them.
 """
 from __future__ import annotations
 
@@ -47,6 +48,8 @@ class HFBackend:
     ``--gguf_file`` loads a GGUF checkpoint (dequantized by transformers; needs ``gguf``).
     Batches are left-padded.
     """
+
+    reads_prompts = True
 
     def __init__(self, cfg):
         model, gguf = cfg.model, cfg.gguf_file
@@ -115,6 +118,8 @@ class OpenAIBackend:
     ``/tokenize`` or llama-cpp-python's ``/extras/tokenize``), else from a length
     estimate (1 token per 3 characters, warned once).
     """
+
+    reads_prompts = True
 
     def __init__(self, cfg, backoff: float = 1.0):
         self.base = cfg.base_url.rstrip("/")
@@ -237,6 +242,8 @@ class EmbeddingBackend:
     and the 2-rated when u's mean >= 3) — exactly what the LLM prompt shows.
     c is judged positive iff s(c, L) - s(c, D) > margin.
     """
+
+    reads_prompts = False
 
     def __init__(self, cfg, texts: dict):
         try:

@@ -172,16 +172,17 @@ def answer_requests(backend, requests: list[Request], cfg: RefineConfig, cache: 
                                answer=None, prompt_tokens=None) for r in batch}
         pending = batch
         for layout in ("main", "retry"):
-            asked = []
+            asked, prompts = [], []
             for r in pending:
-                n_tokens = backend.count_tokens(r.prompt(layout))
+                prompt = r.prompt(layout) if backend.reads_prompts else None
+                n_tokens = backend.count_tokens(prompt) if prompt is not None else None
                 records[r.key]["prompt_tokens"] = n_tokens
                 if n_tokens is not None and n_tokens > cfg.max_prompt_tokens:
                     records[r.key]["status"] = "too_long"
                 else:
                     asked.append(r)
-            outputs = backend.generate([r.prompt(layout) for r in asked], [r.context for r in asked]) \
-                if asked else []
+                    prompts.append(prompt)
+            outputs = backend.generate(prompts, [r.context for r in asked]) if asked else []
             pending = []
             for r, text in zip(asked, outputs):
                 answer = cut_answer(text)
@@ -364,8 +365,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
         gen_seconds = time.perf_counter() - gen_started
         records = [cache.records[r.key] for r in requests]
         status = pd.Series([rec["status"] for rec in records], dtype=object)
-        decisions = decisions_from_records(records, train, texts())
-        decisions = {u: s for u, s in decisions.items() if u in set(users)}
+        decisions = decisions_from_records(records, train, texts())  # users of ``plans`` only
         keep_missing = texts()
         counts.update(
             users=len(plans), chunks=len(requests), chunks_asked_now=todo,
@@ -378,7 +378,8 @@ def run(cfg: RefineConfig, log=print) -> dict:
             seconds_per_chunk=round(gen_seconds / todo, 4) if todo else None)
     if cfg.limit_users and cfg.decisions:
         users = users[:cfg.limit_users]
-        decisions = {u: s for u, s in decisions.items() if u in set(users)}
+        keep = set(users)
+        decisions = {u: s for u, s in decisions.items() if u in keep}
     ratings, relabel_counts = relabel(train, decisions, keep_missing,
                                       set(users) if cfg.limit_users else None)
     counts.update(relabel_counts)
