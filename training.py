@@ -43,14 +43,17 @@ class Graphs:
     num_items: int
 
 
-def build_graphs(data: RecData, device) -> Graphs:
+def build_graphs(data: RecData, device, positives_graph: bool = False) -> Graphs:
+    """``positives_graph``: propagate over the positive rows only (LightGCN, ReFINe);
+    otherwise over all of T (ReFINe++). Sampling and evaluation indexes are the same."""
     U, I = data.num_users, data.num_items
     neg, seen = data.negatives, data.train
     seen_users = torch.cat([seen.users, data.neutral.users])
     seen_items = torch.cat([seen.items, data.neutral.items])
     rows = lambda users, items, n: RowIndex.build(users, items, n).to(device)  # noqa: E731
     return Graphs(
-        norm_adj=dataloader.build_norm_adj(data.train, U, I).to(device),
+        norm_adj=dataloader.build_norm_adj(data.positives if positives_graph else data.train,
+                                           U, I).to(device),
         train=data.train.to(device), is_pos=data.train_is_pos.to(device),
         t_by_user=rows(data.train.users, data.train.items, U),
         neg_by_user=rows(neg.users, neg.items, U), neg_by_item=rows(neg.items, neg.users, I),

@@ -1,0 +1,197 @@
+"""Training logs side by side: ``python compare.py LOG_OR_RUN [LOG_OR_RUN ...] [--plot out.png]``.
+
+Reads the reference logs (refine_plus/*.log, refine/*.out), our train.log files, run folders
+(their train.log) and multi-seed run folders (their summary.json, mean ± std) with the one
+parser, utils.parse_log. Prints best epoch, best validation and final test P/R/NDCG@k,
+training seconds and seconds per epoch, each column's difference to the first one;
+``--plot`` draws validation Recall@20, NDCG@20 and the loss per epoch of every log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from utils import parse_log
+
+METRICS = ("precision", "recall", "ndcg")
+SHORT = {"precision": "P", "recall": "R", "ndcg": "NDCG"}
+
+
+class CompareError(ValueError):
+    """A path that is not a training log, run folder or multi-seed run folder (exit code 2)."""
+
+
+@dataclass
+class Entry:
+    """One column of the table: row name -> (value, std or None), and the parsed logs
+    behind it (one per seed) for the curves."""
+
+    label: str
+    rows: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    logs: list[dict] = field(default_factory=list)
+
+
+def row_names(ks=(5, 10, 15, 20)) -> list[str]:
+    names = ["best epoch", "epochs run"]
+    for split in ("valid", "test"):
+        names += [f"{split} {SHORT[m]}@{k}" for k in ks for m in METRICS]
+    return names + ["train seconds", "seconds/epoch"]
+
+
+def entry_from_log(log: dict, label: str) -> Entry:
+    """Table rows of one parsed log (values as printed: 4 decimals)."""
+    if not log["epochs"]:
+        raise CompareError(f"{label}: no 'Epoch: N, Loss: x' lines (not a training log)")
+    entry = Entry(label, logs=[log])
+    rows = entry.rows
+    if log["best_epoch"] is not None:
+        rows["best epoch"] = (log["best_epoch"], None)
+    rows["epochs run"] = (len(log["epochs"]), None)
+    for split, results in (("valid", log["best_valid"]), ("test", log["test"])):
+        for k, values in (results or {}).items():
+            for m, v in zip(METRICS, values):
+                rows[f"{split} {SHORT[m]}@{k}"] = (v, None)
+    if log["train_seconds"] is not None:
+        rows["train seconds"] = (log["train_seconds"], None)
+        rows["seconds/epoch"] = (log["train_seconds"] / len(log["epochs"]), None)
+    return entry
+
+
+def entry_from_summary(folder: Path, label: str) -> Entry:
+    """Mean ± std rows of a multi-seed run (seeds.py's summary.json) and its seeds' logs."""
+    summary = json.loads((folder / "summary.json").read_text())
+    entry = Entry(f"{label} ({summary['num_seeds']} seeds)")
+    rows = entry.rows
+
+    def put(name, stat):
+        rows[name] = (stat["mean"], stat["std"])
+
+    put("best epoch", summary["best_epoch"])
+    put("epochs run", summary["last_epoch"])
+    for split, key in (("valid", "best_validation"), ("test", "test")):
+        for metric, stat in summary[key].items():
+            name, k = metric.split("@")
+            put(f"{split} {SHORT[name]}@{k}", stat)
+    put("train seconds", summary["train_seconds"])
+    put("seconds/epoch", summary["seconds_per_epoch"])
+    for run in summary.get("runs", []):
+        if (folder / run / "train.log").is_file():
+            entry.logs.append(parse_log(folder / run / "train.log"))
+    return entry
+
+
+def load(path: str | Path, label: str | None = None) -> Entry:
+    """A log file, a run folder (its train.log) or a multi-seed run folder (summary.json)."""
+    path = Path(path)
+    if path.is_dir():
+        label = label or path.name
+        if (path / "summary.json").is_file():
+            return entry_from_summary(path, label)
+        if (path / "train.log").is_file():
+            return entry_from_log(parse_log(path / "train.log"), label)
+        raise CompareError(f"{path}: neither train.log nor summary.json there")
+    if not path.is_file():
+        raise CompareError(f"{path}: no such file or folder")
+    label = label or (path.parent.name if path.name == "train.log" else path.stem)
+    return entry_from_log(parse_log(path), label)
+
+
+def _cell(name: str, value, std, base) -> str:
+    """Epoch counts as integers, seconds with one decimal, metrics with four (as logged)."""
+    digits = {"best epoch": 0, "epochs run": 0, "train seconds": 1, "seconds/epoch": 3}.get(name, 4)
+    text = f"{value:.{digits}f}"
+    if std is not None:
+        text += f"±{std:.{digits}f}" if digits else f"±{std:.1f}"
+    if base is not None:
+        text += f" ({value - base:+.{digits}f})"
+    return text
+
+
+def table_lines(entries: list[Entry]) -> list[str]:
+    """One row per quantity, one column per entry; columns after the first show their
+    difference to the first in parentheses. Quantities no entry has are left out."""
+    names = [n for n in row_names() if any(n in e.rows for e in entries)]
+    names += sorted({n for e in entries for n in e.rows} - set(names))
+    first = entries[0].rows
+    cells = [["", *(e.label for e in entries)]]
+    for name in names:
+        row = [name]
+        for j, e in enumerate(entries):
+            if name not in e.rows:
+                row.append("-")
+                continue
+            value, std = e.rows[name]
+            base = first[name][0] if j > 0 and name in first else None
+            row.append(_cell(name, value, std, base))
+        cells.append(row)
+    widths = [max(len(r[c]) for r in cells) for c in range(len(cells[0]))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells]
+
+
+def compare_lines(paths, labels=None) -> list[str]:
+    labels = list(labels or [])
+    entries = [load(p, labels[i] if i < len(labels) else None) for i, p in enumerate(paths)]
+    return table_lines(entries)
+
+
+def plot(entries: list[Entry], out: str | Path) -> None:
+    """Validation Recall@20, NDCG@20 and the loss per epoch of every log on shared axes;
+    a dot marks each log's best epoch. Seeds of one multi-seed run share a colour."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    panels = (("validation Recall@20", 1), ("validation NDCG@20", 2), ("loss", None))
+    for c, entry in enumerate(entries):
+        colour = f"C{c % 10}"
+        for s, log in enumerate(entry.logs):
+            epochs = [e["epoch"] for e in log["epochs"]]
+            label = entry.label if s == 0 else None
+            alpha = 1.0 if len(entry.logs) == 1 else 0.6
+            for ax, (title, col) in zip(axes, panels):
+                if col is None:
+                    ys = [e["loss"] for e in log["epochs"]]
+                else:
+                    ys = [e["metrics"].get(20, (float("nan"),) * 3)[col] for e in log["epochs"]]
+                ax.plot(epochs, ys, color=colour, lw=1, alpha=alpha, label=label)
+                best = log["best_epoch"]
+                if best is not None and best in epochs:
+                    ax.plot([best], [ys[epochs.index(best)]], "o", color=colour, ms=5)
+    for ax, (title, _) in zip(axes, panels):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", metavar="LOG_OR_RUN",
+                        help="training logs, run folders or multi-seed run folders")
+    parser.add_argument("--labels", nargs="+", help="column names (default: file/folder names)")
+    parser.add_argument("--plot", metavar="OUT.png", help="also draw the curves into this file")
+    args = parser.parse_args(argv)
+    try:
+        labels = args.labels or []
+        entries = [load(p, labels[i] if i < len(labels) else None)
+                   for i, p in enumerate(args.paths)]
+    except (CompareError, OSError, json.JSONDecodeError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print("\n".join(table_lines(entries)))
+    if args.plot:
+        plot(entries, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""One configuration over several seeds (``main.py --seeds 2024 2025 ...`` / ``--num_seeds N``).
+
+The seeds run one after the other, each a normal run folder ``<run>/seed<S>/``; then
+``<run>/summary.json`` holds mean ± std of every number of their metrics.json and
+``<run>/summary.txt`` the same as a table. ``--resume <run>`` continues a multi-seed run:
+finished seeds are kept, an interrupted one resumes from its last.pt, missing ones start.
+std is the sample standard deviation (n - 1 in the denominator; 0 for a single seed).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from utils import atomic_write_text, dump_json
+
+if TYPE_CHECKING:
+    from main import Config
+
+class SeedsError(ValueError):
+    """A multi-seed run folder that cannot be created or continued (exit code 2)."""
+
+
+SEEDS_FILE = "seeds.json"  # the shared config of a multi-seed run (what --resume reads)
+SUMMARY_FILE = "summary.json"
+
+
+def resolve_seeds(seeds, num_seeds: int | None, first_seed: int) -> tuple[int, ...] | None:
+    """--seeds as given, or --num_seeds N as first_seed, first_seed + 1, ...; ValueError on
+    a bad combination."""
+    if seeds is not None and num_seeds is not None:
+        raise ValueError("give --seeds or --num_seeds, not both")
+    if num_seeds is not None:
+        if num_seeds < 1:
+            raise ValueError("--num_seeds must be >= 1")
+        return tuple(first_seed + k for k in range(num_seeds))
+    if seeds is None:
+        return None
+    seeds = tuple(int(s) for s in seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError("--seeds needs distinct values")
+    return seeds
+
+
+def mean_std(values) -> tuple[float, float]:
+    """(mean, sample standard deviation) of the values; std = 0 for one value."""
+    values = [float(v) for v in values]
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def summarize(per_seed: dict[int, dict]) -> dict:
+    """Mean ± std over seeds of every number in their metrics.json.
+
+    per_seed: seed -> metrics.json content. Returns {"seeds", "num_seeds", "dataset", and
+    for best_epoch, last_epoch, train_seconds, seconds_per_epoch, best_validation.<metric>,
+    test.<metric>: {"mean", "std", "values"}}.
+    """
+    seeds = sorted(per_seed)
+    runs = [per_seed[s] for s in seeds]
+
+    def stat(values):
+        mean, std = mean_std(values)
+        return {"mean": mean, "std": std, "values": list(values)}
+
+    out = {"seeds": seeds, "num_seeds": len(seeds), "dataset": runs[0].get("dataset")}
+    for key in ("best_epoch", "last_epoch", "train_seconds", "seconds_per_epoch"):
+        out[key] = stat([r[key] for r in runs])
+    for split in ("best_validation", "test"):
+        out[split] = {m: stat([r[split][m] for r in runs]) for m in runs[0][split]}
+    return out
+
+
+def summary_lines(summary: dict) -> list[str]:
+    lines = [f"{summary['num_seeds']} seeds: {' '.join(map(str, summary['seeds']))}"]
+    for split in ("best_validation", "test"):
+        for metric, s in summary[split].items():
+            lines.append(f"{split} {metric}: {s['mean']:.4f} ± {s['std']:.4f}")
+    for key in ("best_epoch", "train_seconds", "seconds_per_epoch"):
+        lines.append(f"{key}: {summary[key]['mean']:.1f} ± {summary[key]['std']:.1f}")
+    return lines
+
+
+def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
+    """Run ``config`` once per seed (sequentially) and write the summary; returns it."""
+    if config.resume:  # <result_dir>/<dataset>/<name>, as a fresh multi-seed run made it
+        parent = Path(config.resume)
+        if parent.parent.name != config.dataset:
+            parent = parent.resolve()
+        if parent.parent.name != config.dataset:
+            raise SeedsError(f"--resume {config.resume}: a multi-seed run folder lies in "
+                             f"<result_dir>/{config.dataset}/")
+        result_dir = str(parent.parent.parent)
+    else:
+        name = config.path_name or datetime.now().strftime("%Y%m%d-%H%M%S")
+        result_dir = config.result_dir
+        parent = Path(result_dir) / config.dataset / name
+        if parent.exists() and any(parent.iterdir()):
+            raise SeedsError(f"run folder {parent} exists; continue it with --resume {parent} "
+                             f"or choose another --path_name")
+        parent.mkdir(parents=True, exist_ok=True)
+        dump_json({**asdict(config), "resume": None, "path_name": name}, parent / SEEDS_FILE)
+    per_seed = {}
+    for seed in config.seeds:
+        seed_dir = parent / f"seed{seed}"
+        if (seed_dir / "metrics.json").is_file():
+            per_seed[seed] = json.loads((seed_dir / "metrics.json").read_text())
+            continue
+        resume = str(seed_dir) if (seed_dir / "last.pt").is_file() else None
+        seed_config = replace(config, random_seed=seed, seeds=None, compare_to=None,
+                              resume=resume, result_dir=result_dir,
+                              path_name=f"{parent.name}/{seed_dir.name}")
+        per_seed[seed] = run_one(seed_config)
+    summary = summarize(per_seed)
+    summary["runs"] = [f"seed{s}" for s in summary["seeds"]]
+    dump_json(summary, parent / SUMMARY_FILE)
+    lines = summary_lines(summary)
+    if config.compare_to:
+        import compare  # here: compare.py imports nothing of the training side
+        lines += ["", *compare.compare_lines([*config.compare_to, str(parent)])]
+    atomic_write_text(parent / "summary.txt", "\n".join(lines) + "\n")
+    if not config.quiet:
+        print("\n".join(lines))
+    return summary
