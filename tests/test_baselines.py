@@ -64,7 +64,7 @@ def test_bpr_batch_loss_counts_each_node_once():
     # s(u0,i0) = 2, s(u0,i1) = 0; negatives i1: s = 0. BPR = (softplus(-2) + softplus(0)) / 2.
     # distinct nodes u0, i0, i1: |.|^2 = 1 + 5 + 1 = 7 (u1 and i2 are not in the batch)
     bpr = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
-    assert float(loss) == pytest.approx(bpr + 0.1 * 7 / 2)
+    assert loss.item() == pytest.approx(bpr + 0.1 * 7 / 2)
 
 
 def sequential_reweighting(base, item_emb, pos, neg, p, q, r, s):
