@@ -11,6 +11,7 @@ The first epoch is a warm-up and is not counted when --epochs > 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -63,13 +64,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
     device = resolve_device(args.device)
-    if device.type == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as main.py does on CPU
+        if args.threads:
+            torch.set_num_threads(args.threads)
     shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
     data_dir = Path(args.data_dir) if args.data_dir else (
         shared if shared.is_dir() else dataloader.resolve_data_dir())
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"data {data_dir}")
+          f"data {os.path.relpath(data_dir)}")
     print(f"{'dataset':<22}{'train file':<16}{'fast s/epoch':>13}{'slow s/epoch':>14}{'speed-up':>10}")
     for name in args.datasets:
         data = dataloader.load_dataset(data_dir, name, "augment", warn=lambda line: None)
