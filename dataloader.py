@@ -61,7 +61,7 @@ def read_split(path: Path, *, is_train: bool, warn=print) -> pd.DataFrame:
                         f"found {', '.join(map(str, df.columns))}")
     df = df[[USER_COL, ITEM_COL, RATING_COL]]
     ratings = pd.to_numeric(df[RATING_COL], errors="coerce")
-    bad = ratings.isna() & df[RATING_COL].notna() | df[RATING_COL].isna()
+    bad = ratings.isna()  # non-numeric (coerced to NaN) or empty
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(f"{path}: {int(bad.sum())} non-numeric or empty rating(s), first at data "
@@ -132,7 +132,8 @@ class RecData:
 
     @property
     def positives(self) -> Interactions:
-        return Interactions(self.train.users[self.train_is_pos], self.train.items[self.train_is_pos])
+        keep = self.train_is_pos
+        return Interactions(self.train.users[keep], self.train.items[keep])
 
     @property
     def negatives(self) -> Interactions:
