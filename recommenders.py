@@ -22,7 +22,7 @@ from torch import Tensor, nn
 import training
 from model import (GraphRecommender, ReFINePlus, batch_l2, bpr_loss, categorical_sample,
                    similarity_sampling_weights)
-from training import Graphs, TrainingError
+from training import Graphs, TrainingError, epoch_loss
 
 if TYPE_CHECKING:
     from main import Config
@@ -158,14 +158,7 @@ def bpr_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
         optimizer.step()
         losses.append(loss.detach())
         sizes.append(users.numel())
-    losses_t = torch.stack(losses)
-    finite = torch.isfinite(losses_t)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0])
-        raise TrainingError(f"non-finite loss at epoch {epoch}, batch {bad + 1}; stopped. The "
-                            f"last good state is last.pt of epoch {epoch - 1}")
-    sizes_t = torch.tensor(sizes, dtype=losses_t.dtype, device=losses_t.device)
-    return float((losses_t * sizes_t).sum() / sizes_t.sum())
+    return epoch_loss(losses, sizes, epoch)
 
 
 def _build_gcn(graphs: Graphs, config: Config) -> nn.Module:

@@ -201,6 +201,19 @@ def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives
     return loss, loss.detach() + l2, int(pos_users.numel())
 
 
+def epoch_loss(losses: list[torch.Tensor], sizes: list[int], epoch: int) -> float:
+    """sum(loss_b * size_b) / sum(size_b) over an epoch's batches; a non-finite batch loss
+    stops the run, naming the epoch and batch (last.pt still holds the previous epoch)."""
+    losses_t = torch.stack(losses)
+    finite = torch.isfinite(losses_t)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise TrainingError(f"non-finite loss at epoch {epoch}, batch {bad + 1}; stopped. The "
+                            f"last good state is last.pt of epoch {epoch - 1}")
+    sizes_t = torch.tensor(sizes, dtype=losses_t.dtype, device=losses_t.device)
+    return float((losses_t * sizes_t).sum() / sizes_t.sum())
+
+
 def train_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int, n: int,
                 dense_weights=None) -> float:
     """One pass over shuffled T in batches; returns sum(loss_b |P_b|) / sum(|P_b|)."""
@@ -218,11 +231,4 @@ def train_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int, n:
         optimizer.step()
         losses.append(value)
         sizes.append(num_pos)
-    losses_t = torch.stack(losses)
-    finite = torch.isfinite(losses_t)
-    if not bool(finite.all()):
-        bad = int((~finite).nonzero()[0])
-        raise TrainingError(f"non-finite loss at epoch {epoch}, batch {bad + 1}; stopped. The "
-                            f"last good state is last.pt of epoch {epoch - 1}")
-    sizes_t = torch.tensor(sizes, dtype=losses_t.dtype, device=losses_t.device)
-    return float((losses_t * sizes_t).sum() / sizes_t.sum())
+    return epoch_loss(losses, sizes, epoch)
