@@ -168,9 +168,11 @@ def evaluate_model(model: torch.nn.Module, graphs: training.Graphs, exclude, tru
 
 
 def run(config: Config) -> dict:
-    """Train (or resume) one run end to end and return its metrics.json content."""
+    """Train (or resume) one run end to end and return its metrics.json content.
+
+    Device and data are checked before the run folder is created, so a bad flag or a
+    missing/broken file leaves no half-made run behind."""
     resuming = config.resume is not None
-    run_dir = Path(config.resume) if resuming else make_run_dir(config)
     try:
         device = resolve_device(config.device, config.gpu_id)
     except ValueError as err:
@@ -180,26 +182,30 @@ def run(config: Config) -> dict:
         # Subnormal floats (|x| < 1.2e-38, e.g. from saturated AE sigmoids) made CPU steps
         # 3.5x slower late in training; flushing them to zero changes no printed digit.
         torch.set_flush_denormal(config.flush_denormal)
+    data_dir = dataloader.resolve_data_dir(config.data_dir)
+    dataloader.ensure_split_files(data_dir, config.dataset,
+                                  [f"train_{config.dataset_augment}", "validation", "test"],
+                                  download=config.download, base_url=config.base_url,
+                                  log=(lambda line: None) if config.quiet else print)
+    load_warnings: list[str] = []  # go into train.log once it exists
+    data = dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
+                                   warn=load_warnings.append)
+    run_dir = Path(config.resume) if resuming else make_run_dir(config)
     seed_everything(config.random_seed)
     log = RunLogger(run_dir / "train.log", quiet=config.quiet)
     try:
-        return _run(config, run_dir, device, log, resuming)
+        return _run(config, run_dir, device, log, resuming, data, load_warnings)
     finally:
         log.close()
 
 
-def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool) -> dict:
+def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
+         data: RecData, load_warnings: list[str]) -> dict:
     if not resuming:
         atomic_write_text(run_dir / "argv.txt", command_line() + "\n")
         dump_json(asdict(config), run_dir / "config.json")
-    for line in header_lines(config, device):
+    for line in header_lines(config, device) + load_warnings:
         log(line)
-    data_dir = dataloader.resolve_data_dir(config.data_dir)
-    dataloader.ensure_split_files(data_dir, config.dataset,
-                                  [f"train_{config.dataset_augment}", "validation", "test"],
-                                  download=config.download, base_url=config.base_url, log=log)
-    data = dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
-                                   warn=lambda line: log(line))
     for line in data_lines(config, data):
         log(line)
     recommender = MODELS[config.model]

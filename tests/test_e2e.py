@@ -121,8 +121,10 @@ def test_synthetic_dataset_trains(tmp_path):
 
 
 def test_missing_data_folder(tmp_path, capsys):
-    rc, _ = run_main(["--dataset", "ML-100K", "--data_dir", str(tmp_path / "nowhere")], tmp_path)
+    rc, result = run_main(["--dataset", "ML-100K", "--data_dir", str(tmp_path / "nowhere")],
+                          tmp_path)
     fails_with(capsys, rc, "ML-100K_train_augment.csv")
+    assert not result.exists()  # data is checked before a run folder is made
 
 
 def test_unknown_dataset(tmp_path, capsys):
@@ -134,8 +136,9 @@ def test_renamed_column(tmp_path, capsys):
     write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
     path = tmp_path / "data" / "Synth" / "Synth_train_augment.csv"
     path.write_text(path.read_text().replace("rating:float", "score"))
-    rc, _ = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data")], tmp_path)
+    rc, result = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data")], tmp_path)
     fails_with(capsys, rc, "missing column(s) rating:float")
+    assert not result.exists()
 
 
 def test_non_numeric_rating(tmp_path, capsys):
