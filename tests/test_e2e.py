@@ -201,3 +201,20 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     assert rc == 0
     rc = M.main(["--resume", str(result / "Synth" / "run"), "--learning_rate", "0.1"])
     fails_with(capsys, rc, "--learning_rate")
+
+
+def test_data_dir_from_environment(tmp_path, monkeypatch):
+    write_split_folder(tmp_path / "envdata", "Synth", *synthetic_rows())
+    monkeypatch.setenv("REFINE_DATA_DIR", str(tmp_path / "envdata"))
+    rc, result = run_main(["--dataset", "Synth", "--epochs", "1", "--batch_size", "64"],
+                          tmp_path)
+    assert rc == 0 and (result / "Synth" / "run" / "metrics.json").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only error path")
+def test_cuda_requested_without_cuda(tmp_path, capsys):
+    write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+    rc, result = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data"),
+                           "--device", "cuda:1"], tmp_path)
+    fails_with(capsys, rc, "--device cuda:1", "CUDA is not available")
+    assert not result.exists()
