@@ -18,6 +18,7 @@ import torch
 
 import compare
 import dataloader
+import distributed
 import seeds
 import training
 from dataloader import DataError, RecData
@@ -173,39 +174,81 @@ def run(config: Config) -> dict:
     Device and data are checked before the run folder is created, so a bad flag or a
     missing/broken file leaves no half-made run behind."""
     resuming = config.resume is not None
+    world = distributed.world_size_from_env()
+    if world > 1 and (config.model != "refine_plus" or config.impl != "fast"):
+        raise ConfigError("torchrun (distributed) training supports --model refine_plus "
+                          "with --impl fast only")
     try:
         device = resolve_device(config.device, config.gpu_id)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if world > 1 and device.type == "cuda":  # one GPU per process
+        device = torch.device("cuda", distributed.local_rank())
+        torch.cuda.set_device(device)
     if device.type == "cpu":
-        torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(config.threads
+                              or max(1, len(os.sched_getaffinity(0)) // local_world))
         # Subnormal floats (|x| < 1.2e-38, e.g. from saturated AE sigmoids) made CPU steps
         # 3.5x slower late in training; flushing them to zero changes no printed digit.
         torch.set_flush_denormal(config.flush_denormal)
-    data_dir = dataloader.resolve_data_dir(config.data_dir)
-    dataloader.ensure_split_files(data_dir, config.dataset,
-                                  [f"train_{config.dataset_augment}", "validation", "test"],
-                                  download=config.download, base_url=config.base_url,
-                                  log=(lambda line: None) if config.quiet else print)
-    load_warnings: list[str] = []  # go into train.log once it exists
-    data = dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
-                                   warn=load_warnings.append)
-    run_dir = Path(config.resume) if resuming else make_run_dir(config)
-    seed_everything(config.random_seed)
-    log = RunLogger(run_dir / "train.log", quiet=config.quiet)
+    shard = distributed.init(device) if world > 1 else None
+    is_main = shard is None or shard.rank == 0
     try:
-        return _run(config, run_dir, device, log, resuming, data, load_warnings)
+        data_dir = dataloader.resolve_data_dir(config.data_dir)
+        splits = [f"train_{config.dataset_augment}", "validation", "test"]
+        load_warnings: list[str] = []  # go into train.log once it exists
+
+        def prepare_data():  # rank 0 first: only it downloads
+            dataloader.ensure_split_files(data_dir, config.dataset, splits,
+                                          download=config.download and is_main,
+                                          base_url=config.base_url,
+                                          log=(lambda line: None) if config.quiet else print)
+            return dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
+                                           warn=load_warnings.append)
+        data = _main_rank_first(prepare_data, shard, device)
+        run_dir = Path(config.resume) if resuming else _main_rank_first(
+            lambda: make_run_dir(config) if is_main else None, shard, device)
+        seed_everything(config.random_seed)
+        log = RunLogger(run_dir / "train.log" if is_main else None,
+                        quiet=config.quiet or not is_main)
+        try:
+            return _run(config, run_dir, device, log, resuming, data, load_warnings, shard)
+        finally:
+            log.close()
     finally:
-        log.close()
+        if shard is not None:
+            distributed.finish()
+
+
+def _main_rank_first(fn, shard, device):
+    """fn() on rank 0, then on the other ranks; an error on rank 0 stops every rank."""
+    if shard is None:
+        return fn()
+    result, error = None, None
+    if shard.rank == 0:
+        try:
+            result = fn()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after telling the others
+            error = err
+    if not distributed.all_ok(error is None, device):
+        if error is not None:
+            raise error
+        raise TrainingError("rank 0 failed; see its error")
+    return result if shard.rank == 0 else fn()
 
 
 def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
-         data: RecData, load_warnings: list[str]) -> dict:
-    if not resuming:
+         data: RecData, load_warnings: list[str], shard=None) -> dict | None:
+    is_main = shard is None or shard.rank == 0
+    if not resuming and is_main:
         atomic_write_text(run_dir / "argv.txt", command_line() + "\n")
         dump_json(asdict(config), run_dir / "config.json")
     for line in header_lines(config, device) + load_warnings:
         log(line)
+    if shard is not None:
+        log(f"distributed: {shard.world} processes ({torch.distributed.get_backend()}), "
+            f"global batch {config.batch_size}")
     for line in data_lines(config, data):
         log(line)
     recommender = MODELS[config.model]
@@ -226,13 +269,18 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
 
     max_k_index = config.top_k.index(20) if 20 in config.top_k else len(config.top_k) - 1
     epoch = start_epoch - 1
-    while epoch < config.epochs and not stopper.should_stop:
+    stop = stopper.should_stop
+    while epoch < config.epochs and not stop:
         epoch += 1
         tic = time.perf_counter()
         results = None
         model.train()
-        loss = recommender.train_epoch(model, optimizer, graphs, config, epoch, sampling)
+        loss = recommender.train_epoch(model, optimizer, graphs, config, epoch, sampling,
+                                       shard=shard)
         train_time = time.perf_counter() - tic
+        if not is_main:  # rank 0 evaluates, logs and saves; the others follow its decision
+            stop = distributed.broadcast_flag(False, device)
+            continue
         if epoch % config.evaluation_step == 0:
             results = evaluate_model(model, graphs, graphs.seen_by_user, graphs.valid_by_user,
                                      config)
@@ -254,6 +302,12 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
                      "early_stopping": stopper.state_dict(), "rng": rng_state(),
                      "epoch": epoch, "train_seconds": train_seconds,
                      "config": asdict(config)}, run_dir / "last.pt")
+        stop = stopper.should_stop
+        if shard is not None:
+            stop = distributed.broadcast_flag(stop, device)
+
+    if not is_main:
+        return None
 
     if stopper.best_epoch == 0:
         raise TrainingError("no evaluation happened (is --evaluation_step > --epochs?)")
@@ -391,6 +445,9 @@ def main(argv=None) -> int:
             except (compare.CompareError, OSError) as err:
                 raise ConfigError(f"--compare_to: {err}") from None
         if config.seeds is not None:
+            if distributed.world_size_from_env() > 1:
+                raise ConfigError("--seeds/--num_seeds cannot run under torchrun; launch one "
+                                  "torchrun per seed")
             seeds.run_seeds(config, run)
         else:
             run(config)

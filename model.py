@@ -179,7 +179,8 @@ class _BinaryRowsTimesWeightT(torch.autograd.Function):
 
 
 def ae_terms_sparse(ae: DispreferenceAE, rows: Tensor, owner: Tensor, cols: Tensor,
-                    num_rows: int) -> tuple[Tensor, Tensor]:
+                    num_rows: int, row_range: tuple[int, int] | None = None
+                    ) -> tuple[Tensor, Tensor]:
     """Same value and gradients as ``ae_terms_dense`` on the binary num_rows x in matrix X
     whose non-zero rows are ``rows`` (distinct, m of them), with X[rows[owner[t]], cols[t]] = 1.
 
@@ -187,9 +188,14 @@ def ae_terms_sparse(ae: DispreferenceAE, rows: Tensor, owner: Tensor, cols: Tens
     (2) every all-zero row has the same code z0 = W2 relu(b1) + b2 and the
     same reconstruction r0, so its BCE sum -sum_j log(1 - r0_j) is computed once and
     weighted by the number of such rows.
+
+    ``row_range=(lo, hi)``: only rows lo..hi-1 of X (``rows`` all lie there): the BCE sum of
+    those rows, still divided by num_rows * in, and their codes (hi - lo, d). The terms of
+    disjoint ranges add up to the whole (distributed training splits X this way).
     """
     first, second = ae.encoder[0], ae.encoder[2]
     m, num_inputs = rows.numel(), first.in_features
+    lo, hi = row_range or (0, num_rows)
     code0 = second(torch.relu(first.bias)).unsqueeze(0)  # (1, d)
     # m may be 0: W1 then still gets its (zero) gradient, as in the dense computation,
     # so Adam's moments and weight decay update it exactly as the reference's do
@@ -199,10 +205,10 @@ def ae_terms_sparse(ae: DispreferenceAE, rows: Tensor, owner: Tensor, cols: Tens
     target = torch.zeros_like(logits)
     target[owner + 1, cols] = 1.0
     row_weight = torch.ones(m + 1, dtype=logits.dtype, device=logits.device)
-    row_weight[0] = num_rows - m
+    row_weight[0] = (hi - lo) - m
     bce = sigmoid_bce_sum(logits, target, row_weight) / (num_rows * num_inputs)
-    z = code0.expand(num_rows, -1).index_put((rows,), codes[1:])  # (num_rows, d)
-    return bce, z
+    z = code0.expand(hi - lo, -1).index_put((rows - lo if lo else rows,), codes[1:])
+    return bce, z  # z: (hi - lo, d)
 
 
 # ---------------------------------------------------------------------------- sampling

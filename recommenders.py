@@ -53,10 +53,12 @@ def _refine_plus_prepare(graphs: Graphs, config: Config):
     return n, dense_weights
 
 
-def _refine_plus_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int, state):
+def _refine_plus_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int, state,
+                      shard=None):
     n, dense_weights = state
     # looked up at call time: tests replace training.train_epoch to simulate a crash
-    return training.train_epoch(model, optimizer, graphs, config, epoch, n, dense_weights)
+    return training.train_epoch(model, optimizer, graphs, config, epoch, n, dense_weights,
+                                shard=shard)
 
 
 def _build_refine_plus(graphs: Graphs, config: Config) -> nn.Module:
@@ -140,9 +142,12 @@ def bpr_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Tenso
 
 
 def bpr_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
-              state: BPRSampling) -> float:
+              state: BPRSampling, shard=None) -> float:
     """One pass over the shuffled positive rows in batches; one negative per positive drawn
-    from its user's weights. Returns sum(loss_b |B_b|) / sum |B_b|."""
+    from its user's weights. Returns sum(loss_b |B_b|) / sum |B_b|. (Single process only:
+    ``shard`` must be None.)"""
+    if shard is not None:
+        raise TrainingError("the BPR baselines do not train distributed")
     weights = state.base_weights
     if state.reweight_from is not None and epoch >= state.reweight_from:
         weights = refine_epoch_weights(model, graphs, config, state)

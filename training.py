@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 
 import dataloader
 from dataloader import Interactions, RecData, RowIndex
@@ -23,6 +25,26 @@ if TYPE_CHECKING:
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, impossible sampling); exit code 2."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of every batch under torch.distributed (``torchrun``).
+
+    Every rank draws the same permutation and negatives (same seed, same RNG calls) and
+    propagates the whole graph; rank r then computes only its part of each loss term —
+    positives lo..hi-1 of the batch for L_ssm (divided by the batch's |P|, not the part's),
+    users and items in its id range for the AE and alignment terms — so the parts sum to the
+    single-process loss, and summing the gradients over ranks (``sync_gradients``) gives the
+    single-process gradient of the same global batch.
+    """
+
+    rank: int
+    world: int
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """[lo, hi) of this rank's contiguous share of n things."""
+        return n * self.rank // self.world, n * (self.rank + 1) // self.world
 
 
 @dataclass
@@ -136,6 +158,15 @@ def ae_inputs(neg_users: torch.Tensor, neg_items: torch.Tensor, graphs: Graphs, 
             (items, *graphs.neg_by_item.gather(items)))
 
 
+def rows_in_range(rows: torch.Tensor, owner: torch.Tensor, cols: torch.Tensor, lo: int,
+                  hi: int):
+    """The (rows, owner, cols) triple restricted to the rows with id in [lo, hi)."""
+    keep = (rows >= lo) & (rows < hi)
+    new_position = torch.cumsum(keep, 0) - 1
+    entry = keep[owner]
+    return rows[keep], new_position[owner[entry]], cols[entry]
+
+
 def _dense_rows(rows, owner, cols, num_rows: int, num_cols: int, like) -> torch.Tensor:
     x = like.new_zeros(num_rows, num_cols)
     x[rows[owner], cols] = 1.0
@@ -158,19 +189,22 @@ def make_optimizer(model: ReFINePlus, config: Config) -> torch.optim.Optimizer:
 
 
 def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives: torch.Tensor,
-               config: Config) -> tuple[torch.Tensor, torch.Tensor, int]:
+               config: Config, shard: Shard | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """loss = L_ssm + (λ1/2)||E0||² + L_ae + (λ2/2)||θ_AE||² + L_align for one batch of T rows.
 
     Returns (the tensor to backpropagate, the loss value to report, |P|).
     ``impl=reference`` computes it as the reference does (E propagated twice, dense U x I
     autoencoder input, L2 in the loss); ``impl=fast`` with one propagation, the sparse AE
     and the L2 gradient left to the optimizer (``make_optimizer``): same value, same
-    update (tests/test_oracles.py).
+    update (tests/test_oracles.py). ``shard``: this rank's part of the loss (``Shard``).
     """
     users, items = graphs.train.users[batch], graphs.train.items[batch]
     is_pos = graphs.is_pos[batch]
     pos_users, pos_items = users[is_pos], items[is_pos]
     U, I = graphs.num_users, graphs.num_items
+    if shard is not None:
+        return _shard_loss(model, graphs, users, items, is_pos, negatives, config, shard)
 
     e_users, e_items = model(graphs.norm_adj)
     pos_scores = (e_users[pos_users] * e_items[pos_items]).sum(1)
@@ -194,11 +228,55 @@ def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives
         loss = loss + half_l2([model.gcn.embedding.weight], config.lambda1) \
             + half_l2(ae_parameters(model), config.lambda2)
         return loss, loss.detach(), int(pos_users.numel())
+    return loss, loss.detach() + _l2_value(model, config), int(pos_users.numel())
+
+
+def _l2_value(model: ReFINePlus, config: Config) -> torch.Tensor:
     with torch.no_grad():  # the value only; vector_norm is one fast pass per tensor
         norms = [torch.linalg.vector_norm(p).square() for p in ae_parameters(model)]
-        l2 = config.lambda1 / 2 * torch.linalg.vector_norm(model.gcn.embedding.weight).square() \
+        return config.lambda1 / 2 * torch.linalg.vector_norm(model.gcn.embedding.weight).square() \
             + config.lambda2 / 2 * torch.stack(norms).sum()
-    return loss, loss.detach() + l2, int(pos_users.numel())
+
+
+def _shard_loss(model: ReFINePlus, graphs: Graphs, users, items, is_pos, negatives,
+                config: Config, shard: Shard) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """This rank's part of the fast-path batch loss (see ``Shard``); the parts of all ranks
+    sum to ``batch_loss`` without a shard. Returns (part, part value, the batch's |P|)."""
+    U, I = graphs.num_users, graphs.num_items
+    pos_users, pos_items = users[is_pos], items[is_pos]
+    num_pos = pos_users.numel()
+    e_users, e_items = model(graphs.norm_adj)
+    lo, hi = shard.bounds(num_pos)
+    loss = e_users.new_zeros(())
+    if hi > lo:  # mean over the part, times part/|P|: the part's sum divided by |P|
+        u_emb = e_users[pos_users[lo:hi]]
+        pos_scores = (u_emb * e_items[pos_items[lo:hi]]).sum(1)
+        if negatives.dim() == 1:
+            neg_scores = u_emb @ e_items[negatives].t()
+        else:
+            neg_scores = torch.einsum("pd,pnd->pn", u_emb, e_items[negatives[lo:hi]])
+        loss = sampled_softmax_loss(pos_scores, neg_scores) * ((hi - lo) / num_pos)
+
+    user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, config.ae_input)
+    (ulo, uhi), (ilo, ihi) = shard.bounds(U), shard.bounds(I)
+    bce_u, z_users = ae_terms_sparse(model.user_ae, *rows_in_range(*user_in, ulo, uhi), U,
+                                     row_range=(ulo, uhi))
+    bce_i, z_items = ae_terms_sparse(model.item_ae, *rows_in_range(*item_in, ilo, ihi), I,
+                                     row_range=(ilo, ihi))
+    d = e_users.size(1)
+    align = F.mse_loss(e_users[ulo:uhi], z_users, reduction="sum") / (U * d) \
+        + F.mse_loss(e_items[ilo:ihi], z_items, reduction="sum") / (I * d)
+    loss = loss + bce_u + bce_i + align
+    value = loss.detach() + _l2_value(model, config) if shard.rank == 0 else loss.detach()
+    return loss, value, num_pos
+
+
+def sync_gradients(model: torch.nn.Module) -> None:
+    """Sum every parameter's gradient over the ranks (the loss parts add up, see Shard)."""
+    for p in model.parameters():
+        if p.grad is None:  # every rank must take part in every all-reduce
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
 
 
 def epoch_loss(losses: list[torch.Tensor], sizes: list[int], epoch: int) -> float:
@@ -215,20 +293,31 @@ def epoch_loss(losses: list[torch.Tensor], sizes: list[int], epoch: int) -> floa
 
 
 def train_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int, n: int,
-                dense_weights=None) -> float:
-    """One pass over shuffled T in batches; returns sum(loss_b |P_b|) / sum(|P_b|)."""
+                dense_weights=None, max_batches: int | None = None,
+                shard: Shard | None = None) -> float:
+    """One pass over shuffled T in batches; returns sum(loss_b |P_b|) / sum(|P_b|).
+
+    ``max_batches``: stop after that many batches (benchmarks time part of an epoch).
+    ``shard``: distributed training; this rank's part of every batch (``Shard``)."""
     perm = torch.randperm(len(graphs.train), device=graphs.norm_adj.device)
     losses, sizes = [], []
-    for start in range(0, perm.numel(), config.batch_size):
+    starts = range(0, perm.numel(), config.batch_size)
+    for start in starts if max_batches is None else starts[:max_batches]:
         batch = perm[start:start + config.batch_size]
         pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
         if pos_users.numel() == 0:
             continue  # a batch of confirmed negatives only has no L_ssm term to average
         negatives = draw_negatives(pos_users, graphs, config, n, dense_weights)
-        loss, value, num_pos = batch_loss(model, graphs, batch, negatives, config)
+        loss, value, num_pos = batch_loss(model, graphs, batch, negatives, config, shard)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if shard is not None:
+            sync_gradients(model)
         optimizer.step()
         losses.append(value)
         sizes.append(num_pos)
+    if shard is not None and losses:  # the epoch's loss values: the sum of the ranks' parts
+        losses = torch.stack(losses)
+        dist.all_reduce(losses)
+        losses = list(losses)
     return epoch_loss(losses, sizes, epoch)

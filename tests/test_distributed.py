@@ -1,0 +1,141 @@
+"""Distributed training (torchrun, gloo on CPU) computes the single-process updates.
+
+The split of a batch into per-rank loss parts (training.Shard) is checked in-process
+against the whole-batch loss and gradients in float64; then real ``torchrun`` launches with
+2 gloo processes: one step's all-reduced gradients, and a 2-epoch main.py run against the
+single-process run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import main as M
+import training
+from conftest import SHARED_DATASETS, shared_dataset
+from model import DispreferenceAE, ReFINePlus, ae_terms_sparse
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import ddp_step_worker  # noqa: E402
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_shard_bounds_cover_everything_once():
+    for n in (0, 1, 5, 1024):
+        for world in (1, 2, 3, 7):
+            parts = [training.Shard(r, world).bounds(n) for r in range(world)]
+            assert parts[0][0] == 0 and parts[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert training.Shard(1, 3).bounds(10) == (3, 6)
+
+
+def test_rows_in_range_by_hand():
+    rows = torch.tensor([2, 5, 7])  # rows of X with ones, entries (owner -> rows[owner])
+    owner = torch.tensor([0, 1, 1, 2, 0])
+    cols = torch.tensor([10, 11, 12, 13, 14])
+    kept_rows, kept_owner, kept_cols = training.rows_in_range(rows, owner, cols, 4, 8)
+    assert kept_rows.tolist() == [5, 7]
+    assert kept_owner.tolist() == [0, 0, 1]  # positions within kept_rows
+    assert kept_cols.tolist() == [11, 12, 13]
+
+
+def test_autoencoder_row_ranges_add_up_to_the_whole():
+    torch.manual_seed(0)
+    ae = DispreferenceAE(9, hidden_dim=6, code_dim=4).double()
+    rows, owner = torch.tensor([0, 3, 4, 10]), torch.tensor([0, 0, 1, 2, 3, 3])
+    cols = torch.tensor([1, 5, 2, 8, 0, 3])
+    whole, z_whole = ae_terms_sparse(ae, rows, owner, cols, 12)
+    whole.backward()
+    expected = [p.grad.clone() for p in ae.parameters()]
+    ae.zero_grad()
+    total, codes = 0, []
+    for lo, hi in ((0, 4), (4, 5), (5, 12)):
+        part, z = ae_terms_sparse(ae, *training.rows_in_range(rows, owner, cols, lo, hi), 12,
+                                  row_range=(lo, hi))
+        part.backward()
+        total, codes = total + part.detach(), codes + [z.detach()]
+    torch.testing.assert_close(total, whole.detach(), rtol=1e-13, atol=0)
+    torch.testing.assert_close(torch.cat(codes), z_whole.detach(), rtol=1e-13, atol=0)
+    for p, g in zip(ae.parameters(), expected):
+        torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-18)
+
+
+@pytest.fixture(scope="module")
+def ml100k_graphs():
+    return ddp_step_worker.load_graphs(SHARED_DATASETS)
+
+
+@shared_dataset("ML-100K")
+@pytest.mark.parametrize("negatives,ae_input", ddp_step_worker.MODES)
+@pytest.mark.parametrize("world", [2, 5])  # the batch has 828 positives: 5 splits them unevenly
+def test_shard_losses_sum_to_the_batch_loss(ml100k_graphs, negatives, ae_input, world):
+    config = M.Config(negatives=negatives, ae_input=ae_input)
+    value, whole = ddp_step_worker.step(ml100k_graphs, config)
+    total, grads = 0, None
+    for rank in range(world):
+        part_value, part = ddp_step_worker.step(ml100k_graphs, config,
+                                                training.Shard(rank, world))
+        total = total + part_value
+        part_grads = [p.grad for p in part.parameters()]
+        grads = part_grads if grads is None else [a + b for a, b in zip(grads, part_grads)]
+    torch.testing.assert_close(total, value, rtol=1e-13, atol=0)
+    for (name, p), g in zip(whole.named_parameters(), grads):
+        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-15, msg=name)
+
+
+@shared_dataset("ML-100K")
+def test_torchrun_gloo_step_gradients_equal_single_process(ml100k_graphs, tmp_path):
+    out = tmp_path / "grads.pt"
+    proc = torchrun("tests/ddp_step_worker.py", str(SHARED_DATASETS), str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = torch.load(out, weights_only=False)
+    assert saved["world"] == 2
+    for (negatives, ae_input), got in saved["result"].items():
+        config = M.Config(negatives=negatives, ae_input=ae_input)
+        value, model = ddp_step_worker.step(ml100k_graphs, config)
+        torch.testing.assert_close(got["value"], value, rtol=1e-13, atol=0)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-10, atol=1e-15,
+                                       msg=f"{negatives}/{ae_input}: {name}")
+
+
+@shared_dataset("ML-100K")
+def test_torchrun_training_run_matches_single_process(tmp_path):
+    common = ["--dataset", "ML-100K", "--data_dir", str(SHARED_DATASETS), "--no_download",
+              "--epochs", "2", "--threads", "1", "--result_dir", str(tmp_path), "--quiet"]
+    proc = torchrun("main.py", *common, "--path_name", "ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert M.main([*common, "--path_name", "single"]) == 0
+    ddp, single = tmp_path / "ML-100K" / "ddp", tmp_path / "ML-100K" / "single"
+    assert "distributed: 2 processes (gloo), global batch 1024" in (ddp / "train.log").read_text()
+    assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
+    epochs = [[json.loads(line) for line in open(run / "epochs.jsonl")] for run in (ddp, single)]
+    assert [e["epoch"] for e in epochs[0]] == [1, 2]  # written once (rank 0), not per rank
+    for a, b in zip(*epochs):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        for row_a, row_b in zip(a["valid"], b["valid"]):
+            assert row_a == pytest.approx(row_b, abs=2e-3)
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in (ddp, single)]
+    for key, value in metrics[1]["test"].items():
+        assert metrics[0]["test"][key] == pytest.approx(value, abs=2e-3), key
+
+
+def test_torchrun_rejects_the_bpr_baselines(tmp_path):
+    proc = torchrun("main.py", "--model", "lightgcn", "--result_dir", str(tmp_path),
+                    "--no_download", "--epochs", "1")
+    assert proc.returncode != 0
+    assert "error: torchrun (distributed) training supports --model refine_plus" in proc.stderr
+    assert not any(tmp_path.iterdir())  # no run folder was made
