@@ -1,5 +1,6 @@
-"""Seconds per epoch and peak memory of the fast path at the scale of ML-1M, Netflix-1M and
-Amazon_Books, each shape in its own child process (so the peak RSS is that shape's).
+"""Seconds per epoch and peak memory of the fast path at ML-1M, Netflix-1M, Amazon_Books scale.
+
+Each shape runs in its own child process (so the peak RSS is that shape's).
 
     python bench/scale.py --threads 1                          # all three shapes
     python bench/scale.py --shapes Amazon_Books --batches 5 --threads 1
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -54,7 +56,7 @@ def ensure_synthetic(shape: str, out_dir: Path, seed: int) -> str:
     files = [out_dir / name / f"{name}_{split}.csv"
              for split in ("train_augment", "train_original", "validation", "test")]
     if all(f.is_file() for f in files):
-        print(f"{shape}: using the existing {out_dir / name}", flush=True)
+        print(f"{shape}: using the existing {os.path.relpath(out_dir / name)}", flush=True)
     else:
         subprocess.run([sys.executable, str(REPO / "bench" / "synthetic.py"), "--shape", shape,
                         "--out", str(out_dir), "--seed", str(seed)], check=True)
