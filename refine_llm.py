@@ -270,7 +270,9 @@ def parse_args(argv=None) -> RefineConfig:
     p.add_argument("--gguf_file", default=None, help="hf: GGUF file inside --model (or a path to it)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--dtype", default=d.dtype, help="auto/float32/float16/bfloat16")
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="hf: prompts per generate call")
+    p.add_argument("--batch_size", type=int, default=d.batch_size, help="chunks asked together: hf, prompts per generate call; openai, the "
+                        "chunks' first-layout requests go before their retries, which keeps a "
+                        "one-slot server's prompt cache (llama.cpp) from thrashing")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     p.add_argument("--base_url", default=d.base_url, help="openai: endpoint root (…/v1)")
     p.add_argument("--api_key_env", default=d.api_key_env, help="openai: environment variable with the key")
