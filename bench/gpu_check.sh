@@ -24,11 +24,9 @@ if [[ "${1:-}" == "--prepare" ]]; then
   exit 0
 fi
 
-python - <<'PY'
-import torch
-assert torch.cuda.is_available(), "no CUDA device: this script is for a GPU machine"
-print("torch", torch.__version__, "CUDA", torch.version.cuda, "on", torch.cuda.get_device_name(0))
-PY
+python -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
+  || { echo "error: no CUDA device; this script is for a GPU machine" >&2; exit 1; }
+python -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda, "on", torch.cuda.get_device_name(0))'
 pip install -q -r requirements.txt 2>&1 | tail -n 2 || true
 export REFINE_DATA_DIR=$DATA
 
