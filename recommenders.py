@@ -8,6 +8,13 @@
 - ``lightgcn``: LightGCN (He et al. 2020; SPEC.md §8). The same graph, loss and L2, with
   negatives uniform over the items the user has no training-file row with (positive,
   confirmed negative or neutral: the rows evaluation masks anyway).
+- ``pngnn``, ``siren``: a positive and a negative signal fused by attention, Dual-BPR /
+  sign-aware BPR with degree-based negatives (signed_models.py).
+- ``semantic_neg``: LightGCN with hard negatives by item-text similarity
+  (semantic_negatives.py).
+
+Settings whose default depends on the model (``MODEL_DEFAULTS``) are None in Config until
+resolved by ``model_defaults``.
 
 Evaluation, early stopping, logging and checkpoints are shared by every model (main.py).
 """
@@ -19,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 from torch import Tensor, nn
 
+import semantic_negatives
+import signed_models
 import training
 from model import (GraphRecommender, ReFINePlus, batch_l2, bpr_loss, categorical_sample,
                    similarity_sampling_weights)
@@ -26,6 +35,22 @@ from training import Graphs, TrainingError, epoch_loss
 
 if TYPE_CHECKING:
     from main import Config
+
+# learning rate, L2 weight, layers and negatives per row when the flags are not given;
+# pngnn/siren: the PN-GNN report's settings (SiReN's public code uses the same lr and L2)
+BASE_DEFAULTS = {"learning_rate": 1e-3, "lambda_reg": 1e-4, "num_negatives": 1}
+MODEL_DEFAULTS = {
+    "pngnn": {"learning_rate": 5e-3, "lambda_reg": 0.05, "layers": 4, "num_negatives": 40},
+    "siren": {"learning_rate": 5e-3, "lambda_reg": 0.05, "layers": 4, "num_negatives": 40},
+}
+
+
+def model_defaults(model: str, dataset: str) -> dict:
+    """The defaults of the model-dependent settings (layers: 2 on Amazon_Books, else 4,
+    unless the model fixes it)."""
+    return {**BASE_DEFAULTS, "layers": 2 if dataset == "Amazon_Books" else 4,
+            **MODEL_DEFAULTS.get(model, {})}
+
 
 # r, ReFINe's number of similar items per confirmed negative, as the reference sets it
 REFINE_R = {"ML-100K": 100, "ML-1M": 250, "Netflix-1M": 300}
@@ -182,4 +207,11 @@ MODELS: dict[str, Recommender] = {
                                _refine_plus_prepare, _refine_plus_epoch),
     "refine": Recommender(True, _build_gcn, _bpr_optimizer, _refine_prepare, bpr_epoch),
     "lightgcn": Recommender(True, _build_gcn, _bpr_optimizer, _lightgcn_prepare, bpr_epoch),
+    "pngnn": Recommender(True, signed_models.build_pngnn, _bpr_optimizer,
+                         signed_models.signed_prepare, signed_models.signed_epoch),
+    "siren": Recommender(True, signed_models.build_siren, _bpr_optimizer,
+                         signed_models.signed_prepare, signed_models.signed_epoch),
+    "semantic_neg": Recommender(True, semantic_negatives.build_semantic, _bpr_optimizer,
+                                semantic_negatives.semantic_prepare,
+                                semantic_negatives.semantic_epoch),
 }

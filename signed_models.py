@@ -1,0 +1,161 @@
+"""Training of the two models that learn from a negative signal as well as from positives
+(``--model pngnn``, ``--model siren``; SPEC.md §8). The modules and losses are in model.py.
+
+Rows an epoch trains on: every positive row (rating >= 4) and every row of the negative
+graph, which is
+- ``--dataset_augment original``: every row rated below 4 in the train file (1, 2, 3: the
+  confirmed negatives of T and the neutral rows), the threshold 3.5 of PN-GNN and SiReN;
+- ``--dataset_augment augment`` (refined data): the confirmed negatives, rating <= 1
+  (1 and the LLM's 0.5); unrefined 2/3 rows stay out, as in T.
+
+Negatives (``degree_negatives``): for a row of user u, ``--num_negatives`` independent draws
+(with replacement) from P_u(j) = deg(j)^0.75 / sum_{j' not in S_u} deg(j')^0.75 for j not
+in S_u, 0 for j in S_u, where deg(j) = the number of positive training rows of item j (its
+degree in the positive graph) and S_u = every item u has a train-file row with (positive,
+confirmed negative or neutral). Items without a positive row are never drawn.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+import dataloader
+from dataloader import Interactions, RowIndex
+from model import (PositiveNegativeGCN, SignAwareGCN, categorical_draws, dual_bpr_loss,
+                   pairwise_l2, sign_aware_bpr_loss)
+from training import Graphs, TrainingError, epoch_loss
+
+if TYPE_CHECKING:
+    from main import Config
+
+DEGREE_EXPONENT = 0.75
+
+
+def negative_graph_rows(graphs: Graphs, dataset_augment: str) -> Interactions:
+    """The negative graph's (u, i) rows (see the module docstring): T's confirmed negatives,
+    plus, on original data, the neutral rows (every train-file row that is not in T)."""
+    users, items = graphs.train.users[~graphs.is_pos], graphs.train.items[~graphs.is_pos]
+    if dataset_augment == "original":
+        I = graphs.num_items
+        all_users = torch.arange(graphs.num_users, device=users.device)
+        owner, cols = graphs.seen_by_user.gather(all_users)  # T and neutral rows
+        neutral = ~torch.isin(owner * I + cols, graphs.train.users * I + graphs.train.items)
+        users, items = torch.cat([users, owner[neutral]]), torch.cat([items, cols[neutral]])
+    return Interactions(users, items)
+
+
+def degree_weights(graphs: Graphs, exponent: float = DEGREE_EXPONENT) -> Tensor:
+    """deg(j)^exponent, deg(j) = positive training rows of item j: (I,) float."""
+    deg = torch.bincount(graphs.train.items[graphs.is_pos], minlength=graphs.num_items)
+    return deg.to(torch.float32).pow(exponent)
+
+
+def degree_negatives(users: Tensor, item_weights: Tensor, seen: RowIndex, n: int,
+                     generator: torch.Generator | None = None) -> Tensor:
+    """n draws per row (with replacement) from P_u(j) ∝ item_weights[j] over the items not in
+    ``seen`` row u. users: (B,) -> (B, n) item indices."""
+    distinct, inverse = torch.unique(users, return_inverse=True)
+    weights = item_weights.expand(distinct.numel(), -1).clone()  # (users in batch, I)
+    owner, cols = seen.gather(distinct)
+    weights[owner, cols] = 0.0
+    return categorical_draws(weights, inverse, n, generator)
+
+
+def check_degree_sampling(users: Tensor, item_weights: Tensor, seen: RowIndex) -> None:
+    """Every user with a training row needs an item of positive weight outside S_u."""
+    distinct = torch.unique(users)
+    owner, cols = seen.gather(distinct)
+    drawable = item_weights > 0
+    seen_drawable = torch.zeros(distinct.numel(), dtype=torch.long, device=users.device)
+    seen_drawable.index_add_(0, owner, drawable[cols].long())
+    empty = seen_drawable == int(drawable.sum())
+    if empty.any():
+        raise TrainingError(f"{int(empty.sum())} user(s) have a train-file row with every item "
+                            f"that has a positive row: no negative to sample for them")
+
+
+@dataclass
+class SignedRows:
+    """The rows of an epoch (positive rows, then negative-graph rows) and their sampler."""
+
+    users: Tensor
+    items: Tensor
+    is_pos: Tensor
+    item_weights: Tensor  # deg(j)^0.75
+    seen: RowIndex  # S_u: every train-file row
+
+
+def signed_prepare(graphs: Graphs, config: Config) -> SignedRows:
+    neg = negative_graph_rows(graphs, config.dataset_augment)
+    pos_users, pos_items = graphs.train.users[graphs.is_pos], graphs.train.items[graphs.is_pos]
+    is_pos = torch.cat([torch.ones_like(pos_users, dtype=torch.bool),
+                        torch.zeros_like(neg.users, dtype=torch.bool)])
+    rows = SignedRows(torch.cat([pos_users, neg.users]), torch.cat([pos_items, neg.items]),
+                      is_pos, degree_weights(graphs), graphs.seen_by_user)
+    check_degree_sampling(rows.users, rows.item_weights, rows.seen)
+    return rows
+
+
+class WithNegativeGraph(nn.Module):
+    """PN-GNN bound to its negative-graph adjacency, so that ``model(norm_adj)`` (the
+    positive graph) gives (users, items) as for every model. The adjacency is a plain
+    attribute, not a buffer: checkpoints hold parameters only."""
+
+    def __init__(self, model: PositiveNegativeGCN, neg_adj: Tensor):
+        super().__init__()
+        self.model, self.neg_adj = model, neg_adj
+
+    def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model(norm_adj, self.neg_adj)
+
+
+def build_pngnn(graphs: Graphs, config: Config) -> nn.Module:
+    neg = negative_graph_rows(graphs, config.dataset_augment)
+    neg_adj = dataloader.build_norm_adj(neg, graphs.num_users, graphs.num_items)
+    model = PositiveNegativeGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
+                                config.layers)
+    return WithNegativeGraph(model, neg_adj.to(graphs.norm_adj.device))
+
+
+def build_siren(graphs: Graphs, config: Config) -> nn.Module:
+    return SignAwareGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
+                        config.layers, config.dropout)
+
+
+def signed_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Tensor,
+                      is_pos: Tensor, negatives: Tensor, config: Config) -> Tensor:
+    """Dual-BPR (pngnn) or sign-aware BPR (siren) over the batch's rows and their sampled
+    negatives, plus ``pairwise_l2`` (--lambda_reg) on the final embeddings scored."""
+    e_users, e_items = model(graphs.norm_adj)
+    u, i, j = e_users[users], e_items[items], e_items[negatives]  # (B, d), (B, d), (B, n, d)
+    obs_scores = (u * i).sum(1)
+    neg_scores = torch.einsum("bd,bnd->bn", u, j)
+    if config.model == "pngnn":
+        loss = dual_bpr_loss(obs_scores, neg_scores, is_pos, config.b)
+    else:
+        loss = sign_aware_bpr_loss(obs_scores, neg_scores, is_pos, config.c_neg)
+    return loss + pairwise_l2(u, i, j, config.lambda_reg)
+
+
+def signed_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
+                 state: SignedRows, shard=None) -> float:
+    """One pass over the shuffled rows in batches of --batch_size; --num_negatives drawn per
+    row by ``degree_negatives``. Returns sum(loss_b |B_b|) / sum |B_b| (single process)."""
+    if shard is not None:
+        raise TrainingError(f"--model {config.model} does not train distributed")
+    perm = torch.randperm(state.users.numel(), device=state.users.device)
+    losses, sizes = [], []
+    for start in range(0, perm.numel(), config.batch_size):
+        batch = perm[start:start + config.batch_size]
+        users, items, is_pos = state.users[batch], state.items[batch], state.is_pos[batch]
+        negatives = degree_negatives(users, state.item_weights, state.seen, config.num_negatives)
+        loss = signed_batch_loss(model, graphs, users, items, is_pos, negatives, config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        sizes.append(users.numel())
+    return epoch_loss(losses, sizes, epoch)

