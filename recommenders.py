@@ -31,7 +31,7 @@ import signed_models
 import training
 from model import (GraphRecommender, ReFINePlus, batch_l2, bpr_loss, categorical_sample,
                    similarity_sampling_weights)
-from training import Graphs, TrainingError, epoch_loss
+from training import Graphs, TrainingError
 
 if TYPE_CHECKING:
     from main import Config
@@ -176,19 +176,13 @@ def bpr_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
     weights = state.base_weights
     if state.reweight_from is not None and epoch >= state.reweight_from:
         weights = refine_epoch_weights(model, graphs, config, state)
-    perm = torch.randperm(state.pos_users.numel(), device=weights.device)
-    losses, sizes = [], []
-    for start in range(0, perm.numel(), config.batch_size):
-        batch = perm[start:start + config.batch_size]
+
+    def step_loss(batch: Tensor) -> Tensor:
         users, items = state.pos_users[batch], state.pos_items[batch]
         negatives = categorical_sample(weights[users])  # (B,): one per positive
-        loss = bpr_batch_loss(model, graphs, users, items, negatives, config.lambda_reg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-        sizes.append(users.numel())
-    return epoch_loss(losses, sizes, epoch)
+        return bpr_batch_loss(model, graphs, users, items, negatives, config.lambda_reg)
+    return training.minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size,
+                                    epoch, weights.device, step_loss)
 
 
 def _build_gcn(graphs: Graphs, config: Config) -> nn.Module:

@@ -36,7 +36,8 @@ from dataloader import DataError
 from model import TextAlignedGCN, batch_l2, bpr_loss, info_nce
 from refine_llm import ITEM_FILE_NAMES
 from refine_procedure import TITLE_COLUMNS, item_texts, read_train
-from training import Graphs, TrainingError, epoch_loss
+import training
+from training import Graphs, TrainingError
 
 if TYPE_CHECKING:
     from main import Config
@@ -279,20 +280,14 @@ def semantic_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
     """One pass over the shuffled positive rows; returns sum(loss_b |B_b|) / sum |B_b|."""
     if shard is not None:
         raise TrainingError("--model semantic_neg does not train distributed")
-    perm = torch.randperm(state.pos_users.numel(), device=state.pos_users.device)
-    losses, sizes = [], []
-    for start in range(0, perm.numel(), config.batch_size):
-        batch = perm[start:start + config.batch_size]
+
+    def step_loss(batch: torch.Tensor) -> torch.Tensor:
         users, items = state.pos_users[batch], state.pos_items[batch]
         negatives, _ = semantic_negatives(users, items, state, config.num_negatives,
                                           config.hard_ratio)
-        loss = semantic_batch_loss(model, graphs, users, items, negatives, state, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-        sizes.append(users.numel())
-    return epoch_loss(losses, sizes, epoch)
+        return semantic_batch_loss(model, graphs, users, items, negatives, state, config)
+    return training.minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size,
+                                    epoch, state.pos_users.device, step_loss)
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -26,7 +26,8 @@ import dataloader
 from dataloader import Interactions, RowIndex
 from model import (PositiveNegativeGCN, SignAwareGCN, categorical_draws, dual_bpr_loss,
                    pairwise_l2, sign_aware_bpr_loss)
-from training import Graphs, TrainingError, epoch_loss
+import training
+from training import Graphs, TrainingError
 
 if TYPE_CHECKING:
     from main import Config
@@ -146,16 +147,10 @@ def signed_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
     row by ``degree_negatives``. Returns sum(loss_b |B_b|) / sum |B_b| (single process)."""
     if shard is not None:
         raise TrainingError(f"--model {config.model} does not train distributed")
-    perm = torch.randperm(state.users.numel(), device=state.users.device)
-    losses, sizes = [], []
-    for start in range(0, perm.numel(), config.batch_size):
-        batch = perm[start:start + config.batch_size]
+
+    def step_loss(batch: torch.Tensor) -> torch.Tensor:
         users, items, is_pos = state.users[batch], state.items[batch], state.is_pos[batch]
         negatives = degree_negatives(users, state.item_weights, state.seen, config.num_negatives)
-        loss = signed_batch_loss(model, graphs, users, items, is_pos, negatives, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-        sizes.append(users.numel())
-    return epoch_loss(losses, sizes, epoch)
+        return signed_batch_loss(model, graphs, users, items, is_pos, negatives, config)
+    return training.minibatch_epoch(optimizer, state.users.numel(), config.batch_size, epoch,
+                                    state.users.device, step_loss)

@@ -292,6 +292,23 @@ def epoch_loss(losses: list[torch.Tensor], sizes: list[int], epoch: int) -> floa
     return float((losses_t * sizes_t).sum() / sizes_t.sum())
 
 
+def minibatch_epoch(optimizer: torch.optim.Optimizer, num_rows: int, batch_size: int,
+                    epoch: int, device, step_loss) -> float:
+    """The BPR-style epoch: shuffle num_rows rows, then per batch of row indices one
+    optimizer step on ``step_loss(batch)``. Returns sum(loss_b |B_b|) / sum |B_b|."""
+    perm = torch.randperm(num_rows, device=device)
+    losses, sizes = [], []
+    for start in range(0, num_rows, batch_size):
+        batch = perm[start:start + batch_size]
+        loss = step_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        sizes.append(batch.numel())
+    return epoch_loss(losses, sizes, epoch)
+
+
 def train_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int, n: int,
                 dense_weights=None, max_batches: int | None = None,
                 shard: Shard | None = None) -> float:
