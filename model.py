@@ -304,11 +304,16 @@ def categorical_sample(weights: Tensor, generator: torch.Generator | None = None
     weights: (B, I) non-negative, every row with a positive sum -> (B,) long.
     """
     cdf = weights.to(torch.float64).cumsum(1)  # (B, I)
+    u = torch.rand((cdf.size(0), 1), generator=generator, dtype=torch.float64, device=cdf.device)
+    return _inverse_cdf(cdf, u).squeeze(1)
+
+
+def _inverse_cdf(cdf: Tensor, u: Tensor) -> Tensor:
+    """For each row of cdf (B, I) and each uniform in u (B, n): the first j with
+    cdf[j] > u * total. x stays in [0, total), so that j has cdf[j] > cdf[j - 1], i.e. w_j > 0."""
     total = cdf[:, -1:]
-    u = torch.rand(total.shape, generator=generator, dtype=torch.float64, device=cdf.device)
-    # x in [0, total): the first j with cdf[j] > x has cdf[j] > cdf[j - 1], i.e. w_j > 0
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, x, right=True).squeeze(1)
+    return torch.searchsorted(cdf, x, right=True)
 
 
 
@@ -463,8 +468,6 @@ def categorical_draws(weights: Tensor, rows: Tensor, n: int,
     weights: (R, I) non-negative, rows with a positive sum; rows: (B,) long -> (B, n) long.
     """
     cdf = weights.to(torch.float64).cumsum(1)[rows]  # (B, I)
-    total = cdf[:, -1:]
     u = torch.rand((rows.numel(), n), generator=generator, dtype=torch.float64,
                    device=cdf.device)
-    x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
-    return torch.searchsorted(cdf, x, right=True)
+    return _inverse_cdf(cdf, u)
