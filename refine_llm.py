@@ -306,15 +306,24 @@ def parse_args(argv=None) -> RefineConfig:
     return RefineConfig(**vars(p.parse_args(argv)))
 
 
-def _item_file(cfg: RefineConfig) -> Path:
-    """--item_file, else <data_dir>/raw/<stem>/<stem>.item (where ``dataloader.py download
-    --raw`` puts it), else <data_dir>/<DATASET>/<stem>.item."""
-    if cfg.item_file:
-        return Path(cfg.item_file)
-    stem = ITEM_FILE_NAMES.get(cfg.dataset, cfg.dataset)
-    data_dir = resolve_data_dir(cfg.data_dir)
-    places = [data_dir / "raw" / stem / f"{stem}.item", data_dir / cfg.dataset / f"{stem}.item"]
+def find_item_file(dataset: str, data_dir: str | None, item_file: str | None,
+                   beside_data_dir: bool = False) -> Path:
+    """``item_file``, else the first existing of <data_dir>/raw/<stem>/<stem>.item (where
+    ``dataloader.py download --raw`` puts it) and <data_dir>/<DATASET>/<stem>.item, and with
+    ``beside_data_dir`` <data_dir>/../raw/<stem>/<stem>.item (split and raw files side by
+    side, as in ../shared); the first place when none exists."""
+    if item_file:
+        return Path(item_file)
+    stem = ITEM_FILE_NAMES.get(dataset, dataset)
+    root = resolve_data_dir(data_dir)
+    places = [root / "raw" / stem / f"{stem}.item", root / dataset / f"{stem}.item"]
+    if beside_data_dir:
+        places.append(root.parent / "raw" / stem / f"{stem}.item")
     return next((p for p in places if p.is_file()), places[0])
+
+
+def _item_file(cfg: RefineConfig) -> Path:
+    return find_item_file(cfg.dataset, cfg.data_dir, cfg.item_file)
 
 
 def run(cfg: RefineConfig, log=print) -> dict:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 import dataloader
 from dataloader import DataError
 from model import TextAlignedGCN, batch_l2, bpr_loss, info_nce
-from refine_llm import ITEM_FILE_NAMES
+from refine_llm import find_item_file
 from refine_procedure import TITLE_COLUMNS, item_texts, read_train
 import training
 from training import Graphs, TrainingError
@@ -51,13 +51,8 @@ def item_file_path(config: Config) -> Path:
     """--item_file, else the first existing of <data_dir>/raw/<stem>/<stem>.item,
     <data_dir>/<DATASET>/<stem>.item and <data_dir>/../raw/<stem>/<stem>.item (split files
     and raw files side by side, as in ../shared)."""
-    if config.item_file:
-        return Path(config.item_file)
-    stem = ITEM_FILE_NAMES.get(config.dataset, config.dataset)
-    data_dir = dataloader.resolve_data_dir(config.data_dir)
-    places = [data_dir / "raw" / stem / f"{stem}.item", data_dir / config.dataset / f"{stem}.item",
-              data_dir.parent / "raw" / stem / f"{stem}.item"]
-    return next((p for p in places if p.is_file()), places[0])
+    return find_item_file(config.dataset, config.data_dir, config.item_file,
+                          beside_data_dir=True)
 
 
 def item_sentences(config: Config) -> tuple[dict[str, str], Path]:
