@@ -295,7 +295,7 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
         set_rng_state(state["rng"])
         if shard is not None and device.type == "cuda" and "cuda" in state["rng"]:
             # every rank continues rank 0's stream (its GPU 0), as they all drew it before
-            torch.cuda.set_rng_state(state["rng"]["cuda"][0], device)
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0].cpu(), device)
         start_epoch, train_seconds = state["epoch"] + 1, state["train_seconds"]
         log(f"Resumed from {run_dir / 'last.pt'} after epoch {state['epoch']}.")
 
