@@ -219,10 +219,12 @@ def build_norm_adj(train: Interactions, num_users: int, num_items: int) -> torch
     inv_sqrt = deg.pow(-0.5)
     inv_sqrt[deg == 0] = 0.0
     values = inv_sqrt[row] * inv_sqrt[col]
-    coo = torch.sparse_coo_tensor(torch.stack([row, col]), values, (n, n),
-                                  check_invariants=False).coalesce()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta" is noise for users
+    # "sparse CSR support is in beta" and (torch 2.11 on CUDA machines, even with
+    # check_invariants=False) "sparse invariant checks are implicitly disabled" are noise
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(torch.stack([row, col]), values, (n, n),
+                                      check_invariants=False).coalesce()
         csr = coo.to_sparse_csr()
         if csr.values().numel() < 2 ** 31:
             # int32 indices: the CPU product then skips an index conversion per call

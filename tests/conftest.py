@@ -32,3 +32,18 @@ def write_split_folder(root: Path, name: str, train_rows, valid_rows, test_rows,
         lines = "".join(f"{u},{i},{r}\n" for u, i, r in rows)
         (folder / f"{name}_{split}.csv").write_text(header + lines)
     return root
+
+
+def interrupt_second_epoch(monkeypatch) -> None:
+    """Make the next training run stop with Ctrl-C in the middle of its epoch 2 (after
+    epoch 1's last.pt); undo with ``monkeypatch.undo()`` before resuming."""
+    import training
+    real_train_epoch, calls = training.train_epoch, []
+
+    def interrupted(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train_epoch(*a, **kw)
+
+    monkeypatch.setattr(training, "train_epoch", interrupted)

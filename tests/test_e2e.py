@@ -10,7 +10,8 @@ import torch
 
 import main as M
 import training
-from conftest import SHARED_DATASETS, SHARED_REFERENCE, shared_dataset, write_split_folder
+from conftest import (SHARED_DATASETS, SHARED_REFERENCE, interrupt_second_epoch, shared_dataset,
+                      write_split_folder)
 from utils import parse_log
 
 REFERENCE_LOG = {"ML-100K": "ML-100K.log", "Amazon_Digital_Music": "Amazon-Music.log"}
@@ -57,18 +58,10 @@ def test_resume_after_interrupt_equals_straight_run(tmp_path, monkeypatch):
     rc, result = run_main(args, tmp_path, "straight")
     assert rc == 0
 
-    real_train_epoch, calls = training.train_epoch, []
-
-    def interrupted(*a, **kw):  # Ctrl-C in the middle of epoch 2
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train_epoch(*a, **kw)
-
-    monkeypatch.setattr(training, "train_epoch", interrupted)
+    interrupt_second_epoch(monkeypatch)
     rc, _ = run_main(args, tmp_path, "split")
     assert rc == 130
-    monkeypatch.setattr(training, "train_epoch", real_train_epoch)
+    monkeypatch.undo()
     split_dir = result / "ML-100K" / "split"
     assert torch.load(split_dir / "last.pt", weights_only=False)["epoch"] == 1
     assert M.main(["--resume", str(split_dir), "--quiet", "--threads", "1"]) == 0

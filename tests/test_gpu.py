@@ -16,7 +16,7 @@ import torch
 import dataloader
 import main as M
 import training
-from conftest import SHARED_DATASETS
+from conftest import SHARED_DATASETS, interrupt_second_epoch
 from model import ReFINePlus
 from utils import evaluate
 
@@ -92,17 +92,9 @@ def test_cuda_resume_after_interrupt(tmp_path, monkeypatch):
               "--batch_size", "4096", "--device", "cuda", "--result_dir", str(tmp_path),
               "--quiet"]
     assert M.main([*common, "--path_name", "straight"]) == 0
-    real_train_epoch, calls = training.train_epoch, []
-
-    def interrupted(*a, **kw):  # Ctrl-C in the middle of epoch 2
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_train_epoch(*a, **kw)
-
-    monkeypatch.setattr(training, "train_epoch", interrupted)
+    interrupt_second_epoch(monkeypatch)
     assert M.main([*common, "--path_name", "split"]) == 130
-    monkeypatch.setattr(training, "train_epoch", real_train_epoch)
+    monkeypatch.undo()
     assert M.main(["--resume", str(tmp_path / "ML-100K" / "split"), "--quiet"]) == 0
     runs = {name: [json.loads(line) for line in open(tmp_path / "ML-100K" / name / "epochs.jsonl")]
             for name in ("straight", "split")}
