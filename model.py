@@ -120,6 +120,20 @@ def sampled_softmax_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     return torch.logsumexp(torch.cat([diff.new_zeros(diff.size(0), 1), diff], 1), 1).mean()
 
 
+def per_row_scores(queries: Tensor, table: Tensor, columns: Tensor) -> Tensor:
+    """s[p, k] = <queries[p], table[columns[p, k]]>: each row's scores against its own
+    columns. queries (P, d), table (I, d), columns (P, n) -> (P, n).
+
+    Computed as the full (P, I) score matrix, one GEMM, then a gather. The plain form,
+    einsum("pd,pnd->pn", queries, table[columns]), copies a (P, n, d) tensor and its backward
+    scatter-adds P*n rows into the table's gradient; with n = I/10 (ReFINe++ per_user) the
+    GEMM does 10x the multiplications and is still ~8x faster on CPU, in less memory. Same
+    value up to float rounding (tests/test_oracles.py checks it and the gradients against
+    the einsum).
+    """
+    return (queries @ table.t()).gather(1, columns)
+
+
 def half_l2(tensors, weight: float) -> Tensor:
     """(weight / 2) * sum of squared entries of every tensor."""
     return weight / 2 * sum(t.pow(2).sum() for t in tensors)
@@ -232,10 +246,12 @@ def gumbel_topk(log_weights: Tensor, n: int, generator: torch.Generator | None =
 
     log_weights: (..., I) -> (..., n) long.
     """
-    u = torch.rand(log_weights.shape, generator=generator, device=log_weights.device,
-                   dtype=log_weights.dtype)
-    gumbel = -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
-    return torch.topk(log_weights + gumbel, n, dim=-1, sorted=False).indices
+    keys = torch.rand(log_weights.shape, generator=generator, device=log_weights.device,
+                      dtype=log_weights.dtype)
+    # keys = log_weights + gumbel, gumbel = -log(-log u), in place: the same floats as the
+    # out-of-place expression (tests/test_sampling.py) without three (P, I) allocations
+    keys.clamp_min_(torch.finfo(keys.dtype).tiny).log_().neg_().log_().neg_().add_(log_weights)
+    return torch.topk(keys, n, dim=-1, sorted=False).indices
 
 
 def multinomial_without_replacement(weights: Tensor, n: int,

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 import dataloader
 from dataloader import Interactions, RecData, RowIndex
 from model import (ReFINePlus, ae_terms_dense, ae_terms_sparse, alignment_loss, gumbel_topk,
-                   half_l2, multinomial_without_replacement, sampled_softmax_loss)
+                   half_l2, multinomial_without_replacement, per_row_scores,
+                   sampled_softmax_loss)
 
 if TYPE_CHECKING:
     from main import Config
@@ -210,8 +211,10 @@ def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives
     pos_scores = (e_users[pos_users] * e_items[pos_items]).sum(1)
     if negatives.dim() == 1:  # shared: (P, d) @ (d, n)
         neg_scores = e_users[pos_users] @ e_items[negatives].t()
-    else:  # per user: (P, n)
+    elif config.impl == "reference":  # per user: (P, n), the plain gather
         neg_scores = torch.einsum("pd,pnd->pn", e_users[pos_users], e_items[negatives])
+    else:
+        neg_scores = per_row_scores(e_users[pos_users], e_items, negatives)
     loss = sampled_softmax_loss(pos_scores, neg_scores)
 
     user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, config.ae_input)
@@ -262,7 +265,7 @@ def _shard_loss(model: ReFINePlus, graphs: Graphs, users, items, is_pos, negativ
         if negatives.dim() == 1:
             neg_scores = u_emb @ e_items[negatives].t()
         else:
-            neg_scores = torch.einsum("pd,pnd->pn", u_emb, e_items[negatives[lo:hi]])
+            neg_scores = per_row_scores(u_emb, e_items, negatives[lo:hi])
         loss = sampled_softmax_loss(pos_scores, neg_scores) * ((hi - lo) / num_pos)
 
     user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, config.ae_input)

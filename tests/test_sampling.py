@@ -51,6 +51,18 @@ def test_gumbel_topk_matches_multinomial_without_replacement():
     assert (first_ref - WEIGHTS / WEIGHTS.sum()).abs().max() < TOLERANCE
 
 
+def test_gumbel_topk_equals_the_plain_formula_bit_for_bit():
+    """The in-place key computation gives the very draws of log_w - log(-log u)."""
+    log_w = torch.zeros(64, 500)
+    log_w[:, ::7] = math.log(1.5)
+    log_w[:, ::11] = float("-inf")
+    ours = gumbel_topk(log_w, 50, generator=torch.Generator().manual_seed(5))
+    u = torch.rand(log_w.shape, generator=torch.Generator().manual_seed(5))
+    plain = log_w + -torch.log(-torch.log(u.clamp_min(torch.finfo(u.dtype).tiny)))
+    assert torch.equal(ours, plain.topk(50, dim=-1, sorted=False).indices)
+    assert (ours % 11 != 0).all()  # zero-weight items are never drawn
+
+
 def test_the_tolerance_can_fail():
     """A plausible wrong sampler (top-k of weights times uniform noise) is caught."""
     g = torch.Generator().manual_seed(2024)
