@@ -322,10 +322,6 @@ def find_item_file(dataset: str, data_dir: str | None, item_file: str | None,
     return next((p for p in places if p.is_file()), places[0])
 
 
-def _item_file(cfg: RefineConfig) -> Path:
-    return find_item_file(cfg.dataset, cfg.data_dir, cfg.item_file)
-
-
 def run(cfg: RefineConfig, log=print) -> dict:
     """One relabeling run; returns the manifest (also written next to the output)."""
     from tqdm import tqdm
@@ -341,7 +337,8 @@ def run(cfg: RefineConfig, log=print) -> dict:
 
     def texts():
         if not texts_cache:
-            texts_cache.update(item_texts(train, _item_file(cfg)))
+            item_file = find_item_file(cfg.dataset, cfg.data_dir, cfg.item_file)
+            texts_cache.update(item_texts(train, item_file))
         return texts_cache
 
     counts = {}

@@ -48,9 +48,8 @@ TEXT_FORMAT = "title (genre: genres) v1"  # part of the cache key: change it wit
 # ------------------------------------------------------------------------ item texts
 
 def item_file_path(config: Config) -> Path:
-    """--item_file, else the first existing of <data_dir>/raw/<stem>/<stem>.item,
-    <data_dir>/<DATASET>/<stem>.item and <data_dir>/../raw/<stem>/<stem>.item (split files
-    and raw files side by side, as in ../shared)."""
+    """--item_file, else the dataset's .item file where ``refine_llm.find_item_file`` looks,
+    the raw folder beside the split folder included (as in ../shared)."""
     return find_item_file(config.dataset, config.data_dir, config.item_file,
                           beside_data_dir=True)
 

@@ -5,6 +5,7 @@ same process, and their ratio; then the fast path on ML-1M (train_original).
 
     python bench/epoch_time.py                       # ML-100K, Amazon_Digital_Music, ML-1M
     python bench/epoch_time.py --datasets ML-100K --epochs 3 --threads 2
+    python bench/epoch_time.py --negatives per_user --large   # the per_user variant
 
 The first epoch is a warm-up and is not counted when --epochs > 1.
 """
@@ -27,9 +28,10 @@ from model import ReFINePlus  # noqa: E402
 from utils import evaluate, resolve_device, seed_everything  # noqa: E402
 
 
-def seconds_per_epoch(data, impl: str, epochs: int, device) -> tuple[float, float]:
+def seconds_per_epoch(data, impl: str, epochs: int, device,
+                      negatives: str = "shared") -> tuple[float, float]:
     """(mean seconds per epoch, last epoch's loss) for one implementation."""
-    config = M.Config(dataset=data.dataset, impl=impl)
+    config = M.Config(dataset=data.dataset, impl=impl, negatives=negatives)
     seed_everything(config.random_seed)
     graphs = training.build_graphs(data, device)
     n = training.num_negatives(graphs.num_items)
@@ -59,7 +61,9 @@ def main() -> None:
     p.add_argument("--large", nargs="*", default=["ML-1M"],
                    help="fast path only, train_original (default ML-1M)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per measurement (first = warm-up)")
-    p.add_argument("--slow_epochs", type=int, default=2, help="epochs for the slow path")
+    p.add_argument("--slow_epochs", type=int, default=2,
+                   help="epochs for the slow path (0: skip it)")
+    p.add_argument("--negatives", choices=["shared", "per_user"], default="shared")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
@@ -72,17 +76,20 @@ def main() -> None:
     data_dir = Path(args.data_dir) if args.data_dir else (
         shared if shared.is_dir() else dataloader.resolve_data_dir())
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"data {os.path.relpath(data_dir)}")
+          f"data {os.path.relpath(data_dir)}, --negatives {args.negatives}")
     print(f"{'dataset':<22}{'train file':<16}{'fast s/epoch':>13}{'slow s/epoch':>14}{'speed-up':>10}")
     for name in args.datasets:
         data = dataloader.load_dataset(data_dir, name, "augment", warn=lambda line: None)
-        fast, _ = seconds_per_epoch(data, "fast", args.epochs, device)
-        slow, _ = seconds_per_epoch(data, "reference", args.slow_epochs, device)
+        fast, _ = seconds_per_epoch(data, "fast", args.epochs, device, args.negatives)
+        if not args.slow_epochs:
+            print(f"{name:<22}{'train_augment':<16}{fast:>13.2f}{'-':>14}{'-':>10}", flush=True)
+            continue
+        slow, _ = seconds_per_epoch(data, "reference", args.slow_epochs, device, args.negatives)
         print(f"{name:<22}{'train_augment':<16}{fast:>13.2f}{slow:>14.2f}{slow / fast:>9.1f}x",
               flush=True)
     for name in args.large:
         data = dataloader.load_dataset(data_dir, name, "original", warn=lambda line: None)
-        fast, _ = seconds_per_epoch(data, "fast", max(1, args.epochs - 1), device)
+        fast, _ = seconds_per_epoch(data, "fast", max(1, args.epochs - 1), device, args.negatives)
         print(f"{name:<22}{'train_original':<16}{fast:>13.2f}{'-':>14}{'-':>10}", flush=True)
 
 
