@@ -478,6 +478,18 @@ def pairwise_l2(e_users: Tensor, e_items: Tensor, e_negatives: Tensor, weight: f
                      + e_negatives.pow(2).sum()) / count
 
 
+def pairwise_l2_counted(e_users: Tensor, e_items: Tensor, table: Tensor, negatives: Tensor,
+                        weight: float) -> Tensor:
+    """``pairwise_l2`` without the (B, n, d) copy of the negatives' embeddings: their term,
+    sum over the B n draws of ||table[j]||^2, is sum_j count_j ||table[j]||^2 with count_j
+    the times item j was drawn. e_users, e_items: (B, d); table: (I, d); negatives: (B, n).
+    Same value and gradient up to float rounding (tests/test_negative_models.py)."""
+    counts = torch.bincount(negatives.flatten(), minlength=table.shape[0]).to(table.dtype)
+    negatives_term = (counts * table.pow(2).sum(1)).sum()
+    return weight * (e_users.pow(2).sum() + e_items.pow(2).sum() + negatives_term) \
+        / negatives.numel()
+
+
 def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
     """Symmetric InfoNCE of matched rows: with cosine logits L = q_hat k_hat^T / temperature
     (R x R), the mean of CE(L, diag) and CE(L^T, diag); row r of ``queries`` is the positive

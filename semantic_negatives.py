@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 import dataloader
 from dataloader import DataError
-from model import TextAlignedGCN, batch_l2, bpr_loss, info_nce
+from model import TextAlignedGCN, batch_l2, bpr_loss, info_nce, per_row_scores
 from refine_llm import find_item_file
 from refine_procedure import TITLE_COLUMNS, item_texts, read_train
 import training
@@ -257,7 +257,7 @@ def semantic_batch_loss(model: TextAlignedGCN, graphs: Graphs, users: Tensor, it
     e_users, e_items = model(graphs.norm_adj)
     u = e_users[users]  # (B, d)
     pos_scores = (u * e_items[items]).sum(1, keepdim=True)  # (B, 1)
-    neg_scores = torch.einsum("bd,bnd->bn", u, e_items[negatives])  # (B, n)
+    neg_scores = per_row_scores(u, e_items, negatives)  # (B, n)
     loss = bpr_loss(pos_scores.expand_as(neg_scores), neg_scores)
     U = graphs.num_users
     nodes = torch.unique(torch.cat([users, items + U, negatives.flatten() + U]))

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 import dataloader
 from dataloader import Interactions, RowIndex
 from model import (PositiveNegativeGCN, SignAwareGCN, categorical_draws, dual_bpr_loss,
-                   pairwise_l2, sign_aware_bpr_loss)
+                   pairwise_l2_counted, per_row_scores, sign_aware_bpr_loss)
 import training
 from training import Graphs, TrainingError
 
@@ -129,16 +129,18 @@ def build_siren(graphs: Graphs, config: Config) -> nn.Module:
 def signed_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Tensor,
                       is_pos: Tensor, negatives: Tensor, config: Config) -> Tensor:
     """Dual-BPR (pngnn) or sign-aware BPR (siren) over the batch's rows and their sampled
-    negatives, plus ``pairwise_l2`` (--lambda_reg) on the final embeddings scored."""
+    negatives, plus ``model.pairwise_l2`` (--lambda_reg) on the final embeddings scored."""
     e_users, e_items = model(graphs.norm_adj)
-    u, i, j = e_users[users], e_items[items], e_items[negatives]  # (B, d), (B, d), (B, n, d)
+    u, i = e_users[users], e_items[items]  # (B, d)
     obs_scores = (u * i).sum(1)
-    neg_scores = torch.einsum("bd,bnd->bn", u, j)
+    # per_row_scores and pairwise_l2_counted: the einsum over e_items[negatives] and
+    # pairwise_l2 of that (B, n, d) copy, without the copy (tests/test_negative_models.py)
+    neg_scores = per_row_scores(u, e_items, negatives)
     if config.model == "pngnn":
         loss = dual_bpr_loss(obs_scores, neg_scores, is_pos, config.b)
     else:
         loss = sign_aware_bpr_loss(obs_scores, neg_scores, is_pos, config.c_neg)
-    return loss + pairwise_l2(u, i, j, config.lambda_reg)
+    return loss + pairwise_l2_counted(u, i, e_items, negatives, config.lambda_reg)
 
 
 def signed_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,

@@ -21,7 +21,7 @@ import training
 from conftest import SHARED, SHARED_DATASETS, shared_dataset, write_split_folder
 from dataloader import RowIndex
 from model import (PositiveNegativeGCN, SignAwareGCN, dual_bpr_loss, pairwise_l2,
-                   sign_aware_bpr_loss)
+                   pairwise_l2_counted, sign_aware_bpr_loss)
 from test_e2e import fails_with, run_main, synthetic_rows
 from utils import parse_log
 
@@ -72,6 +72,65 @@ def test_pairwise_l2_by_hand():
     j = torch.tensor([[[1.0, 1.0], [3.0, 0.0]]])  # (B=1, n=2, d=2)
     # 0.1 * (1 + 4 + 2 + 9) / (1 * 2)
     assert float(pairwise_l2(u, i, j, 0.1)) == pytest.approx(0.8)
+
+
+def test_counted_pairwise_l2_by_hand_and_against_the_gather():
+    u, i = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
+    table = torch.tensor([[1.0, 1.0], [3.0, 0.0], [5.0, 5.0]])  # row 2 is never drawn
+    assert float(pairwise_l2_counted(u, i, table, torch.tensor([[0, 1]]), 0.1)) == \
+        pytest.approx(0.8)
+    # random, with repeated draws: the same value and gradients as pairwise_l2 of the copy
+    g = torch.Generator().manual_seed(4)
+    u, i = (torch.randn(6, 3, dtype=torch.float64, generator=g) for _ in range(2))
+    table = torch.randn(5, 3, dtype=torch.float64, generator=g)
+    negatives = torch.randint(0, 5, (6, 4), generator=g)
+    results = []
+    for counted in (True, False):
+        uu, ii, tt = (x.clone().requires_grad_() for x in (u, i, table))
+        value = pairwise_l2_counted(uu, ii, tt, negatives, 0.3) if counted \
+            else pairwise_l2(uu, ii, tt[negatives], 0.3)
+        value.backward()
+        results.append((value.detach(), uu.grad, ii.grad, tt.grad))
+    for fast, plain in zip(*results):
+        torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+
+
+def _plain_signed_loss(model, graphs, users, items, is_pos, negatives, config):
+    """signed_models.signed_batch_loss the obvious way: the (B, n, d) copy of the negatives'
+    embeddings, an einsum and pairwise_l2 of the copy (the oracle of the fast step)."""
+    e_users, e_items = model(graphs.norm_adj)
+    u, i, j = e_users[users], e_items[items], e_items[negatives]
+    obs, neg = (u * i).sum(1), torch.einsum("bd,bnd->bn", u, j)
+    loss = dual_bpr_loss(obs, neg, is_pos, config.b) if config.model == "pngnn" \
+        else sign_aware_bpr_loss(obs, neg, is_pos, config.c_neg)
+    return loss + pairwise_l2(u, i, j, config.lambda_reg)
+
+
+@pytest.mark.parametrize("which", ["pngnn", "siren"])
+def test_signed_step_equals_the_plain_step(which):
+    torch.manual_seed(0)
+    U, I = 11, 13
+    pos_adj, neg_adj = _random_adj(U, I, 40, 1).double(), _random_adj(U, I, 15, 2).double()
+    if which == "pngnn":
+        model = signed_models.WithNegativeGraph(
+            PositiveNegativeGCN(U, I, embedding_dim=8, num_layers=2).double(), neg_adj)
+    else:
+        model = SignAwareGCN(U, I, embedding_dim=8, num_layers=2, dropout=0.3).double()
+    config = M.Config(model=which, lambda_reg=0.05, b=2.0, c_neg=2.0)
+    graphs = SimpleNamespace(norm_adj=pos_adj)
+    users, items = torch.randint(0, U, (20,)), torch.randint(0, I, (20,))
+    is_pos, negatives = torch.rand(20) < 0.7, torch.randint(0, I, (20, 6))
+    results = []
+    for step in (signed_models.signed_batch_loss, _plain_signed_loss):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout mask for SiReN's MLP branch
+        loss = step(model, graphs, users, items, is_pos, negatives, config)
+        loss.backward()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (fast, fast_grads), (plain, plain_grads) = results
+    torch.testing.assert_close(fast, plain, rtol=1e-12, atol=0)
+    for a, b in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
 
 
 # ---------------------------------------------------------------------------- attention
