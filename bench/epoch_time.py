@@ -81,17 +81,19 @@ def main() -> None:
     for name in args.datasets:
         data = dataloader.load_dataset(data_dir, name, "augment", warn=lambda line: None)
         fast, _ = seconds_per_epoch(data, "fast", args.epochs, device, args.negatives)
-        if not args.slow_epochs:
-            print(f"{name:<22}{'train_augment':<16}{fast:>13.2f}{'-':>14}{'-':>10}", flush=True)
-            continue
-        slow, _ = seconds_per_epoch(data, "reference", args.slow_epochs, device, args.negatives)
-        print(f"{name:<22}{'train_augment':<16}{fast:>13.2f}{slow:>14.2f}{slow / fast:>9.1f}x",
-              flush=True)
+        slow = seconds_per_epoch(data, "reference", args.slow_epochs, device,
+                                 args.negatives)[0] if args.slow_epochs else None
+        print_row(name, "train_augment", fast, slow)
     for name in args.large:
         data = dataloader.load_dataset(data_dir, name, "original", warn=lambda line: None)
         fast, _ = seconds_per_epoch(data, "fast", max(1, args.epochs - 1), device, args.negatives)
-        print(f"{name:<22}{'train_original':<16}{fast:>13.2f}{'-':>14}{'-':>10}", flush=True)
+        print_row(name, "train_original", fast, None)
 
+
+def print_row(name: str, train_file: str, fast: float, slow: float | None) -> None:
+    """One table row; '-' in the slow and speed-up columns when the slow path did not run."""
+    tail = f"{'-':>14}{'-':>10}" if slow is None else f"{slow:>14.2f}{slow / fast:>9.1f}x"
+    print(f"{name:<22}{train_file:<16}{fast:>13.2f}{tail}", flush=True)
 
 if __name__ == "__main__":
     main()
