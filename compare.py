@@ -5,15 +5,22 @@ Reads the reference logs (refine_plus/*.log, refine/*.out), our train.log files,
 parser, utils.parse_log. Prints best epoch, best validation and final test P/R/NDCG@k,
 training seconds and seconds per epoch, each column's difference to the first one;
 ``--plot`` draws validation Recall@20, NDCG@20 and the loss per epoch of every log.
+
+The ``data`` row names the input files each run read (from the ``input`` lines of its log
+header): "published" when every file is the published one, "MODIFIED" when a file of a
+published dataset has other bytes, with a short fingerprint of the files; a warning line
+follows the table when two runs of the same dataset name read different files.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import provenance
 from utils import parse_log
 
 METRICS = ("precision", "recall", "ndcg")
@@ -32,6 +39,54 @@ class Entry:
     label: str
     rows: dict[str, tuple[float, float | None]] = field(default_factory=dict)
     logs: list[dict] = field(default_factory=list)
+
+    @property
+    def dataset(self) -> str | None:
+        return self.logs[0]["hparams"].get("dataset") if self.logs else None
+
+    @property
+    def inputs(self) -> dict[str, dict]:
+        """role -> {git_blob (12 hex digits), status} from the first log's input lines."""
+        return log_inputs(self.logs[0]) if self.logs else {}
+
+
+_INPUT = re.compile(r"^\S+ \(\d+ bytes, git blob ([0-9a-f]+), (.*)\)$")
+
+
+def log_inputs(log: dict) -> dict[str, dict]:
+    out = {}
+    for key, value in log["hparams"].items():
+        m = _INPUT.match(value) if key.startswith("input ") else None
+        if m:
+            out[key[len("input "):]] = {"git_blob": m.group(1), "status": m.group(2)}
+    return out
+
+
+def data_cell(entry: Entry) -> str:
+    inputs = entry.inputs
+    if not inputs:
+        return "-"
+    short = provenance.fingerprint([{"role": k, **v} for k, v in inputs.items()])[:7]
+    statuses = [v["status"] for v in inputs.values()]
+    if any(s.startswith("NOT") for s in statuses):
+        return f"MODIFIED {short}"
+    return f"published {short}" if all(s == "published" for s in statuses) else short
+
+
+def input_warnings(entries: list[Entry]) -> list[str]:
+    """One line per run that read other files than the first run of the same dataset."""
+    lines, first = [], {}
+    for entry in entries:
+        if not entry.inputs or entry.dataset is None:
+            continue
+        base = first.setdefault(entry.dataset, entry)
+        differ = [f"{role} ({base.inputs[role]['git_blob'][:7]} vs {v['git_blob'][:7]})"
+                  for role, v in entry.inputs.items()
+                  if role in base.inputs and base.inputs[role]["git_blob"] != v["git_blob"]]
+        if differ:
+            lines.append(f"warning: {base.label} and {entry.label} read different files for "
+                         f"{entry.dataset}: {', '.join(differ)}")
+    return lines
 
 
 def row_names(ks=(5, 10, 15, 20)) -> list[str]:
@@ -127,9 +182,12 @@ def table_lines(entries: list[Entry]) -> list[str]:
             base = first[name][0] if j > 0 and name in first else None
             row.append(_cell(name, value, std, base))
         cells.append(row)
+    if any(e.inputs for e in entries):
+        cells.append(["data", *(data_cell(e) for e in entries)])
     widths = [max(len(r[c]) for r in cells) for c in range(len(cells[0]))]
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                      for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells]
+                      for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in cells] + input_warnings(entries)
 
 
 def compare_lines(paths, labels=None) -> list[str]:
@@ -179,6 +237,10 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="+", help="column names (default: file/folder names)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the curves into this file")
     args = parser.parse_args(argv)
+    if args.plot and not Path(args.plot).parent.is_dir():
+        print(f"error: --plot {args.plot}: the folder {Path(args.plot).parent} does not exist",
+              file=sys.stderr)
+        return 2
     try:
         labels = args.labels or []
         entries = [load(p, labels[i] if i < len(labels) else None)

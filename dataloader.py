@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+import split_checks
+from schema import (EVAL_RATINGS, ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_COL,  # noqa: F401
+                    DataError)
+
 DATASETS = ("ML-100K", "ML-1M", "Netflix-1M", "Amazon_Digital_Music", "Amazon_Books")
-USER_COL, ITEM_COL, RATING_COL = "user_id:token", "item_id:token", "rating:float"
-TRAIN_RATINGS = (0.5, 1.0, 2.0, 3.0, 4.0, 4.5, 5.0)
-EVAL_RATINGS = (1.0, 2.0, 3.0, 4.0, 5.0)  # raw ratings; 0.5/4.5 exist only after refinement
 DATA_DIR_ENV = "REFINE_DATA_DIR"
-
-
-class DataError(Exception):
-    """A problem with the input data, reported to the user as one line (exit code 2)."""
 
 
 def resolve_data_dir(data_dir: str | None = None) -> Path:
@@ -57,15 +54,22 @@ def read_split(path: Path, *, is_train: bool, warn=print) -> pd.DataFrame:
         raise DataError(f"{path}: cannot be read as CSV ({str(err).splitlines()[0]})") from None
     missing = [c for c in (USER_COL, ITEM_COL, RATING_COL) if c not in df.columns]
     if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; "
-                        f"found {', '.join(map(str, df.columns))}")
+        header = ", ".join(map(str, df.columns))
+        other = next((name for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe"))
+                      if len(df.columns) == 1 and sep in str(df.columns[0])), None)
+        if other:
+            raise DataError(f"{path}: the file looks {other}-separated; split files are "
+                            f"comma-separated ({', '.join((USER_COL, ITEM_COL, RATING_COL))})")
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {header}")
     df = df[[USER_COL, ITEM_COL, RATING_COL]]
     ratings = pd.to_numeric(df[RATING_COL], errors="coerce")
     bad = ratings.isna()  # non-numeric (coerced to NaN) or empty
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
+        value = df[RATING_COL].iloc[row]
+        shown = "empty" if pd.isna(value) else repr(str(value))
         raise DataError(f"{path}: {int(bad.sum())} non-numeric or empty rating(s), first at data "
-                        f"row {row + 1}: {df[RATING_COL].iloc[row]!r}")
+                        f"row {row + 1}: {shown}")
     if df[USER_COL].isna().any() or df[ITEM_COL].isna().any():
         raise DataError(f"{path}: empty user or item id in "
                         f"{int((df[USER_COL].isna() | df[ITEM_COL].isna()).sum())} row(s)")
@@ -129,6 +133,7 @@ class RecData:
     neutral: Interactions
     validation: Interactions
     test: Interactions
+    files: list[tuple[str, Path]] = field(default_factory=list)  # (role, path) of every file read
 
     @property
     def positives(self) -> Interactions:
@@ -148,22 +153,38 @@ def _encode(df: pd.DataFrame, user_index: pd.Index, item_index: pd.Index):
 
 
 def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
-                 warn=print) -> RecData:
-    """Load the train/validation/test files of ``dataset`` and encode them (SPEC.md §4).
+                 warn=print, allow_overlap: bool = False) -> RecData:
+    """Load the train/validation/test files of ``dataset``, check that they fit together
+    (split_checks) and encode them (SPEC.md §4).
 
     Validation/test rows whose user or item does not occur in T are dropped with a counted
     warning; rows with rating < 4 there are dropped too (SPEC: they hold positives only).
+    ``files`` of the result lists every file read, train_original too when it was read to
+    check that train_augment relabels it.
     """
     if dataset_augment not in ("augment", "original"):
         raise DataError(f"--dataset_augment must be augment or original, got {dataset_augment!r}")
-    train_df = read_split(split_path(data_dir, dataset, f"train_{dataset_augment}"),
-                          is_train=True, warn=warn)
+    train_path = split_path(data_dir, dataset, f"train_{dataset_augment}")
+    valid_path, test_path = (split_path(data_dir, dataset, s) for s in ("validation", "test"))
+    train_df = read_split(train_path, is_train=True, warn=warn)
+    valid_df = read_split(valid_path, is_train=False, warn=warn)
+    test_df = read_split(test_path, is_train=False, warn=warn)
+    files = [(f"train_{dataset_augment}", train_path), ("validation", valid_path),
+             ("test", test_path)]
+    original_path = split_path(data_dir, dataset, "train_original")
+    if dataset_augment == "augment" and original_path.is_file():
+        original = read_split(original_path, is_train=True, warn=lambda line: None)
+        split_checks.check_relabeling(original, train_df, original_path, train_path)
+        split_checks.check_manifest(train_path, original_path, warn=warn)
+        files.append(("train_original", original_path))
+    split_checks.check_overlap([(train_path.name, train_df), (valid_path.name, valid_df),
+                                (test_path.name, test_df)], allow=allow_overlap, warn=warn)
+
     rating = train_df[RATING_COL].to_numpy()
     in_t = (rating >= 4) | (rating <= 1)
     t_df = train_df[in_t]
     if len(t_df) == 0 or not (t_df[RATING_COL] >= 4).any():
-        raise DataError(f"{split_path(data_dir, dataset, f'train_{dataset_augment}')}: "
-                        f"no positive (rating >= 4) training rows")
+        raise DataError(f"{train_path}: no positive (rating >= 4) training rows")
     user_ids = _sorted_ids(t_df[USER_COL])
     item_ids = _sorted_ids(t_df[ITEM_COL])
     user_index, item_index = pd.Index(user_ids), pd.Index(item_ids)
@@ -176,20 +197,18 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
         warn(f"warning: {int((~known).sum())} neutral training row(s) of users/items absent "
              f"from T ignored")
 
-    def eval_split(split: str) -> Interactions:
-        path = split_path(data_dir, dataset, split)
-        df = read_split(path, is_train=False, warn=warn)
+    def eval_split(path: Path, df: pd.DataFrame) -> Interactions:
         low = df[RATING_COL] < 4
+        kept = df[~low]
+        users, items = _encode(kept, user_index, item_index)
+        seen = (users >= 0) & (items >= 0)
+        if not seen.any():
+            raise DataError(split_checks.why_empty(path, df, user_ids, item_ids))
         if low.any():
             warn(f"warning: {path.name}: dropped {int(low.sum())} row(s) with rating < 4")
-            df = df[~low]
-        users, items = _encode(df, user_index, item_index)
-        seen = (users >= 0) & (items >= 0)
         if not seen.all():
             warn(f"warning: {path.name}: dropped {int((~seen).sum())} row(s) whose user or item "
                  f"is not in the training data")
-        if not seen.any():
-            raise DataError(f"{path}: no row left after dropping users/items unseen in training")
         return Interactions(torch.as_tensor(users[seen], dtype=torch.long),
                             torch.as_tensor(items[seen], dtype=torch.long))
 
@@ -201,7 +220,8 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
         train_is_pos=torch.as_tensor(t_df[RATING_COL].to_numpy() >= 4),
         neutral=Interactions(torch.as_tensor(n_users[known], dtype=torch.long),
                              torch.as_tensor(n_items[known], dtype=torch.long)),
-        validation=eval_split("validation"), test=eval_split("test"))
+        validation=eval_split(valid_path, valid_df), test=eval_split(test_path, test_df),
+        files=files)
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -315,6 +335,9 @@ def main(argv=None) -> int:
     p.add_argument("--test_ratio", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--sample_users", type=int, default=0, help="own data: draw this many users")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing split files (a train_augment that does not relabel "
+                   "the new train_original is renamed *.stale)")
     p.add_argument("--check", action="store_true",
                    help="compare the output with the published git blob SHA-1s "
                    "(exit 1 if one differs)")
@@ -353,7 +376,8 @@ def main(argv=None) -> int:
             if args.dataset:
                 stem = prep.RAW_FORMATS[args.dataset].stem
                 raw_dir = Path(args.raw_dir or data_dir / "raw" / stem)
-                paths = prep.prepare_dataset(args.dataset, raw_dir, data_dir, protocol)
+                paths = prep.prepare_dataset(args.dataset, raw_dir, data_dir, protocol,
+                                             overwrite=args.overwrite)
                 if args.check and not fetch.check_published(paths, args.dataset):
                     return 1
             else:
@@ -361,7 +385,7 @@ def main(argv=None) -> int:
                     raise DataError("--inter needs --name NAME (the output folder name)")
                 prep.prepare_custom(args.inter, args.name, data_dir, item_path=args.item,
                                     text_cols=args.text_cols, protocol=protocol,
-                                    sample_users=args.sample_users)
+                                    sample_users=args.sample_users, overwrite=args.overwrite)
         else:
             print(prep.format_stats(prep.dataset_stats(data_dir, args.dataset)))
     except DataError as err:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+import split_checks
 from dataloader import (DataError, ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_COL, read_split,
                         split_path)
 
@@ -246,9 +247,20 @@ def prepare_frame(inter: pd.DataFrame, items: pd.DataFrame | None, text_cols,
     return split_interactions(inter.reset_index(drop=True), protocol)
 
 
+def refuse_overwrite(out_dir, name: str, overwrite: bool) -> None:
+    """Existing split files are replaced only with ``overwrite`` (DataError otherwise)."""
+    existing = [p for p in (split_path(out_dir, name, s) for s in PREPARED_SPLITS) if p.exists()]
+    if existing and not overwrite:
+        raise DataError(f"{existing[0]} exists; pass --overwrite to replace the split files of "
+                        f"{name} (a train_augment that does not relabel the new split is then "
+                        f"renamed to *.stale), or choose another --data_dir")
+
+
 def write_splits(out_dir, name: str, frames, log=print) -> list[Path]:
     """Write train_original/validation/test exactly as ``to_csv(index=False)`` does (LF line
-    ends on every OS); temp file + rename so a crash leaves no half file."""
+    ends on every OS); temp file + rename so a crash leaves no half file. A train_augment
+    there that no longer relabels the new train_original is renamed ``*.stale`` (with its
+    manifest), so nothing trains on it."""
     paths = []
     for split, frame in zip(PREPARED_SPLITS, frames):
         dest = split_path(out_dir, name, split)
@@ -258,13 +270,27 @@ def write_splits(out_dir, name: str, frames, log=print) -> list[Path]:
         os.replace(tmp, dest)
         log(f"wrote {dest}: {len(frame):,} rows")
         paths.append(dest)
+    augment = split_path(out_dir, name, "train_augment")
+    if augment.is_file():
+        try:
+            split_checks.check_relabeling(read_split(paths[0], is_train=True, warn=lambda _: None),
+                                          read_split(augment, is_train=True, warn=lambda _: None),
+                                          paths[0], augment)
+            log(f"kept {augment}: it relabels the new {paths[0].name}")
+        except DataError:
+            for old in (augment, split_checks.manifest_path(augment)):
+                if old.is_file():
+                    os.replace(old, old.with_name(old.name + ".stale"))
+            log(f"renamed {augment.name} to {augment.name}.stale: it does not relabel the new "
+                f"{paths[0].name} (rebuild it with refine_llm.py)")
     return paths
 
 
 def prepare_dataset(dataset: str, raw_dir, out_dir, protocol: SplitProtocol = SplitProtocol(),
-                    log=print) -> list[Path]:
+                    log=print, overwrite: bool = False) -> list[Path]:
     """Prepare a published dataset from its raw files in ``raw_dir`` (SPEC.md §2)."""
     fmt = raw_format(dataset)
+    refuse_overwrite(out_dir, dataset, overwrite)
     raw_dir = Path(raw_dir)
     inter = _read_inter(raw_dir / f"{fmt.stem}.inter", fmt.sample_users, protocol.seed, log)
     items = _read_items(fmt, raw_dir, raw_dir / f"{fmt.stem}.item")
@@ -274,9 +300,10 @@ def prepare_dataset(dataset: str, raw_dir, out_dir, protocol: SplitProtocol = Sp
 
 def prepare_custom(inter_path, name: str, out_dir, item_path=None, text_cols=None,
                    protocol: SplitProtocol = SplitProtocol(), sample_users: int = 0,
-                   log=print) -> list[Path]:
+                   log=print, overwrite: bool = False) -> list[Path]:
     """Bring your own dataset: a RecBole .inter (user_id:token, item_id:token, rating:float)
     and optionally a .item whose ``text_cols`` (default: all its other columns) must be set."""
+    refuse_overwrite(out_dir, name, overwrite)
     inter = _read_inter(Path(inter_path), sample_users, protocol.seed, log)
     items = None
     if item_path is not None:

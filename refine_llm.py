@@ -15,7 +15,6 @@ This script writes files only; main.py (training) never imports it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -29,9 +28,11 @@ import pandas as pd
 
 from dataloader import RATING_COL, USER_COL, DataError, resolve_data_dir, split_path
 from llm_prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate, cut_answer, is_complete
+from provenance import file_sha1
 from refine_procedure import (Request, agreement, build_requests, decisions_from_augment,
                               decisions_from_records, item_texts, plan_users, read_train, relabel,
                               sorted_users)
+from split_checks import manifest_path
 
 BACKENDS = ("hf", "openai", "embedding")
 ITEM_FILE_NAMES = {"ML-100K": "ml-100k", "ML-1M": "ml-1m", "Netflix-1M": "netflix",
@@ -88,7 +89,7 @@ class RefineConfig:
         if self.limit_users is not None and self.limit_users < 1:
             raise DataError(f"--limit_users must be >= 1, got {self.limit_users}")
         if (self.backend in ("hf", "openai") and not self.model and not self.gguf_file
-                and self.decisions is None):
+                and self.decisions is None and not self.dry_run):
             raise DataError(f"--backend {self.backend} needs --model")
 
     @property
@@ -253,10 +254,6 @@ def write_augment(train: pd.DataFrame, ratings: np.ndarray, path: Path) -> None:
     atomic_write_text(path, out.to_csv(index=False, lineterminator="\n"))
 
 
-def sha1_file(path: Path) -> str:
-    return hashlib.sha1(path.read_bytes()).hexdigest()
-
-
 # ----------------------------------------------------------------------------- run
 
 def parse_args(argv=None) -> RefineConfig:
@@ -400,12 +397,12 @@ def run(cfg: RefineConfig, log=print) -> dict:
         backend=None if cfg.decisions else cfg.backend, model=None if cfg.decisions else cfg.model_id(),
         replayed_from=cfg.decisions, template=template.name, template_digest=template.digest,
         seed=cfg.seed, chunk_size=cfg.chunk_size, max_prompt_tokens=cfg.max_prompt_tokens,
-        input=str(source), input_sha1=sha1_file(source), output=str(output),
-        output_sha1=sha1_file(output), counts=counts, config=asdict(cfg),
+        input=str(source), input_sha1=file_sha1(source), output=str(output),
+        output_sha1=file_sha1(output), counts=counts, config=asdict(cfg),
         seconds=round(time.perf_counter() - started, 2))
     if cfg.compare_to:
         manifest["agreement"] = agreement(train, ratings, Path(cfg.compare_to))
-    atomic_write_text(output.with_name(output.stem + ".manifest.json"),
+    atomic_write_text(manifest_path(output),
                       json.dumps(manifest, indent=2) + "\n")
     log(f"wrote {output}: {counts['users_refined']} users refined, {counts['users_unrefined']} "
         f"unrefined; {counts['rows_to_4_5']} rows -> 4.5, {counts['rows_to_0_5']} -> 0.5")

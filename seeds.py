@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, replace
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import run_folder
 from utils import atomic_write_text, dump_json
 
 if TYPE_CHECKING:
@@ -97,15 +97,21 @@ def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
             raise SeedsError(f"--resume {config.resume}: a multi-seed run folder lies in "
                              f"<result_dir>/{config.dataset}/")
         result_dir = str(parent.parent.parent)
+        folder = run_folder.open_existing(parent)
     else:
-        name = config.path_name or datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = config.path_name or run_folder.default_name()
         result_dir = config.result_dir
+        run_folder.check_result_dir(result_dir)
         parent = Path(result_dir) / config.dataset / name
-        if parent.exists() and any(parent.iterdir()):
-            raise SeedsError(f"run folder {parent} exists; continue it with --resume {parent} "
-                             f"or choose another --path_name")
-        parent.mkdir(parents=True, exist_ok=True)
+        folder = run_folder.claim_new(parent, finished=(SEEDS_FILE,), known=())
         dump_json({**asdict(config), "resume": None, "path_name": name}, parent / SEEDS_FILE)
+    try:
+        return _run_seeds(config, run_one, parent, result_dir)
+    finally:
+        folder.release()
+
+
+def _run_seeds(config: Config, run_one, parent: Path, result_dir: str) -> dict:
     per_seed = {}
     for seed in config.seeds:
         seed_dir = parent / f"seed{seed}"

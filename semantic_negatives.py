@@ -23,7 +23,7 @@ import hashlib
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +34,7 @@ from torch import Tensor, nn
 import dataloader
 from dataloader import DataError
 from model import TextAlignedGCN, batch_l2, bpr_loss, info_nce, per_row_scores
+from provenance import file_sha1
 from refine_llm import find_item_file
 from refine_procedure import TITLE_COLUMNS, item_texts, read_train
 import training
@@ -84,17 +85,9 @@ def resolve_text_model(config: Config) -> tuple[str, str]:
     return path, name
 
 
-def _sha1_file(path: Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def cache_path(config: Config, model_name: str, source: Path) -> Path:
     """<text_cache_dir>/item_text_<model>_<sha1(model, sha1(source), TEXT_FORMAT)[:16]>.npz"""
-    key = hashlib.sha1(f"{model_name}\n{_sha1_file(source)}\n{TEXT_FORMAT}".encode()).hexdigest()
+    key = hashlib.sha1(f"{model_name}\n{file_sha1(source)}\n{TEXT_FORMAT}".encode()).hexdigest()
     slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", Path(model_name).name)[:48]
     cache_dir = Path(config.text_cache_dir or Path(config.result_dir) / "text_cache")
     return cache_dir / f"item_text_{slug}_{key[:16]}.npz"
@@ -127,12 +120,17 @@ def encode_texts(sentences: list[str], model_path: str) -> np.ndarray:
 def load_or_embed(config: Config) -> tuple[list[str], np.ndarray, Path]:
     """(item ids, their text embeddings (n, D) float32, the cache file): read from the
     cache, or embedded once and written there (atomically)."""
+    return _load_or_embed(config)[:3]
+
+
+def _load_or_embed(config: Config) -> tuple[list[str], np.ndarray, Path, Path]:
+    """load_or_embed's result and the file the item texts come from."""
     sentences, source = item_sentences(config)
     model_path, model_name = resolve_text_model(config)
     path = cache_path(config, model_name, source)
     if path.is_file():
         with np.load(path) as cached:
-            return [str(x) for x in cached["ids"]], cached["emb"], path
+            return [str(x) for x in cached["ids"]], cached["emb"], path, source
     ids = sorted(sentences)
     emb = encode_texts([sentences[i] for i in ids], model_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,19 +138,21 @@ def load_or_embed(config: Config) -> tuple[list[str], np.ndarray, Path]:
     with open(tmp, "wb") as f:
         np.savez(f, ids=np.array(ids, dtype=str), emb=emb)
     os.replace(tmp, path)
-    return ids, emb, path
+    return ids, emb, path, source
 
 
-def item_text_matrix(config: Config, item_ids) -> Tensor:
-    """Text embeddings in our item index order: (I, D); every item needs a text."""
-    ids, emb, path = load_or_embed(config)
+def item_text_matrix(config: Config, item_ids) -> tuple[Tensor, list[tuple[str, Path]]]:
+    """Text embeddings in our item index order: (I, D), every item needs a text; and the
+    files they come from (the run's provenance: item texts and the embedding cache)."""
+    ids, emb, path, source = _load_or_embed(config)
     row = {item: n for n, item in enumerate(ids)}
     missing = [str(i) for i in item_ids if str(i) not in row]
     if missing:
         raise TrainingError(f"--model semantic_neg: {len(missing)} item(s) have no text (e.g. "
                             f"{', '.join(missing[:3])}) in {path.name}'s source; pass the "
                             f"right --item_file")
-    return torch.from_numpy(emb[[row[str(i)] for i in item_ids]])
+    return (torch.from_numpy(emb[[row[str(i)] for i in item_ids]]),
+            [("item_texts", source), ("text_embeddings", path)])
 
 
 def similar_items(text_emb: Tensor, k: int, block: int = 2048) -> Tensor:
@@ -177,6 +177,7 @@ class SemanticSampling:
     num_items: int
     pool: Tensor  # (I, hard_pool) most text-similar items
     text_emb: Tensor  # (I, D)
+    inputs: list = field(default_factory=list)  # (role, path) of the text files read
 
 
 def is_seen(users: Tensor, items: Tensor, seen_keys: Tensor, num_items: int) -> Tensor:
@@ -218,14 +219,15 @@ def semantic_negatives(users: Tensor, items: Tensor, state: SemanticSampling, n:
 
 def semantic_prepare(graphs: Graphs, config: Config) -> SemanticSampling:
     data = dataloader.load_dataset(dataloader.resolve_data_dir(config.data_dir), config.dataset,
-                                   config.dataset_augment, warn=lambda line: None)
+                                   config.dataset_augment, warn=lambda line: None,
+                                   allow_overlap=config.allow_split_overlap)
     if data.num_items != graphs.num_items:
         raise TrainingError("the item ids re-read for the text embeddings differ from the run's")
     if config.hard_pool >= graphs.num_items:
         raise TrainingError(f"--hard_pool {config.hard_pool} needs more than the dataset's "
                             f"{graphs.num_items} items; lower it")
     device = graphs.norm_adj.device
-    text_emb = item_text_matrix(config, data.item_ids)
+    text_emb, inputs = item_text_matrix(config, data.item_ids)
     U, I = graphs.num_users, graphs.num_items
     owner, cols = graphs.seen_by_user.gather(torch.arange(U, device=device))
     seen_keys = torch.sort(owner * I + cols).values
@@ -236,7 +238,7 @@ def semantic_prepare(graphs: Graphs, config: Config) -> SemanticSampling:
                             f"with every item: no negative to sample for them")
     return SemanticSampling(pos_users, graphs.train.items[graphs.is_pos], seen_keys, I,
                             similar_items(text_emb, config.hard_pool).to(device),
-                            text_emb.to(device))
+                            text_emb.to(device), inputs)
 
 
 # ------------------------------------------------------------------------- training

@@ -5,7 +5,10 @@ import json
 import os
 import random
 import re
+import secrets
+import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,17 +50,51 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def temp_path(path: Path) -> Path:
+    """A temp name beside ``path`` that no other process or call uses."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(f)`` into a temp file in the same folder, fsync, then rename over ``path``: a
+    crash leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def atomic_save(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """torch.save, atomically (``atomic_write``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+CRASH_ENV, WAIT_ENV = "REFINE_CRASH_AT", "REFINE_WAIT_AT"
+
+
+def fault_point(name: str, epoch: int | None = None) -> None:
+    """A named point of a run for the crash-consistency tests, inert unless asked for:
+    ``$REFINE_CRASH_AT=name[:epoch]`` kills the process here with SIGKILL (as ``kill -9``);
+    ``$REFINE_WAIT_AT=name:FILE`` creates FILE.<pid> and waits here until FILE exists."""
+    crash = os.environ.get(CRASH_ENV)
+    if crash and crash in (name, f"{name}:{epoch}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    wait = os.environ.get(WAIT_ENV, "")
+    if wait.startswith(f"{name}:"):
+        barrier = Path(wait.split(":", 1)[1])
+        Path(f"{barrier}.{os.getpid()}").touch()
+        while not barrier.exists():
+            time.sleep(0.0002)
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -177,6 +214,16 @@ class RunLogger:
         if self.file:
             self.file.write(line + "\n")
             self.file.flush()
+
+    def to_file(self, line: str) -> None:
+        """A line for train.log only (an error main() also prints to stderr)."""
+        if self.file:
+            self.file.write(line + "\n")
+            self.file.flush()
+
+    def size(self) -> int:
+        """Bytes written to train.log so far (what a resume truncates it back to)."""
+        return os.fstat(self.file.fileno()).st_size if self.file else 0
 
     def close(self) -> None:
         if self.file:

@@ -1,6 +1,7 @@
 """Shared test helpers: where ../shared lives, and tiny synthetic split folders."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,35 @@ def interrupt_second_epoch(monkeypatch) -> None:
         return real_train_epoch(*a, **kw)
 
     monkeypatch.setattr(training, "train_epoch", interrupted)
+
+
+def run_main(args, tmp_path, name="run"):
+    import main as M
+    argv = [*args, "--result_dir", str(tmp_path / "result"), "--path_name", name, "--quiet",
+            "--no_download", *([] if "--threads" in args else ["--threads", "1"])]
+    return M.main(argv), tmp_path / "result"
+
+
+def synthetic_rows(num_users=30, num_items=40, seed=0):
+    """Random ratings: every user has >= 8 positives and a few negatives/neutral rows."""
+    rng = random.Random(seed)
+    train, valid, test = [], [], []
+    for u in range(num_users):
+        items = rng.sample(range(num_items), 16)
+        for i in items[:8]:
+            train.append((u, i, rng.choice([4, 4.5, 5])))
+        for i in items[8:11]:
+            train.append((u, i, rng.choice([0.5, 1])))
+        for i in items[11:13]:
+            train.append((u, i, 3))
+        valid.append((u, items[13], 5))
+        test += [(u, items[14], 4), (u, items[15], 5)]
+    return train, valid, test
+
+
+def fails_with(capsys, rc, *fragments):
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    for fragment in fragments:
+        assert fragment in err[0], err[0]

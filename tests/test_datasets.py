@@ -477,7 +477,7 @@ def test_duplicates_are_counted_and_first_kept(tmp_path):
 def test_unseen_eval_rows_are_dropped_with_a_count(tmp_path):
     write_split_files(tmp_path, "Tiny", GOOD_TRAIN,
                       HEADER + "\n1,12,5\n9,10,4\n2,99,5\n",  # user 9 and item 99 unseen
-                      HEADER + "\n2,11,4\n2,10,2\n")           # rating 2: dropped (positives only)
+                      HEADER + "\n2,11,4\n3,12,2\n")           # rating 2: dropped (positives only)
     warnings = []
     data = load_dataset(tmp_path, "Tiny", warn=warnings.append)
     assert "warning: Tiny_validation.csv: dropped 2 row(s) whose user or item is not in the " \

@@ -3,24 +3,17 @@ Amazon_Digital_Music, exact resume, and every bad input ending in one line + exi
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 
 import main as M
 import training
-from conftest import (SHARED_DATASETS, SHARED_REFERENCE, interrupt_second_epoch, shared_dataset,
-                      write_split_folder)
+from conftest import (SHARED_DATASETS, SHARED_REFERENCE, fails_with, interrupt_second_epoch,
+                      run_main, shared_dataset, synthetic_rows, write_split_folder)
 from utils import parse_log
 
 REFERENCE_LOG = {"ML-100K": "ML-100K.log", "Amazon_Digital_Music": "Amazon-Music.log"}
-
-
-def run_main(args, tmp_path, name="run"):
-    argv = [*args, "--result_dir", str(tmp_path / "result"), "--path_name", name, "--quiet",
-            "--no_download", "--threads", "1"]
-    return M.main(argv), tmp_path / "result"
 
 
 @pytest.mark.parametrize("dataset", ["ML-100K", "Amazon_Digital_Music"])
@@ -79,31 +72,6 @@ def test_resume_after_interrupt_equals_straight_run(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------- bad inputs
-
-def synthetic_rows(num_users=30, num_items=40, seed=0):
-    """Random ratings: every user has >= 8 positives and a few negatives/neutral rows."""
-    rng = random.Random(seed)
-    train, valid, test = [], [], []
-    for u in range(num_users):
-        items = rng.sample(range(num_items), 16)
-        for i in items[:8]:
-            train.append((u, i, rng.choice([4, 4.5, 5])))
-        for i in items[8:11]:
-            train.append((u, i, rng.choice([0.5, 1])))
-        for i in items[11:13]:
-            train.append((u, i, 3))
-        valid.append((u, items[13], 5))
-        test += [(u, items[14], 4), (u, items[15], 5)]
-    return train, valid, test
-
-
-def fails_with(capsys, rc, *fragments):
-    assert rc == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:"), err
-    for fragment in fragments:
-        assert fragment in err[0], err[0]
-
 
 def test_synthetic_dataset_trains(tmp_path):
     write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
