@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import provenance
+from data import provenance
 from utils import parse_log
 
 METRICS = ("precision", "recall", "ndcg")

@@ -10,7 +10,6 @@ the sorted unique ids occurring in T; graph node ids are users 0..U-1, items U..
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,87 +18,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-import split_checks
-from schema import (EVAL_RATINGS, ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_COL,  # noqa: F401
-                    DataError)
-
-DATASETS = ("ML-100K", "ML-1M", "Netflix-1M", "Amazon_Digital_Music", "Amazon_Books")
-DATA_DIR_ENV = "REFINE_DATA_DIR"
-
-
-def resolve_data_dir(data_dir: str | None = None) -> Path:
-    """``--data_dir`` if given, else ``$REFINE_DATA_DIR``, else ``dataset/``."""
-    return Path(data_dir or os.environ.get(DATA_DIR_ENV) or "dataset")
-
-
-def split_path(data_dir: str | Path, dataset: str, split: str) -> Path:
-    """Path of one split file; ``split`` is train_augment, train_original, validation or test."""
-    return Path(data_dir) / dataset / f"{dataset}_{split}.csv"
-
-
-def read_split(path: Path, *, is_train: bool, warn=print) -> pd.DataFrame:
-    """Read and validate one split file; returns the three columns, first row of duplicates kept.
-
-    Raises DataError (one line) for a missing file, missing columns, non-numeric or
-    unexpected ratings and empty splits.
-    """
-    if not path.is_file():
-        raise DataError(
-            f"missing data file {path}: download the published splits "
-            f"(python dataloader.py download --dataset {path.parent.name}) or place them there "
-            f"(set --data_dir or ${DATA_DIR_ENV} to another folder)")
-    try:
-        df = pd.read_csv(path, dtype={USER_COL: str, ITEM_COL: str})
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot be read as CSV ({str(err).splitlines()[0]})") from None
-    missing = [c for c in (USER_COL, ITEM_COL, RATING_COL) if c not in df.columns]
-    if missing:
-        header = ", ".join(map(str, df.columns))
-        other = next((name for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe"))
-                      if len(df.columns) == 1 and sep in str(df.columns[0])), None)
-        if other:
-            raise DataError(f"{path}: the file looks {other}-separated; split files are "
-                            f"comma-separated ({', '.join((USER_COL, ITEM_COL, RATING_COL))})")
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; found {header}")
-    df = df[[USER_COL, ITEM_COL, RATING_COL]]
-    ratings = pd.to_numeric(df[RATING_COL], errors="coerce")
-    bad = ratings.isna()  # non-numeric (coerced to NaN) or empty
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        value = df[RATING_COL].iloc[row]
-        shown = "empty" if pd.isna(value) else repr(str(value))
-        raise DataError(f"{path}: {int(bad.sum())} non-numeric or empty rating(s), first at data "
-                        f"row {row + 1}: {shown}")
-    if df[USER_COL].isna().any() or df[ITEM_COL].isna().any():
-        raise DataError(f"{path}: empty user or item id in "
-                        f"{int((df[USER_COL].isna() | df[ITEM_COL].isna()).sum())} row(s)")
-    df = df.assign(**{RATING_COL: ratings.astype(np.float64)})
-    expected = TRAIN_RATINGS if is_train else EVAL_RATINGS  # eval rows < 4 are dropped later
-    unexpected = ~df[RATING_COL].isin(expected)
-    if unexpected.any():
-        values = sorted(df.loc[unexpected, RATING_COL].unique().tolist())[:5]
-        raise DataError(f"{path}: {int(unexpected.sum())} rating(s) outside "
-                        f"{list(expected)}, e.g. {values}")
-    dup = df.duplicated([USER_COL, ITEM_COL], keep="first")
-    if dup.any():
-        warn(f"warning: {path.name}: {int(dup.sum())} duplicate (user, item) row(s); "
-             f"kept the first of each")
-        df = df[~dup]
-    if len(df) == 0:
-        raise DataError(f"{path}: the split is empty")
-    return df.reset_index(drop=True)
-
-
-def _sorted_ids(values: pd.Series) -> np.ndarray:
-    """Sorted unique ids: numeric order when every id is an integer, else lexicographic."""
-    unique = pd.unique(values.to_numpy(dtype=object))
-    as_int = pd.to_numeric(pd.Series(unique), errors="coerce")
-    if len(unique) and as_int.notna().all() and (as_int == as_int.round()).all():
-        order = np.argsort(as_int.to_numpy(dtype=np.float64), kind="stable")
-    else:
-        order = np.argsort(unique.astype(str), kind="stable")
-    return unique[order]
-
+from data import checks
+from data.registry import DATASETS, SPLITS
+from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError, sorted_ids
+from data.splits import DATA_DIR_ENV, read_split, resolve_data_dir, split_path
 
 @dataclass
 class Interactions:
@@ -174,10 +96,10 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
     original_path = split_path(data_dir, dataset, "train_original")
     if dataset_augment == "augment" and original_path.is_file():
         original = read_split(original_path, is_train=True, warn=lambda line: None)
-        split_checks.check_relabeling(original, train_df, original_path, train_path)
-        split_checks.check_manifest(train_path, original_path, warn=warn)
+        checks.check_relabeling(original, train_df, original_path, train_path)
+        checks.check_manifest(train_path, original_path, warn=warn)
         files.append(("train_original", original_path))
-    split_checks.check_overlap([(train_path.name, train_df), (valid_path.name, valid_df),
+    checks.check_overlap([(train_path.name, train_df), (valid_path.name, valid_df),
                                 (test_path.name, test_df)], allow=allow_overlap, warn=warn)
 
     rating = train_df[RATING_COL].to_numpy()
@@ -185,8 +107,8 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
     t_df = train_df[in_t]
     if len(t_df) == 0 or not (t_df[RATING_COL] >= 4).any():
         raise DataError(f"{train_path}: no positive (rating >= 4) training rows")
-    user_ids = _sorted_ids(t_df[USER_COL])
-    item_ids = _sorted_ids(t_df[ITEM_COL])
+    user_ids = sorted_ids(t_df[USER_COL])
+    item_ids = sorted_ids(t_df[ITEM_COL])
     user_index, item_index = pd.Index(user_ids), pd.Index(item_ids)
 
     t_users, t_items = _encode(t_df, user_index, item_index)
@@ -203,7 +125,7 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
         users, items = _encode(kept, user_index, item_index)
         seen = (users >= 0) & (items >= 0)
         if not seen.any():
-            raise DataError(split_checks.why_empty(path, df, user_ids, item_ids))
+            raise DataError(checks.why_empty(path, df, user_ids, item_ids))
         if low.any():
             warn(f"warning: {path.name}: dropped {int(low.sum())} row(s) with rating < 4")
         if not seen.all():
@@ -292,17 +214,13 @@ def ensure_split_files(data_dir, dataset: str, splits: list[str], download: bool
     """Download missing published split files (verified by git blob SHA-1) unless
     ``download`` is False; raise DataError naming a missing file and how to get it.
     The base URL defaults to the pinned upstream commit; ``$REFINE_BASE_URL`` overrides it."""
-    from datasets_fetch import ensure_split_files as ensure  # urllib/zip only when needed
+    from data.fetch import ensure_split_files as ensure  # urllib/zip only when needed
     ensure(data_dir, dataset, splits, download=download, base_url=base_url, log=log)
 
 
-def main(argv=None) -> int:
-    """``python dataloader.py prepare|download|stats``; DataError -> one line, exit code 2."""
+def build_parser():
+    """``python dataloader.py prepare|download|stats``."""
     import argparse
-    import sys
-
-    import datasets_fetch as fetch
-    import datasets_prep as prep
 
     parser = argparse.ArgumentParser(prog="python dataloader.py",
                                      description="Get, prepare and inspect the split files.")
@@ -312,9 +230,9 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("download", parents=[common], help="fetch published splits (verified)")
     p.add_argument("--dataset", required=True, choices=DATASETS)
-    p.add_argument("--splits", nargs="+", choices=prep.SPLITS, default=list(prep.SPLITS))
-    p.add_argument("--base_url", help=f"instead of ${fetch.BASE_URL_ENV} or the pinned commit "
-                   f"(with --raw: instead of ${fetch.RAW_BASE_URL_ENV} or RecBole's bucket)")
+    p.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
+    p.add_argument("--base_url", help="instead of $REFINE_BASE_URL or the pinned commit "
+                   "(with --raw: instead of $REFINE_RAW_BASE_URL or RecBole's bucket)")
     p.add_argument("--raw", action="store_true",
                    help="fetch RecBole's raw zip into --raw_dir instead of the splits")
     p.add_argument("--raw_dir", help="raw folder (default <data_dir>/raw)")
@@ -344,57 +262,62 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("stats", parents=[common], help="users, items, ratings per split")
     p.add_argument("--dataset", required=True)
+    return parser
 
-    args = parser.parse_args(argv)
-    data_dir = resolve_data_dir(args.data_dir)
-    try:
-        if args.command == "download":
-            if args.raw:
-                fetch.download_raw(args.dataset, Path(args.raw_dir or data_dir / "raw"),
-                                   base_url=args.base_url)
-            else:
-                for split in args.splits:
-                    path = split_path(data_dir, args.dataset, split)
-                    if path.is_file():
-                        ok = fetch.check_published([path], args.dataset)
-                        if not ok:
-                            print(f"warning: kept the local {path}; delete it to download "
-                                  f"the published file")
-                        continue
-                    fetch.download_split(data_dir, args.dataset, split, base_url=args.base_url)
-        elif args.command == "prepare":
-            protocol = prep.SplitProtocol(positive=args.positive, core=args.core,
-                                          valid_ratio=args.valid_ratio,
-                                          test_ratio=args.test_ratio, seed=args.seed)
-            if bool(args.dataset) == bool(args.inter):
-                raise DataError("prepare needs either --dataset NAME or --inter FILE --name NAME")
-            own = [f"--{k}" for k in ("item", "text_cols", "name", "sample_users")
-                   if getattr(args, k)]
-            if args.dataset and own:
-                raise DataError(f"{', '.join(own)}: only for your own data (--inter FILE), "
-                                f"not with --dataset")
-            if args.dataset:
-                stem = prep.RAW_FORMATS[args.dataset].stem
-                raw_dir = Path(args.raw_dir or data_dir / "raw" / stem)
-                paths = prep.prepare_dataset(args.dataset, raw_dir, data_dir, protocol,
-                                             overwrite=args.overwrite)
-                if args.check and not fetch.check_published(paths, args.dataset):
-                    return 1
-            else:
-                if not args.name:
-                    raise DataError("--inter needs --name NAME (the output folder name)")
-                prep.prepare_custom(args.inter, args.name, data_dir, item_path=args.item,
-                                    text_cols=args.text_cols, protocol=protocol,
-                                    sample_users=args.sample_users, overwrite=args.overwrite)
-        else:
-            print(prep.format_stats(prep.dataset_stats(data_dir, args.dataset)))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+def download(args, data_dir: Path) -> int:
+    from data import fetch
+    if args.raw:
+        fetch.download_raw(args.dataset, Path(args.raw_dir or data_dir / "raw"),
+                           base_url=args.base_url)
+        return 0
+    for split in args.splits:
+        path = split_path(data_dir, args.dataset, split)
+        if not path.is_file():
+            fetch.download_split(data_dir, args.dataset, split, base_url=args.base_url)
+        elif not fetch.check_published([path], args.dataset):
+            print(f"warning: kept the local {path}; delete it to download the published file")
     return 0
 
 
+def prepare(args, data_dir: Path) -> int:
+    from data import fetch
+    from data import prepare as prep
+    protocol = prep.SplitProtocol(positive=args.positive, core=args.core,
+                                  valid_ratio=args.valid_ratio, test_ratio=args.test_ratio,
+                                  seed=args.seed)
+    if bool(args.dataset) == bool(args.inter):
+        raise DataError("prepare needs either --dataset NAME or --inter FILE --name NAME")
+    own = [f"--{k}" for k in ("item", "text_cols", "name", "sample_users") if getattr(args, k)]
+    if args.dataset and own:
+        raise DataError(f"{', '.join(own)}: only for your own data (--inter FILE), not with "
+                        f"--dataset")
+    if args.dataset:
+        raw_dir = Path(args.raw_dir or data_dir / "raw" / prep.RAW_FORMATS[args.dataset].stem)
+        paths = prep.prepare_dataset(args.dataset, raw_dir, data_dir, protocol,
+                                     overwrite=args.overwrite)
+        return 1 if args.check and not fetch.check_published(paths, args.dataset) else 0
+    if not args.name:
+        raise DataError("--inter needs --name NAME (the output folder name)")
+    prep.prepare_custom(args.inter, args.name, data_dir, item_path=args.item,
+                        text_cols=args.text_cols, protocol=protocol,
+                        sample_users=args.sample_users, overwrite=args.overwrite)
+    return 0
+
+
+def stats(args, data_dir: Path) -> int:
+    from data import prepare as prep
+    print(prep.format_stats(prep.dataset_stats(data_dir, args.dataset)))
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python dataloader.py prepare|download|stats``; bad input: one line, exit code 2."""
+    from runs.cli import run_cli
+    args = build_parser().parse_args(argv)
+    command = {"download": download, "prepare": prepare, "stats": stats}[args.command]
+    return run_cli(lambda: command(args, resolve_data_dir(args.data_dir)))
+
+
 if __name__ == "__main__":
-    # Run the imported module's main so DataError is the class the helper modules raise.
-    from dataloader import main as _main
-    raise SystemExit(_main())
+    raise SystemExit(main())

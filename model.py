@@ -1,4 +1,5 @@
-"""ReFINe++ models and losses (SPEC.md §4). Pure: no I/O, no printing, graph given at call time.
+"""ReFINe++ models and losses (docs/method.md). Pure: no I/O, no printing, graph given at
+call time.
 
 Notation: U users, I items, d = embedding size, E0 the (U+I) x d embedding table, E the
 final LightGCN embeddings, s(u, i) = E_u · E_i.
@@ -8,7 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import LGConv
 
 
 class _SymmetricSpMM(torch.autograd.Function):
@@ -38,14 +38,20 @@ def spmm(adj: Tensor, x: Tensor) -> Tensor:
     return torch.addmm(out, adj, x, beta=0, out=out)
 
 
-class SymmetricLGConv(LGConv):
-    """PyG's LGConv on a pre-normalised symmetric torch.sparse adjacency, with the cheap backward.
+class Propagation(nn.Module):
+    """One LightGCN layer, x -> A x, for the pre-normalised adjacency A = D^-1/2 A D^-1/2 as a
+    torch.sparse tensor: what PyG's ``LGConv(normalize=False)`` computes on it (the oracle
+    in tests/test_oracles.py). ``symmetric_backward``: A is symmetric, so the gradient
+    A^T g is the same cheap product (``_SymmetricSpMM``); else torch's generic backward.
+    Written here rather than taken from PyG: importing torch_geometric pulls in its LLM
+    helpers (and transformers), which training never needs."""
 
-    Use with ``normalize=False``: the adjacency passed in is already D^-1/2 A D^-1/2.
-    """
+    def __init__(self, symmetric_backward: bool = True):
+        super().__init__()
+        self.symmetric_backward = symmetric_backward
 
-    def message_and_aggregate(self, adj_t: Tensor, x: Tensor) -> Tensor:
-        return _SymmetricSpMM.apply(adj_t, x)
+    def forward(self, x: Tensor, adj: Tensor) -> Tensor:
+        return _SymmetricSpMM.apply(adj, x) if self.symmetric_backward else adj @ x
 
 
 class LightGCN(nn.Module):
@@ -56,8 +62,7 @@ class LightGCN(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(num_nodes, embedding_dim)
         nn.init.xavier_uniform_(self.embedding.weight)
-        conv = SymmetricLGConv if symmetric_backward else LGConv
-        self.convs = nn.ModuleList(conv(normalize=False) for _ in range(num_layers))
+        self.convs = nn.ModuleList(Propagation(symmetric_backward) for _ in range(num_layers))
 
     def forward(self, norm_adj: Tensor) -> Tensor:
         """norm_adj: (U+I) x (U+I) sparse, already normalised. Returns E: (U+I) x d."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -26,18 +25,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataloader import RATING_COL, USER_COL, DataError, resolve_data_dir, split_path
-from llm_prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate, cut_answer, is_complete
-from provenance import file_sha1
-from refine_procedure import (Request, agreement, build_requests, decisions_from_augment,
-                              decisions_from_records, item_texts, plan_users, read_train, relabel,
-                              sorted_users)
-from split_checks import manifest_path
-
-BACKENDS = ("hf", "openai", "embedding")
-ITEM_FILE_NAMES = {"ML-100K": "ml-100k", "ML-1M": "ml-1m", "Netflix-1M": "netflix",
-                   "Amazon_Digital_Music": "Amazon_Digital_Music", "Amazon_Books": "Amazon_Books"}
-
+from data.checks import manifest_path
+from data.items import find_item_file, item_texts, read_train
+from data.provenance import file_sha1
+from data.schema import RATING_COL, USER_COL, DataError
+from data.splits import resolve_data_dir, split_path
+from llm.answers import AnswerCache, answer_requests, load_decisions, write_decisions
+from llm.backends import BACKENDS, make_backend
+from llm.procedure import (agreement, build_requests, decisions_from_records, plan_users,
+                           relabel, sorted_users)
+from llm.prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate
+from runs.files import atomic_write_text
 
 @dataclass
 class RefineConfig:
@@ -113,144 +111,12 @@ class RefineConfig:
         return f"{self.backend}:{name}:chat={self.chat}:max_new={self.max_new_tokens}"
 
 
-# ----------------------------------------------------------------------------- cache
-
-class AnswerCache:
-    """Append-only JSONL of chunk answers keyed by ``Request.key``.
-
-    One line is written and flushed per chunk, so killing the process loses at most the
-    chunk in flight; a torn last line (killed mid-write) is ignored on reading.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.records: dict[str, dict] = {}
-        if path.is_file():
-            with open(path, "rb") as f:
-                data = f.read()
-            lines = data.split(b"\n")
-            for n, line in enumerate(lines):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    if n == len(lines) - 1:  # torn tail of a killed run
-                        continue
-                    raise DataError(f"{path}: line {n + 1} is not JSON; not a cache file?") from None
-                if "key" not in record:
-                    raise DataError(f"{path}: line {n + 1} has no 'key'; not a cache file?")
-                self.records[record["key"]] = record
-            if data and not data.endswith(b"\n"):  # start the next record on a fresh line
-                with open(path, "ab") as f:
-                    f.write(b"\n")
-        self._file = None
-
-    def append(self, record: dict) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "a", encoding="utf-8")
-        self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._file.flush()
-        self.records[record["key"]] = record
-
-    def close(self) -> None:
-        if self._file is not None:
-            os.fsync(self._file.fileno())
-            self._file.close()
-            self._file = None
-
-
-def answer_requests(backend, requests: list[Request], cfg: RefineConfig, cache: AnswerCache,
-                    progress) -> None:
-    """Ask the backend about every request not cached: token-limit skip, main layout,
-    one retry with the other layout when the answer does not end with "]"."""
-    todo = [r for r in requests if r.key not in cache.records]
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start:start + cfg.batch_size]
-        began = time.perf_counter()
-        records = {r.key: dict(key=r.key, user=r.user, items=r.items, status=None, layout=None,
-                               answer=None, prompt_tokens=None) for r in batch}
-        pending = batch
-        for layout in ("main", "retry"):
-            asked, prompts = [], []
-            for r in pending:
-                prompt = r.prompt(layout) if backend.reads_prompts else None
-                n_tokens = backend.count_tokens(prompt) if prompt is not None else None
-                records[r.key]["prompt_tokens"] = n_tokens
-                if n_tokens is not None and n_tokens > cfg.max_prompt_tokens:
-                    records[r.key]["status"] = "too_long"
-                else:
-                    asked.append(r)
-                    prompts.append(prompt)
-            outputs = backend.generate(prompts, [r.context for r in asked]) if asked else []
-            pending = []
-            for r, text in zip(asked, outputs):
-                answer = cut_answer(text)
-                record = records[r.key]
-                record.update(layout=layout, answer=answer, raw=text)
-                if is_complete(answer):
-                    record["status"] = "answered"
-                else:
-                    record["status"] = "malformed"
-                    pending.append(r)
-            if not pending:
-                break
-        seconds = (time.perf_counter() - began) / len(batch)
-        for r in batch:
-            cache.append({**records[r.key], "seconds": round(seconds, 4)})
-        progress.update(len(batch))
-
-
-# ----------------------------------------------------------------------------- decisions
-def load_decisions(path: Path, train: pd.DataFrame, texts_fn) -> dict[str, set[str]]:
-    """Decisions from a decisions JSONL ({"user", "selected"} per refined user), a cache
-    JSONL, or a train_augment CSV."""
-    if not path.is_file():
-        raise DataError(f"--decisions file {path} does not exist")
-    if path.suffix == ".csv":
-        return decisions_from_augment(train, path)
-    with open(path, encoding="utf-8") as f:
-        first = next((line for line in f if line.strip()), "")
-    try:
-        head = json.loads(first) if first else {}
-    except json.JSONDecodeError:
-        raise DataError(f"{path}: neither a CSV nor JSONL decisions/cache file") from None
-    if "key" in head:
-        return decisions_from_records(AnswerCache(path).records.values(), train, texts_fn())
-    decisions = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                    decisions[str(record["user"])] = {str(i) for i in record["selected"]}
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise DataError(f"{path}: line {n} is not {{\"user\": ..., \"selected\": [...]}}") \
-                        from None
-    return decisions
-
-
-def write_decisions(path: Path, decisions: dict[str, set[str]], users_order: list[str]) -> None:
-    lines = [json.dumps({"user": u, "selected": sorted(decisions[u])}) for u in users_order
-             if u in decisions]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
-
 # ----------------------------------------------------------------------------- output
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def write_augment(train: pd.DataFrame, ratings: np.ndarray, path: Path) -> None:
     """train_original with the new ratings (floats: "4.0", "4.5"), written atomically."""
     out = train.assign(**{RATING_COL: ratings.astype(np.float64)})
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, out.to_csv(index=False, lineterminator="\n"))
 
 
@@ -303,22 +169,6 @@ def parse_args(argv=None) -> RefineConfig:
     return RefineConfig(**vars(p.parse_args(argv)))
 
 
-def find_item_file(dataset: str, data_dir: str | None, item_file: str | None,
-                   beside_data_dir: bool = False) -> Path:
-    """``item_file``, else the first existing of <data_dir>/raw/<stem>/<stem>.item (where
-    ``dataloader.py download --raw`` puts it) and <data_dir>/<DATASET>/<stem>.item, and with
-    ``beside_data_dir`` <data_dir>/../raw/<stem>/<stem>.item (split and raw files side by
-    side, as in ../shared); the first place when none exists."""
-    if item_file:
-        return Path(item_file)
-    stem = ITEM_FILE_NAMES.get(dataset, dataset)
-    root = resolve_data_dir(data_dir)
-    places = [root / "raw" / stem / f"{stem}.item", root / dataset / f"{stem}.item"]
-    if beside_data_dir:
-        places.append(root.parent / "raw" / stem / f"{stem}.item")
-    return next((p for p in places if p.is_file()), places[0])
-
-
 def run(cfg: RefineConfig, log=print) -> dict:
     """One relabeling run; returns the manifest (also written next to the output)."""
     from tqdm import tqdm
@@ -360,7 +210,6 @@ def run(cfg: RefineConfig, log=print) -> dict:
             f"cached, {todo} to ask ({cfg.backend})")
         gen_started = time.perf_counter()
         if todo:
-            from llm_backends import make_backend
             backend = make_backend(cfg, texts())
             with tqdm(total=todo, unit="chunk", desc="refine", file=sys.stderr) as progress:
                 try:

@@ -1,22 +1,22 @@
 """Seeding, metrics, evaluation, early stopping, run logging and the log parser."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
-import secrets
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from dataloader import RowIndex
+if TYPE_CHECKING:
+    from dataloader import RowIndex
 
 RULE = "#" * 77
 
@@ -48,35 +48,6 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def temp_path(path: Path) -> Path:
-    """A temp name beside ``path`` that no other process or call uses."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-
-
-def atomic_write(path: Path, write) -> None:
-    """``write(f)`` into a temp file in the same folder, fsync, then rename over ``path``: a
-    crash leaves the old file or the new one, never half of one."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_save(obj, path: Path) -> None:
-    """torch.save, atomically (``atomic_write``)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 CRASH_ENV, WAIT_ENV = "REFINE_CRASH_AT", "REFINE_WAIT_AT"
@@ -307,10 +278,6 @@ def resolve_device(device: str, gpu_id: int | None = None) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) present")
     return dev
-
-
-def dump_json(obj, path: Path) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def command_line() -> str:

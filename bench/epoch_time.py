@@ -22,8 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dataloader  # noqa: E402
-import main as M  # noqa: E402
-import training  # noqa: E402
+from recommenders import base, make_config, refine_plus  # noqa: E402
 from model import ReFINePlus  # noqa: E402
 from utils import evaluate, resolve_device, seed_everything  # noqa: E402
 
@@ -31,18 +30,17 @@ from utils import evaluate, resolve_device, seed_everything  # noqa: E402
 def seconds_per_epoch(data, impl: str, epochs: int, device,
                       negatives: str = "shared") -> tuple[float, float]:
     """(mean seconds per epoch, last epoch's loss) for one implementation."""
-    config = M.Config(dataset=data.dataset, impl=impl, negatives=negatives)
+    config = make_config(dataset=data.dataset, impl=impl, negatives=negatives)
     seed_everything(config.random_seed)
-    graphs = training.build_graphs(data, device)
-    n = training.num_negatives(graphs.num_items)
-    dense_weights = training.dense_sampling_weights(graphs, 1.5) if impl == "reference" else None
+    graphs = base.build_graphs(data, device)
+    sampling = refine_plus.prepare(graphs, config)
     model = ReFINePlus(graphs.num_users, graphs.num_items, 64, config.layers,
                        symmetric_backward=impl == "fast").to(device)
-    optimizer = training.make_optimizer(model, config)
+    optimizer = refine_plus.make_optimizer(model, config)
     times, loss = [], float("nan")
     for epoch in range(1, epochs + 1):
         tic = time.perf_counter()
-        loss = training.train_epoch(model, optimizer, graphs, config, epoch, n, dense_weights)
+        loss = refine_plus.train_epoch(model, optimizer, graphs, config, epoch, sampling)
         with torch.no_grad():
             e_users, e_items = model(graphs.norm_adj)
             evaluate(e_users, e_items, graphs.seen_by_user, graphs.valid_by_user, config.top_k)

@@ -6,7 +6,7 @@
         dataset/refine_runs/ML-100K-embedding/ML-100K_train_augment.csv
 
 Compares only the 2/3 rows that the ``--rows_of`` file refined (e.g. the users a partial
-LLM run covered), with refine_procedure.agreement (rows refined by both; accuracy,
+LLM run covered), with llm.procedure.agreement (rows refined by both; accuracy,
 precision/recall/F1 of "-> 4.5"), and adds the trivial refiner that sends every such row
 to 4.5. Prints a Markdown table.
 """
@@ -20,8 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataloader import RATING_COL, split_path  # noqa: E402
-from refine_procedure import NEGATIVE, POSITIVE, agreement, read_train  # noqa: E402
+from data.items import read_train  # noqa: E402
+from data.schema import RATING_COL  # noqa: E402
+from data.splits import split_path  # noqa: E402
+from llm.procedure import NEGATIVE, POSITIVE, agreement  # noqa: E402
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ parent imports neither numpy nor torch; its own figure is printed beside the tab
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -75,8 +76,7 @@ def measure(shape: str, data_dir: str, dataset: str, train_file: str, batches: i
 
     sys.path.insert(0, str(REPO))
     import dataloader
-    import main as M
-    import training
+    from recommenders import base, make_config, refine_plus
     from model import ReFINePlus
     from utils import evaluate, resolve_device, seed_everything
 
@@ -99,23 +99,29 @@ def measure(shape: str, data_dir: str, dataset: str, train_file: str, batches: i
     data = dataloader.load_dataset(data_dir, dataset, train_file, warn=lambda line: None)
     load_s = time.perf_counter() - tic
     peaks["load"] = peak_mib()
-    # main.Config gives K = 2 only for the name "Amazon_Books"; the synthetic folder has a suffix
-    config = M.Config(dataset=dataset, impl="fast", layers=2 if shape == "Amazon_Books" else 4,
+    # make_config gives K = 2 only for the name "Amazon_Books"; the synthetic folder has a suffix
+    config = make_config(dataset=dataset, impl="fast", layers=2 if shape == "Amazon_Books" else 4,
                       negatives=negatives)
     seed_everything(config.random_seed)
-    graphs = training.build_graphs(data, device)
-    n = training.num_negatives(graphs.num_items)
+    graphs = base.build_graphs(data, device)
+    n = refine_plus.num_negatives(graphs.num_items)
     model = ReFINePlus(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers,
                        symmetric_backward=True).to(device)
-    optimizer = training.make_optimizer(model, config)
+    optimizer = refine_plus.make_optimizer(model, config)
     peaks["graphs+model"] = peak_mib()
 
-    training.train_epoch(model, optimizer, graphs, config, 1, n, None, max_batches=WARMUP_BATCHES)
+    sampling = refine_plus.Sampling(n, config.real_neg_samp_prob, None)
+
+    def some_batches(count: int) -> None:  # part of an epoch: the first ``count`` batches
+        rows = itertools.islice(base.batches(len(graphs.train), config.batch_size, device), count)
+        refine_plus.train_steps(model, optimizer, graphs, config, sampling, rows)
+
+    some_batches(WARMUP_BATCHES)
     sync()
     total_batches = math.ceil(len(graphs.train) / config.batch_size)
     timed = min(batches, total_batches)
     tic = time.perf_counter()
-    training.train_epoch(model, optimizer, graphs, config, 2, n, None, max_batches=timed)
+    some_batches(timed)
     sync()
     train_s = time.perf_counter() - tic
     peaks["train"] = peak_mib()

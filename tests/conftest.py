@@ -1,25 +1,34 @@
-"""Shared test helpers: where ../shared lives, and tiny synthetic split folders."""
+"""Shared test helpers: where the real data is, and tiny synthetic split folders.
+
+Tests that read real files find them through environment variables (.ci/run sets them):
+``$REFINE_DATA_DIR`` the published split folders (<dir>/<DATASET>/...), ``$REFINE_RAW_DIR``
+the raw RecBole files (default: ``raw/`` beside the split folder) and
+``$REFINE_REFERENCE_DIR`` the reference training logs. Unset: those tests skip.
+"""
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SHARED_DATASETS = SHARED / "datasets"
-SHARED_REFERENCE = SHARED / "reference"
+_NOWHERE = Path("/nonexistent-refine-test-data")
+SHARED_DATASETS = Path(os.environ.get("REFINE_DATA_DIR") or _NOWHERE)
+SHARED = SHARED_DATASETS.parent  # raw/ lies beside the split folder
+SHARED_RAW = Path(os.environ.get("REFINE_RAW_DIR") or SHARED / "raw")
+SHARED_REFERENCE = Path(os.environ.get("REFINE_REFERENCE_DIR") or SHARED / "reference")
 
 
 def shared_dataset(name: str):
-    """skipif marker for tests that read ../shared/datasets/<name>."""
+    """skipif marker for tests that read $REFINE_DATA_DIR/<name>."""
     return pytest.mark.skipif(not (SHARED_DATASETS / name).is_dir(),
-                              reason=f"../shared/datasets/{name} is not present")
+                              reason=f"$REFINE_DATA_DIR/{name} is not present")
 
 
 needs_reference_logs = pytest.mark.skipif(
     not (SHARED_REFERENCE / "refine_plus").is_dir(),
-    reason="../shared/reference (the reference training logs) is not present")
+    reason="$REFINE_REFERENCE_DIR (the reference training logs) is not present")
 
 
 def write_split_folder(root: Path, name: str, train_rows, valid_rows, test_rows,
@@ -38,16 +47,19 @@ def write_split_folder(root: Path, name: str, train_rows, valid_rows, test_rows,
 def interrupt_second_epoch(monkeypatch) -> None:
     """Make the next training run stop with Ctrl-C in the middle of its epoch 2 (after
     epoch 1's last.pt); undo with ``monkeypatch.undo()`` before resuming."""
-    import training
-    real_train_epoch, calls = training.train_epoch, []
+    from dataclasses import replace
+
+    from recommenders import MODELS
+    spec = MODELS["refine_plus"]
+    calls = []
 
     def interrupted(*a, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real_train_epoch(*a, **kw)
+        return spec.train_epoch(*a, **kw)
 
-    monkeypatch.setattr(training, "train_epoch", interrupted)
+    monkeypatch.setitem(MODELS, "refine_plus", replace(spec, train_epoch=interrupted))
 
 
 def run_main(args, tmp_path, name="run"):

@@ -3,7 +3,7 @@
     torchrun --standalone --nproc_per_node 2 tests/ddp_step_worker.py DATA_DIR OUT.pt
 
 Every rank builds the same float64 model, batch and negatives (same seed), computes its
-part of the loss (training.Shard), and the gradients are summed with the real all-reduce;
+part of the loss (distributed.Shard), and the gradients are summed with the real all-reduce;
 rank 0 saves {parameter name: gradient} and the summed loss value for each mode.
 """
 import sys
@@ -14,9 +14,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dataloader  # noqa: E402
-import distributed  # noqa: E402
-import main as M  # noqa: E402
-import training  # noqa: E402
+from runs import distributed  # noqa: E402
+from recommenders import base, make_config, refine_plus  # noqa: E402
 from model import ReFINePlus  # noqa: E402
 
 MODES = (("shared", "batch"), ("per_user", "user_negatives"))
@@ -28,15 +27,16 @@ def step(graphs, config, shard=None):
     model = ReFINePlus(graphs.num_users, graphs.num_items).double()
     batch = torch.randperm(len(graphs.train))[:1024]
     pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-    negatives = training.draw_negatives(pos_users, graphs, config,
-                                        training.num_negatives(graphs.num_items))
-    loss, value, _ = training.batch_loss(model, graphs, batch, negatives, config, shard)
+    negatives = refine_plus.draw_negatives(pos_users, graphs,
+                                           refine_plus.num_negatives(graphs.num_items),
+                                           config.real_neg_samp_prob, config.negatives == "shared")
+    loss, value, _ = refine_plus.loss_of(model, graphs, batch, negatives, config, shard)
     loss.backward()
     return value, model
 
 
 def load_graphs(data_dir):
-    graphs = training.build_graphs(dataloader.load_dataset(data_dir, "ML-100K", "augment"), "cpu")
+    graphs = base.build_graphs(dataloader.load_dataset(data_dir, "ML-100K", "augment"), "cpu")
     graphs.norm_adj = graphs.norm_adj.double()
     return graphs
 
@@ -48,9 +48,9 @@ def main():
     graphs = load_graphs(data_dir)
     result = {}
     for negatives, ae_input in MODES:
-        config = M.Config(negatives=negatives, ae_input=ae_input)
+        config = make_config(negatives=negatives, ae_input=ae_input)
         value, model = step(graphs, config, shard)
-        training.sync_gradients(model)
+        refine_plus.sync_gradients(model)
         torch.distributed.all_reduce(value)
         result[negatives, ae_input] = {"value": value,
                                        "grads": {k: p.grad for k, p in model.named_parameters()}}

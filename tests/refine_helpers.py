@@ -8,7 +8,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 HEADER = "user_id:token,item_id:token,rating:float\n"
 
 # item id -> (title, genre tokens); two items share a title on purpose (title matching)

@@ -8,12 +8,13 @@ import math
 import pytest
 import torch
 
-import main as M
+from recommenders import make_config
 import recommenders
+from recommenders import bpr as bpr_training
 from conftest import SHARED_DATASETS, SHARED_REFERENCE, shared_dataset, write_split_folder
 from model import (GraphRecommender, batch_l2, bpr_loss, categorical_sample,
                    similarity_sampling_weights)
-from test_e2e import fails_with, run_main, synthetic_rows
+from conftest import fails_with, run_main, synthetic_rows
 from utils import parse_log
 
 
@@ -60,7 +61,7 @@ def test_bpr_batch_loss_counts_each_node_once():
         model.gcn.embedding.weight.copy_(torch.tensor(
             [[1.0, 0.0], [5.0, 5.0], [2.0, 1.0], [0.0, 1.0], [7.0, 7.0]]))
     users, items, negatives = torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([1, 1])
-    loss = recommenders.bpr_batch_loss(model, _Graphs(2), users, items, negatives, 0.1)
+    loss = bpr_training.bpr_batch_loss(model, _Graphs(2), users, items, negatives, 0.1)
     # s(u0,i0) = 2, s(u0,i1) = 0; negatives i1: s = 0. BPR = (softplus(-2) + softplus(0)) / 2.
     # distinct nodes u0, i0, i1: |.|^2 = 1 + 5 + 1 = 7 (u1 and i2 are not in the batch)
     bpr = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
@@ -120,10 +121,10 @@ def test_reweighting_by_hand():
 def test_lightgcn_negatives_avoid_every_training_row(tmp_path):
     write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
     import dataloader
-    import training
+    from recommenders import base
     data = dataloader.load_dataset(tmp_path / "data", "Synth", warn=lambda line: None)
-    graphs = training.build_graphs(data, "cpu", positives_graph=True)
-    state = recommenders.MODELS["lightgcn"].prepare(graphs, M.Config(dataset="Synth"))
+    graphs = base.build_graphs(data, "cpu", positives_graph=True)
+    state = recommenders.MODELS["lightgcn"].prepare(graphs, make_config(dataset="Synth"))
     seen = torch.zeros(data.num_users, data.num_items, dtype=torch.bool)
     seen[data.train.users, data.train.items] = True
     seen[data.neutral.users, data.neutral.items] = True  # neutral rows are training rows too
@@ -138,7 +139,7 @@ def test_baseline_trains_on_synthetic_data(model, tmp_path):
     write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
     rc, result = run_main(["--model", model, "--dataset", "Synth", "--data_dir",
                            str(tmp_path / "data"), "--epochs", "3", "--batch_size", "64",
-                           "--r", "5", "--t", "2"], tmp_path)
+                           *(["--r", "5", "--t", "2"] if model == "refine" else [])], tmp_path)
     assert rc == 0
     run_dir = result / "Synth" / "run"
     log = parse_log(run_dir / "train.log")
@@ -157,7 +158,8 @@ def test_refine_r_larger_than_items(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,fragment", [
     (["--model", "bpr"], "--model must be one of refine_plus, refine, lightgcn"),
-    (["--model", "refine", "--impl", "reference"], "--impl reference exists for refine_plus"),
+    (["--model", "refine", "--impl", "reference"], "--impl is a setting of refine_plus"),
+    (["--model", "lightgcn", "--b", "3"], "--b is a setting of pngnn, not of --model lightgcn"),
     (["--model", "refine", "--s", "0"], "--r, --s, --t >= 1"),
 ])
 def test_bad_model_flags(args, fragment, tmp_path, capsys):
@@ -166,9 +168,9 @@ def test_bad_model_flags(args, fragment, tmp_path, capsys):
 
 
 def test_per_dataset_r():
-    assert [M.Config(dataset=d, model="refine").r for d in ("ML-100K", "ML-1M", "Netflix-1M")] \
+    assert [make_config(dataset=d, model="refine").r for d in ("ML-100K", "ML-1M", "Netflix-1M")] \
         == [100, 250, 300]
-    assert M.Config(dataset="ML-1M", r=7).r == 7
+    assert make_config(dataset="ML-1M", model="refine", r=7).r == 7
 
 
 @shared_dataset("ML-100K")

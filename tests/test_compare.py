@@ -9,9 +9,9 @@ import pytest
 
 import compare
 import main as M
-import seeds
+from runs import seeds
 from conftest import SHARED_REFERENCE, needs_reference_logs, write_split_folder
-from test_e2e import fails_with, run_main, synthetic_rows
+from conftest import fails_with, run_main, synthetic_rows
 from test_parser import SPEC_NUMBERS
 
 

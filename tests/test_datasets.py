@@ -2,8 +2,8 @@
 synthetic files, the bring-your-own path, verified downloads over a loopback HTTP server, the
 validation of every loaded split, and the CLI's exit codes.
 
-The shared data lives in ../shared (relative to the repo root); tests that need it skip
-when it is absent. Downloads only ever contact 127.0.0.1.
+The real data is found through conftest ($REFINE_DATA_DIR, $REFINE_RAW_DIR); tests that need
+it skip when it is absent. Downloads only ever contact 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -20,15 +20,18 @@ import pandas as pd
 import pytest
 
 import dataloader
-import datasets_fetch as fetch
-import datasets_prep as prep
-from dataloader import DataError, load_dataset, read_split, split_path
+from conftest import SHARED_DATASETS, SHARED_RAW
+from data import fetch
+from data import prepare as prep
+from data.registry import SPLITS
+from data.schema import DataError, sorted_ids
+from data.splits import read_split, split_path
+from dataloader import load_dataset
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DATASETS_DIR = SHARED / "datasets"
-RAW_DIR = SHARED / "raw"
+DATASETS_DIR = SHARED_DATASETS
+RAW_DIR = SHARED_RAW
 needs_shared = pytest.mark.skipif(not (DATASETS_DIR / "MANIFEST.tsv").is_file(),
-                                  reason="../shared/datasets (published splits) is not present")
+                                  reason="$REFINE_DATA_DIR (published splits) is not present")
 HEADER = "user_id:token,item_id:token,rating:float"
 
 
@@ -169,10 +172,17 @@ def test_default_base_url_is_the_pinned_commit(monkeypatch):
     assert fetch.resolve_base_url("http://127.0.0.1:8/y") == "http://127.0.0.1:8/y"
 
 
+def test_sorted_ids_one_rule_by_hand():
+    # a leading zero is not a canonical integer: the whole column sorts lexicographically
+    assert list(sorted_ids(["0439023483", "12", "5"])) == ["0439023483", "12", "5"]
+    # canonical integers only: numeric order ("100" after "12", "5" first)
+    assert list(sorted_ids(["12", "5", "100"])) == ["5", "12", "100"]
+
+
 # ----------------------------------------------------------------------------- byte identity
 
 @pytest.mark.skipif(not (RAW_DIR / "ml-100k" / "ml-100k.inter").is_file(),
-                    reason="../shared/raw/ml-100k is not present")
+                    reason="$REFINE_RAW_DIR/ml-100k is not present")
 def test_prepare_ml100k_is_byte_identical(tmp_path):
     for name in ("ml-100k.inter", "ml-100k.item"):  # the raw input is RecBole's own
         assert hashlib.sha256((RAW_DIR / "ml-100k" / name).read_bytes()).hexdigest() == \
@@ -183,7 +193,7 @@ def test_prepare_ml100k_is_byte_identical(tmp_path):
 
 
 @pytest.mark.skipif(not (RAW_DIR / "ml-1m" / "ml-1m.inter").is_file(),
-                    reason="../shared/raw/ml-1m is not present")
+                    reason="$REFINE_RAW_DIR/ml-1m is not present")
 def test_prepare_ml1m_is_byte_identical(tmp_path):
     paths = prep.prepare_dataset("ML-1M", RAW_DIR / "ml-1m", tmp_path, log=lambda *_: None)
     for path in paths:
@@ -321,15 +331,15 @@ def test_prepare_missing_raw_file_and_bad_flags(tmp_path, capsys):
 def test_download_round_trip_verifies_and_leaves_no_temp(tmp_path, serve):
     base = serve(DATASETS_DIR)
     messages = []
-    dataloader.ensure_split_files(tmp_path, "ML-100K", list(prep.SPLITS), base_url=base,
+    dataloader.ensure_split_files(tmp_path, "ML-100K", list(SPLITS), base_url=base,
                                   log=messages.append)
-    for split in prep.SPLITS:
+    for split in SPLITS:
         path = split_path(tmp_path, "ML-100K", split)
         assert fetch.git_blob_sha1(path) == fetch.PUBLISHED_BLOBS[f"ML-100K/{path.name}"]
     assert leftovers(tmp_path) == []
     assert sum(m.startswith("verified") for m in messages) == 4
     # Present files are used as they are: no server needed the second time.
-    dataloader.ensure_split_files(tmp_path, "ML-100K", list(prep.SPLITS),
+    dataloader.ensure_split_files(tmp_path, "ML-100K", list(SPLITS),
                                   base_url=closed_port_url(), log=messages.append)
 
 
@@ -360,7 +370,7 @@ def test_download_blob_mismatch_deletes_file(tmp_path, serve):
 
 @needs_shared
 def test_download_404_names_url_and_folder(tmp_path, serve):
-    base = serve(DATASETS_DIR)  # ML-1M_train_augment is published but not in ../shared
+    base = serve(DATASETS_DIR)  # ML-1M_train_augment is published but not in the data folder
     with pytest.raises(DataError) as err:
         dataloader.ensure_split_files(tmp_path, "ML-1M", ["train_augment"], base_url=base,
                                       log=lambda *_: None)
@@ -402,7 +412,7 @@ def test_download_cli_exit_codes(tmp_path, serve, capsys):
 
 
 @pytest.mark.skipif(not (RAW_DIR / "ml-100k" / "ml-100k.inter").is_file(),
-                    reason="../shared/raw/ml-100k is not present")
+                    reason="$REFINE_RAW_DIR/ml-100k is not present")
 def test_download_raw_zip_verifies_members(tmp_path, serve):
     served = tmp_path / "bucket" / "MovieLens"
     served.mkdir(parents=True)

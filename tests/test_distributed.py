@@ -1,6 +1,6 @@
 """Distributed training (torchrun, gloo on CPU) computes the single-process updates.
 
-The split of a batch into per-rank loss parts (training.Shard) is checked in-process
+The split of a batch into per-rank loss parts (distributed.Shard) is checked in-process
 against the whole-batch loss and gradients in float64; then real ``torchrun`` launches with
 2 gloo processes: one step's all-reduced gradients, and a 2-epoch main.py run against the
 single-process run.
@@ -17,9 +17,11 @@ import pytest
 import torch
 
 import main as M
-import training
+from recommenders import make_config
+from recommenders import refine_plus
+from runs import distributed
 from conftest import SHARED_DATASETS, shared_dataset
-from model import DispreferenceAE, ReFINePlus, ae_terms_sparse
+from model import DispreferenceAE, ae_terms_sparse
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -36,17 +38,17 @@ def torchrun(*args: str, nproc: int = 2, timeout: int = 900) -> subprocess.Compl
 def test_shard_bounds_cover_everything_once():
     for n in (0, 1, 5, 1024):
         for world in (1, 2, 3, 7):
-            parts = [training.Shard(r, world).bounds(n) for r in range(world)]
+            parts = [distributed.Shard(r, world).bounds(n) for r in range(world)]
             assert parts[0][0] == 0 and parts[-1][1] == n
             assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
-    assert training.Shard(1, 3).bounds(10) == (3, 6)
+    assert distributed.Shard(1, 3).bounds(10) == (3, 6)
 
 
 def test_rows_in_range_by_hand():
     rows = torch.tensor([2, 5, 7])  # rows of X with ones, entries (owner -> rows[owner])
     owner = torch.tensor([0, 1, 1, 2, 0])
     cols = torch.tensor([10, 11, 12, 13, 14])
-    kept_rows, kept_owner, kept_cols = training.rows_in_range(rows, owner, cols, 4, 8)
+    kept_rows, kept_owner, kept_cols = refine_plus.rows_in_range(rows, owner, cols, 4, 8)
     assert kept_rows.tolist() == [5, 7]
     assert kept_owner.tolist() == [0, 0, 1]  # positions within kept_rows
     assert kept_cols.tolist() == [11, 12, 13]
@@ -63,7 +65,7 @@ def test_autoencoder_row_ranges_add_up_to_the_whole():
     ae.zero_grad()
     total, codes = 0, []
     for lo, hi in ((0, 4), (4, 5), (5, 12)):
-        part, z = ae_terms_sparse(ae, *training.rows_in_range(rows, owner, cols, lo, hi), 12,
+        part, z = ae_terms_sparse(ae, *refine_plus.rows_in_range(rows, owner, cols, lo, hi), 12,
                                   row_range=(lo, hi))
         part.backward()
         total, codes = total + part.detach(), codes + [z.detach()]
@@ -82,12 +84,12 @@ def ml100k_graphs():
 @pytest.mark.parametrize("negatives,ae_input", ddp_step_worker.MODES)
 @pytest.mark.parametrize("world", [2, 5])  # the batch has 828 positives: 5 splits them unevenly
 def test_shard_losses_sum_to_the_batch_loss(ml100k_graphs, negatives, ae_input, world):
-    config = M.Config(negatives=negatives, ae_input=ae_input)
+    config = make_config(negatives=negatives, ae_input=ae_input)
     value, whole = ddp_step_worker.step(ml100k_graphs, config)
     total, grads = 0, None
     for rank in range(world):
         part_value, part = ddp_step_worker.step(ml100k_graphs, config,
-                                                training.Shard(rank, world))
+                                                distributed.Shard(rank, world))
         total = total + part_value
         part_grads = [p.grad for p in part.parameters()]
         grads = part_grads if grads is None else [a + b for a, b in zip(grads, part_grads)]
@@ -104,7 +106,7 @@ def test_torchrun_gloo_step_gradients_equal_single_process(ml100k_graphs, tmp_pa
     saved = torch.load(out, weights_only=False)
     assert saved["world"] == 2
     for (negatives, ae_input), got in saved["result"].items():
-        config = M.Config(negatives=negatives, ae_input=ae_input)
+        config = make_config(negatives=negatives, ae_input=ae_input)
         value, model = ddp_step_worker.step(ml100k_graphs, config)
         torch.testing.assert_close(got["value"], value, rtol=1e-13, atol=0)
         for name, p in model.named_parameters():

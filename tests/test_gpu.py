@@ -15,7 +15,7 @@ import torch
 
 import dataloader
 import main as M
-import training
+from recommenders import base, make_config, refine_plus
 from conftest import SHARED_DATASETS, interrupt_second_epoch
 from model import ReFINePlus
 from utils import evaluate
@@ -36,8 +36,8 @@ def data():
 
 @pytest.mark.parametrize("negatives", ["shared", "per_user"])
 def test_cuda_step_equals_cpu_step(data, negatives):
-    config = M.Config(negatives=negatives)
-    graphs = {d: training.build_graphs(data, d) for d in ("cpu", "cuda")}
+    config = make_config(negatives=negatives)
+    graphs = {d: base.build_graphs(data, d) for d in ("cpu", "cuda")}
     for g in graphs.values():
         g.norm_adj = g.norm_adj.double()
     torch.manual_seed(3)
@@ -45,10 +45,11 @@ def test_cuda_step_equals_cpu_step(data, negatives):
     cuda_model = copy.deepcopy(cpu_model).cuda()
     batch = torch.randperm(len(data.train))[:1024]
     pos_users = graphs["cpu"].train.users[batch][graphs["cpu"].is_pos[batch]]
-    negs = training.draw_negatives(pos_users, graphs["cpu"], config,
-                                   training.num_negatives(data.num_items))
-    loss_c, value_c, _ = training.batch_loss(cpu_model, graphs["cpu"], batch, negs, config)
-    loss_g, value_g, _ = training.batch_loss(cuda_model, graphs["cuda"], batch.cuda(),
+    negs = refine_plus.draw_negatives(pos_users, graphs["cpu"],
+                                      refine_plus.num_negatives(data.num_items),
+                                      config.real_neg_samp_prob, config.negatives == "shared")
+    loss_c, value_c, _ = refine_plus.loss_of(cpu_model, graphs["cpu"], batch, negs, config)
+    loss_g, value_g, _ = refine_plus.loss_of(cuda_model, graphs["cuda"], batch.cuda(),
                                              negs.cuda(), config)
     torch.testing.assert_close(value_g.cpu(), value_c, rtol=1e-10, atol=0)
     loss_c.backward()
@@ -58,8 +59,8 @@ def test_cuda_step_equals_cpu_step(data, negatives):
 
 
 def test_cuda_evaluation_equals_cpu(data):
-    graphs = training.build_graphs(data, "cpu")
-    graphs_gpu = training.build_graphs(data, "cuda")
+    graphs = base.build_graphs(data, "cpu")
+    graphs_gpu = base.build_graphs(data, "cuda")
     torch.manual_seed(4)
     users, items = torch.randn(data.num_users, 64), torch.randn(data.num_items, 64)
     cpu = evaluate(users, items, graphs.seen_by_user, graphs.valid_by_user, (5, 10, 20))

@@ -20,11 +20,11 @@ import compare
 import dataloader
 import main as M
 import refine_llm
-import training
+from recommenders import refine_plus
 from conftest import (SHARED, SHARED_DATASETS, fails_with, run_main, shared_dataset,
                       synthetic_rows, write_split_folder)
 from dataloader import DataError, load_dataset
-from provenance import PUBLISHED_BLOBS
+from data.registry import PUBLISHED_BLOBS
 from utils import parse_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,7 +68,7 @@ def test_published_and_modified_ml100k_runs_say_which_files_they_read(tmp_path):
         "input train_augment", "input validation", "input test", "input train_original"]
     assert all(line.endswith(", published)") for line in lines), lines
     blob = PUBLISHED_BLOBS["ML-100K/ML-100K_train_augment.csv"]
-    assert f"ML-100K/ML-100K_train_augment.csv (" in lines[0] and blob[:12] in lines[0]
+    assert "ML-100K/ML-100K_train_augment.csv (" in lines[0] and blob[:12] in lines[0]
     assert "NOT the published file" not in text and "warning" not in text
     assert "inputs: the published files" in text.split("Final Test Results")[1]
     for name in ("config.json", "metrics.json"):
@@ -306,7 +306,7 @@ def test_result_dir_not_writable(tmp_path, capsys, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if os.geteuid() == 0:  # root may write anyway: let access() answer as for a user
-        import run_folder
+        from runs import run_folder
         real_access = os.access
         monkeypatch.setattr(run_folder.os, "access",
                             lambda p, mode: False if Path(p) == locked else real_access(p, mode))
@@ -331,7 +331,7 @@ def test_compare_plot_into_a_missing_folder(tmp_path, capsys):
 
 
 def poison_epoch_two(monkeypatch):
-    real_batch_loss, calls = training.batch_loss, []
+    real_batch_loss, calls = refine_plus.batch_loss, []
 
     def poisoned(*a, **kw):  # 6 batches of 64 per epoch: poison the first of epoch 2
         loss, value, num_pos = real_batch_loss(*a, **kw)
@@ -340,7 +340,7 @@ def poison_epoch_two(monkeypatch):
             loss, value = loss * float("nan"), value * float("nan")
         return loss, value, num_pos
 
-    monkeypatch.setattr(training, "batch_loss", poisoned)
+    monkeypatch.setattr(refine_plus, "batch_loss", poisoned)
 
 
 def test_a_later_error_is_in_train_log_and_the_folder_can_be_rerun(tmp_path, capsys,
@@ -397,7 +397,7 @@ def test_two_processes_racing_for_one_path_name(tmp_path):
 
 
 def test_default_run_names_do_not_collide(tmp_path):
-    import run_folder
+    from runs import run_folder
     names = {run_folder.default_name() for _ in range(200)}
     assert len(names) == 200
 

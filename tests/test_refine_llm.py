@@ -15,11 +15,14 @@ import pandas as pd
 import pytest
 
 import refine_llm as rl
-import refine_procedure as rp
-from dataloader import ITEM_COL, RATING_COL, USER_COL, DataError, split_path
-from llm_backends import OpenAIBackend
-from llm_prompts import TEMPLATES, cut_answer, is_complete, parse_answer
-from refine_helpers import SHARED, TOY_ITEMS, LoopbackServer, write_toy
+from conftest import SHARED_DATASETS
+from data.items import item_texts, read_train
+from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError
+from data.splits import split_path
+from llm import procedure as rp
+from llm.backends.openai import OpenAIBackend
+from llm.prompts import TEMPLATES, cut_answer, is_complete, parse_answer
+from refine_helpers import TOY_ITEMS, LoopbackServer, write_toy
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,11 +34,11 @@ def toy_cfg(root: Path, **kw) -> rl.RefineConfig:
 
 
 def toy_train(root: Path):
-    return rp.read_train(split_path(root, "ML-100K", "train_original"))
+    return read_train(split_path(root, "ML-100K", "train_original"))
 
 
 def texts_of(root: Path):
-    return rp.item_texts(toy_train(root), root / "ML-100K" / "ml-100k.item")
+    return item_texts(toy_train(root), root / "ML-100K" / "ml-100k.item")
 
 
 # ----------------------------------------------------------------------------- SPEC §3 by hand
@@ -137,11 +140,11 @@ def test_agreement_by_hand(tmp_path):
 
 @pytest.mark.parametrize("dataset", ["ML-100K", "Amazon_Digital_Music"])
 def test_replay_of_published_decisions_is_byte_identical(tmp_path, dataset):
-    folder = SHARED / "datasets" / dataset
+    folder = SHARED_DATASETS / dataset
     published = folder / f"{dataset}_train_augment.csv"
     if not published.is_file():
-        pytest.skip(f"{published} absent (needs ../shared next to the repo)")
-    data_dir = str(SHARED / "datasets")
+        pytest.skip(f"{published} absent (set $REFINE_DATA_DIR to the split folders)")
+    data_dir = str(SHARED_DATASETS)
     out, dec = tmp_path / "a.csv", tmp_path / "decisions.jsonl"
     assert rl.main(["--dataset", dataset, "--data_dir", data_dir, "--decisions", str(published),
                     "--output", str(out), "--write_decisions", str(dec)]) == 0

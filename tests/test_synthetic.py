@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import dataloader
-import training
+from recommenders import base, refine_plus
 from bench import synthetic as S
 from dataloader import ITEM_COL, RATING_COL, USER_COL
 
@@ -63,8 +63,8 @@ def test_exact_shape_after_loading(made, shape, scale, U, I, T, V, Te):
     assert int((~data.train_is_pos).sum()) == num_neg
     assert len(data.neutral) == num_neutral
     # the sampler's condition: >= floor(I/10) items without a T row for every user
-    graphs = training.build_graphs(data, "cpu")
-    training.check_sampling_feasible(graphs, training.num_negatives(I))
+    graphs = base.build_graphs(data, "cpu")
+    refine_plus.check_sampling_feasible(graphs, refine_plus.num_negatives(I))
     assert int(graphs.t_by_user.degree().max()) <= I - I // 10
     # train_original keeps every user (each has >= 4 raw positives)
     original = dataloader.load_dataset(folder.parent, folder.name, "original", warn=quiet)

@@ -12,34 +12,7 @@ import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# Git blob SHA-1 of every published split file (upstream repository
-# Chanwoo-Jeong-2000/ReFINe_plus, folder dataset/, at datasets_fetch.PUBLISHED_COMMIT).
-PUBLISHED_BLOBS = {
-    "Amazon_Books/Amazon_Books_test.csv": "a3ac9499f5124ddef4d8eba80047736a2fc53a58",
-    "Amazon_Books/Amazon_Books_train_augment.csv": "e9b9200d12833f95584cd2279feefe0987ffa1d4",
-    "Amazon_Books/Amazon_Books_train_original.csv": "cc9a161e2c5055808411b7d8395ac1f6dfb91c6d",
-    "Amazon_Books/Amazon_Books_validation.csv": "3fe96a092f12828ed143f29863fbdde88cd871ee",
-    "Amazon_Digital_Music/Amazon_Digital_Music_test.csv":
-        "182119cc4c3f601d253cfef62bc89c875b7c4ad8",
-    "Amazon_Digital_Music/Amazon_Digital_Music_train_augment.csv":
-        "dac24d3d94cf865b015dfbc5e7e16df854b7c0f2",
-    "Amazon_Digital_Music/Amazon_Digital_Music_train_original.csv":
-        "2fd87cad23f736fddce491ddffbcb057b8ea05ef",
-    "Amazon_Digital_Music/Amazon_Digital_Music_validation.csv":
-        "6a942ba0108749460403ca53b5fd7d92dcd57c75",
-    "ML-100K/ML-100K_test.csv": "f3cbe95698f3cd22627cf92045ff0eb5a0e951f5",
-    "ML-100K/ML-100K_train_augment.csv": "0cc04baaf46fcc4ee59a6adbb999d8bf56adb8e9",
-    "ML-100K/ML-100K_train_original.csv": "38def0b51e296992900303f611ff2bf85c1a0b73",
-    "ML-100K/ML-100K_validation.csv": "dc14ca7fcd367346f249d6aeb23a3e09f20cbef1",
-    "ML-1M/ML-1M_test.csv": "c1407e658b3e0815ace9822ea64dbfed13165d6a",
-    "ML-1M/ML-1M_train_augment.csv": "40e29bb86d51752fe10a7bc1cd2e3d96c53bbbda",
-    "ML-1M/ML-1M_train_original.csv": "e3baf41eef82249f4af08dc0e9e846a84892a7a0",
-    "ML-1M/ML-1M_validation.csv": "474b0a7448e43441e02b924b4fc446f5492654f8",
-    "Netflix-1M/Netflix-1M_test.csv": "d1b455f977e866fa707819dbb1df54ae1e563390",
-    "Netflix-1M/Netflix-1M_train_augment.csv": "771c07bced85dba460ce294a103b2bfa55d1c7ad",
-    "Netflix-1M/Netflix-1M_train_original.csv": "f4341eb1be8f1d794297e33f6ef3f022fc138b1e",
-    "Netflix-1M/Netflix-1M_validation.csv": "1d16d5157068acc8230ad6b234b5f6992401689d",
-}
+from data.registry import PUBLISHED_BLOBS
 
 
 def _digest(path: Path, digest) -> str:

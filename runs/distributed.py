@@ -5,7 +5,7 @@
 
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; with WORLD_SIZE > 1 main.py joins the
 process group (NCCL on GPUs, gloo on CPUs). Each rank holds the whole graph and model and
-computes its share of every batch's loss terms (``training.Shard``); the gradients are
+computes its share of every batch's loss terms (``Shard``); the gradients are
 summed over the ranks before every (replicated) Adam step, so the run follows the same
 updates as one process with the same global batch, up to float summation order. Rank 0
 evaluates, logs and writes the run folder; the others follow its early-stopping decision.
@@ -13,12 +13,31 @@ evaluates, logs and writes the run folder; the others follow its early-stopping 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-from training import Shard
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of every batch under torch.distributed (``torchrun``).
+
+    Every rank draws the same permutation and negatives (same seed, same RNG calls) and
+    propagates the whole graph; rank r then computes only its part of each loss term —
+    positives lo..hi-1 of the batch for L_ssm (divided by the batch's |P|, not the part's),
+    users and items in its id range for the AE and alignment terms — so the parts sum to the
+    single-process loss, and summing the gradients over ranks (``sync_gradients``) gives the
+    single-process gradient of the same global batch.
+    """
+
+    rank: int
+    world: int
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """[lo, hi) of this rank's contiguous share of n things."""
+        return n * self.rank // self.world, n * (self.rank + 1) // self.world
 
 
 def world_size_from_env() -> int:

@@ -1,4 +1,4 @@
-"""Prompt templates of the LLM relabeling step (SPEC.md §3) and the parsing of answers.
+"""Prompt templates of the LLM relabeling step (docs/llm.md) and the parsing of answers.
 
 One template per dataset family (movies, music, books). Each has two layouts: ``main``
 (lists first, then the task: the few-shot completion prompt of the reference) and
@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+
+from data.registry import DATASETS
 
 SEPARATOR = "###"
 
@@ -85,10 +87,7 @@ TEMPLATES = {
     "books": PromptTemplate("books", "books"),
 }
 
-FAMILY_OF_DATASET = {
-    "ML-100K": "movies", "ML-1M": "movies", "Netflix-1M": "movies",
-    "Amazon_Digital_Music": "music", "Amazon_Books": "books",
-}
+FAMILY_OF_DATASET = {name: d.prompt_family for name, d in DATASETS.items()}
 
 
 def item_text(title: str, genre: str | None) -> str:

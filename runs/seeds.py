@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import run_folder
-from utils import atomic_write_text, dump_json
+from data.schema import UserError
+from runs import run_folder
+from runs.files import atomic_write_text, dump_json
 
 if TYPE_CHECKING:
-    from main import Config
+    from runs.config import Config
 
-class SeedsError(ValueError):
-    """A multi-seed run folder that cannot be created or continued (exit code 2)."""
+class SeedsError(UserError, ValueError):
+    """A multi-seed run folder that cannot be created or continued."""
 
 
 SEEDS_FILE = "seeds.json"  # the shared config of a multi-seed run (what --resume reads)
@@ -104,7 +105,7 @@ def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
         run_folder.check_result_dir(result_dir)
         parent = Path(result_dir) / config.dataset / name
         folder = run_folder.claim_new(parent, finished=(SEEDS_FILE,), known=())
-        dump_json({**asdict(config), "resume": None, "path_name": name}, parent / SEEDS_FILE)
+        dump_json({**config.to_dict(), "resume": None, "path_name": name}, parent / SEEDS_FILE)
     try:
         return _run_seeds(config, run_one, parent, result_dir)
     finally:

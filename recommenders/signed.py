@@ -1,5 +1,7 @@
-"""Training of the two models that learn from a negative signal as well as from positives
-(``--model pngnn``, ``--model siren``; SPEC.md §8). The modules and losses are in model.py.
+"""What the two models that learn from a negative signal as well as from positives share
+(``--model pngnn``: recommenders/pngnn.py, ``--model siren``: recommenders/siren.py): the
+negative graph, the rows of an epoch, the degree-based negatives and the epoch. The modules
+and losses are in model.py.
 
 Rows an epoch trains on: every positive row (rating >= 4) and every row of the negative
 graph, which is
@@ -17,20 +19,17 @@ confirmed negative or neutral). Items without a positive row are never drawn.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import Tensor, nn
 
-import dataloader
 from dataloader import Interactions, RowIndex
-from model import (PositiveNegativeGCN, SignAwareGCN, categorical_draws, dual_bpr_loss,
-                   pairwise_l2_counted, per_row_scores, sign_aware_bpr_loss)
-import training
-from training import Graphs, TrainingError
+from model import categorical_draws, pairwise_l2_counted, per_row_scores
+from recommenders.base import Graphs, TrainingError, minibatch_epoch, no_shard, setting
 
 if TYPE_CHECKING:
-    from main import Config
+    from runs.config import Config
 
 DEGREE_EXPONENT = 0.75
 
@@ -100,59 +99,48 @@ def signed_prepare(graphs: Graphs, config: Config) -> SignedRows:
     return rows
 
 
-class WithNegativeGraph(nn.Module):
-    """PN-GNN bound to its negative-graph adjacency, so that ``model(norm_adj)`` (the
-    positive graph) gives (users, items) as for every model. The adjacency is a plain
-    attribute, not a buffer: checkpoints hold parameters only."""
-
-    def __init__(self, model: PositiveNegativeGCN, neg_adj: Tensor):
-        super().__init__()
-        self.model, self.neg_adj = model, neg_adj
-
-    def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model(norm_adj, self.neg_adj)
-
-
-def build_pngnn(graphs: Graphs, config: Config) -> nn.Module:
-    neg = negative_graph_rows(graphs, config.dataset_augment)
-    neg_adj = dataloader.build_norm_adj(neg, graphs.num_users, graphs.num_items)
-    model = PositiveNegativeGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
-                                config.layers)
-    return WithNegativeGraph(model, neg_adj.to(graphs.norm_adj.device))
-
-
-def build_siren(graphs: Graphs, config: Config) -> nn.Module:
-    return SignAwareGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
-                        config.layers, config.dropout)
+Loss = Callable[[Tensor, Tensor, Tensor, "Config"], Tensor]  # (obs, neg, is_pos, config)
 
 
 def signed_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Tensor,
-                      is_pos: Tensor, negatives: Tensor, config: Config) -> Tensor:
-    """Dual-BPR (pngnn) or sign-aware BPR (siren) over the batch's rows and their sampled
-    negatives, plus ``model.pairwise_l2`` (--lambda_reg) on the final embeddings scored."""
+                      is_pos: Tensor, negatives: Tensor, config: Config, loss_fn: Loss) -> Tensor:
+    """The model's loss (Dual-BPR for pngnn, sign-aware BPR for siren) over the batch's rows
+    and their sampled negatives, plus ``pairwise_l2`` (--lambda_reg) on the final embeddings
+    scored."""
     e_users, e_items = model(graphs.norm_adj)
     u, i = e_users[users], e_items[items]  # (B, d)
     obs_scores = (u * i).sum(1)
     # per_row_scores and pairwise_l2_counted: the einsum over e_items[negatives] and
     # pairwise_l2 of that (B, n, d) copy, without the copy (tests/test_negative_models.py)
     neg_scores = per_row_scores(u, e_items, negatives)
-    if config.model == "pngnn":
-        loss = dual_bpr_loss(obs_scores, neg_scores, is_pos, config.b)
-    else:
-        loss = sign_aware_bpr_loss(obs_scores, neg_scores, is_pos, config.c_neg)
-    return loss + pairwise_l2_counted(u, i, e_items, negatives, config.lambda_reg)
+    return loss_fn(obs_scores, neg_scores, is_pos, config) \
+        + pairwise_l2_counted(u, i, e_items, negatives, config.lambda_reg)
 
 
-def signed_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
-                 state: SignedRows, shard=None) -> float:
-    """One pass over the shuffled rows in batches of --batch_size; --num_negatives drawn per
-    row by ``degree_negatives``. Returns sum(loss_b |B_b|) / sum |B_b| (single process)."""
-    if shard is not None:
-        raise TrainingError(f"--model {config.model} does not train distributed")
+def signed_epoch(loss_fn: Loss):
+    """The epoch of a model with loss ``loss_fn``: one pass over the shuffled rows in
+    batches of --batch_size, --num_negatives drawn per row by ``degree_negatives``;
+    returns sum(loss_b |B_b|) / sum |B_b| (single process)."""
+    def train_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
+                    state: SignedRows, shard=None, progress=None) -> float:
+        no_shard(config.model, shard)
 
-    def step_loss(batch: torch.Tensor) -> torch.Tensor:
-        users, items, is_pos = state.users[batch], state.items[batch], state.is_pos[batch]
-        negatives = degree_negatives(users, state.item_weights, state.seen, config.num_negatives)
-        return signed_batch_loss(model, graphs, users, items, is_pos, negatives, config)
-    return training.minibatch_epoch(optimizer, state.users.numel(), config.batch_size, epoch,
-                                    state.users.device, step_loss)
+        def step_loss(batch: torch.Tensor) -> torch.Tensor:
+            users, items, is_pos = state.users[batch], state.items[batch], state.is_pos[batch]
+            negatives = degree_negatives(users, state.item_weights, state.seen,
+                                         config.num_negatives)
+            return signed_batch_loss(model, graphs, users, items, is_pos, negatives, config,
+                                     loss_fn)
+        return minibatch_epoch(optimizer, state.users.numel(), config.batch_size, epoch,
+                               state.users.device, step_loss, progress)
+    return train_epoch
+
+
+def negative_graph_header(config: Config) -> list:
+    rule = "rating <= 1" if config.dataset_augment == "augment" else "rating < 4"
+    return [("num_negatives", config.num_negatives), ("negative_graph", rule)]
+
+
+def num_negatives(default: int = 40):
+    return setting(default, "pngnn, siren, semantic_neg: negatives sampled per training row "
+                            "(default 40 for pngnn/siren, else 1)", type=int)

@@ -1,6 +1,6 @@
 """Preparing split files from raw RecBole atomic files exactly as the paper did (SPEC.md §2),
 and their statistics. ``python dataloader.py prepare|download|stats`` is the CLI;
-datasets_fetch.py downloads.
+data/fetch.py downloads.
 
 Preparation (SPEC.md §2), for every dataset alike:
   1. left-join the item text columns onto the interactions, drop rows missing user, item,
@@ -23,40 +23,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-import split_checks
-from dataloader import (DataError, ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_COL, read_split,
-                        split_path)
+from data import checks
+from data.registry import DATASETS, NETFLIX_GENRES, NETFLIX_TITLES, SPLITS, RawFormat
+from data.schema import (ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_COL, DataError,
+                         canonical_int_ids, sorted_ids)
+from data.splits import read_split, split_path
 
-SPLITS = ("train_augment", "train_original", "validation", "test")
 PREPARED_SPLITS = ("train_original", "validation", "test")
-
-
-@dataclass(frozen=True)
-class RawFormat:
-    """How one dataset's raw files look: ``<stem>.inter`` (+ ``<stem>.item``), the item text
-    columns a row must have, the RecBole zip, and the Netflix-only user draw."""
-
-    stem: str
-    text_cols: tuple[str, ...]
-    zip_name: str | None = None
-    sample_users: int = 0
-    netflix_items: bool = False  # items from movie_titles.csv + netflix_genres.csv
-
-
-RAW_FORMATS = {
-    "ML-100K": RawFormat("ml-100k", ("movie_title:token_seq", "release_year:token",
-                                     "class:token_seq"), "MovieLens/ml-100k.zip"),
-    "ML-1M": RawFormat("ml-1m", ("movie_title:token_seq", "release_year:token",
-                                 "genre:token_seq"), "MovieLens/ml-1m.zip"),
-    "Netflix-1M": RawFormat("netflix", ("title:token", "year:token", "genres:token"),
-                            "Netflix/netflix.zip", sample_users=5000, netflix_items=True),
-    "Amazon_Digital_Music": RawFormat("Amazon_Digital_Music",
-                                      ("title:token", "categories:token_seq"),
-                                      "Amazon_ratings/Amazon_Digital_Music.zip"),
-    "Amazon_Books": RawFormat("Amazon_Books", ("title:token", "categories:token_seq"),
-                              "Amazon_ratings/Amazon_Books.zip"),
-}
-NETFLIX_TITLES, NETFLIX_GENRES = "movie_titles.csv", "netflix_genres.csv"
+RAW_FORMATS = {name: d.raw for name, d in DATASETS.items()}
 
 
 @dataclass(frozen=True)
@@ -121,7 +95,7 @@ def _read_inter(path: Path, sample_users: int, seed: int, log=print) -> pd.DataF
         if len(seen) < sample_users:
             raise DataError(f"{path}: {len(seen)} users, fewer than the {sample_users} to draw")
         np.random.seed(seed)
-        drawn = np.random.choice(_id_order(pd.Series(list(seen), dtype=object)).to_numpy(),
+        drawn = np.random.choice(sorted_ids(list(seen)),
                                  sample_users, replace=False)
         keep = {str(user) for user in drawn}  # numeric ids are canonical: str() round-trips
     chunks = [chunk if keep is None else chunk[chunk[USER_COL].isin(keep)]
@@ -150,21 +124,10 @@ def _chunks(path: Path, cols: list[str], what: str):
             raise DataError(f"{path}: cannot be read ({str(err).splitlines()[0]})") from None
 
 
-def _numeric_ids(ids: pd.Series) -> bool:
-    """Ids sort numerically when each one is an integer written canonically (no leading zero),
-    so converting them loses nothing (Amazon's ISBN-like '0439023483' stays a string)."""
-    s = ids.dropna().astype(str)
-    return bool(len(s)) and bool(s.str.fullmatch(r"-?(0|[1-9][0-9]{0,17})").all())
-
-
 def _as_ids(ids: pd.Series) -> pd.Series:
     """Integer ids as int64 (ascending numeric order, as the reference's pandas read them),
-    anything else as strings."""
-    return ids.astype(np.int64) if _numeric_ids(ids) else ids.astype(object)
-
-
-def _id_order(ids: pd.Series) -> pd.Series:
-    return _as_ids(ids).sort_values(kind="stable").reset_index(drop=True)
+    anything else as strings (data.schema.canonical_int_ids decides)."""
+    return ids.astype(np.int64) if canonical_int_ids(ids) else ids.astype(object)
 
 
 def _read_items(fmt: RawFormat, raw_dir: Path, item_path: Path | None) -> pd.DataFrame:
@@ -273,12 +236,12 @@ def write_splits(out_dir, name: str, frames, log=print) -> list[Path]:
     augment = split_path(out_dir, name, "train_augment")
     if augment.is_file():
         try:
-            split_checks.check_relabeling(read_split(paths[0], is_train=True, warn=lambda _: None),
+            checks.check_relabeling(read_split(paths[0], is_train=True, warn=lambda _: None),
                                           read_split(augment, is_train=True, warn=lambda _: None),
                                           paths[0], augment)
             log(f"kept {augment}: it relabels the new {paths[0].name}")
         except DataError:
-            for old in (augment, split_checks.manifest_path(augment)):
+            for old in (augment, checks.manifest_path(augment)):
                 if old.is_file():
                     os.replace(old, old.with_name(old.name + ".stale"))
             log(f"renamed {augment.name} to {augment.name}.stale: it does not relabel the new "

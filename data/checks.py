@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from provenance import file_sha1
-from schema import (ITEM_COL, NEUTRAL_RATINGS, RATING_COL, REFINED_RATINGS, USER_COL,
-                    DataError)
+from data.provenance import file_sha1
+from data.schema import (ITEM_COL, NEUTRAL_RATINGS, RATING_COL, REFINED_RATINGS, USER_COL,
+                         DataError)
 
 
 def manifest_path(augment_path: Path) -> Path:

@@ -14,74 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from dataloader import ITEM_COL, RATING_COL, USER_COL, DataError
-from llm_prompts import PromptTemplate, item_text, parse_answer
+from data.items import read_train
+from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError, sorted_ids
+from llm.prompts import PromptTemplate, item_text, parse_answer
 
 POSITIVE, NEGATIVE = 4.5, 0.5
-TITLE_COLUMNS = ("movie_title:token_seq", "title:token_seq", "title:token", "movie_title", "title")
-GENRE_COLUMNS = ("class:token_seq", "genre:token_seq", "categories:token_seq", "genre:token",
-                 "genres:token", "genre", "genres", "categories")
-
-
-# ----------------------------------------------------------------------------- data
-
-def read_train(path: Path) -> pd.DataFrame:
-    """train_original with every column as text except the rating (float); one-line errors."""
-    if not path.is_file():
-        raise DataError(f"missing input {path}: place train_original there or set --data_dir")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: cannot be read as CSV ({str(err).splitlines()[0]})") from None
-    missing = [c for c in (USER_COL, ITEM_COL, RATING_COL) if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
-    rating = pd.to_numeric(df[RATING_COL], errors="coerce")
-    if rating.isna().any():
-        row = int(np.flatnonzero(rating.isna().to_numpy())[0])
-        raise DataError(f"{path}: non-numeric rating at data row {row + 1}: "
-                        f"{df[RATING_COL].iloc[row]!r}")
-    if len(df) == 0:
-        raise DataError(f"{path}: no rows")
-    return df.assign(**{RATING_COL: rating.astype(np.float64)})
-
-
-def _pick(columns, wanted) -> str | None:
-    return next((c for c in wanted if c in columns), None)
-
-
-def item_texts(train: pd.DataFrame, item_file: Path | None) -> dict[str, tuple[str, str]]:
-    """item id -> (title, genre text) from text columns of the CSV, else the RecBole .item
-    file. Genre tokens are joined with ", "; items with an empty title are left out."""
-    title_col = _pick(train.columns, TITLE_COLUMNS)
-    if title_col is not None:
-        table = train.drop_duplicates(ITEM_COL)
-    else:
-        if item_file is None or not item_file.is_file():
-            raise DataError(f"no item text: the CSV has no title column and the item file "
-                            f"{item_file} does not exist (pass --item_file)")
-        table = pd.read_csv(item_file, sep="\t", dtype=str, keep_default_na=False,
-                            quoting=3, encoding="utf-8", encoding_errors="replace")
-        title_col = _pick(table.columns, TITLE_COLUMNS)
-        if ITEM_COL not in table.columns or title_col is None:
-            raise DataError(f"{item_file}: needs columns {ITEM_COL} and a title column "
-                            f"(one of {', '.join(TITLE_COLUMNS)})")
-    genre_col = _pick(table.columns, GENRE_COLUMNS)
-    out = {}
-    for item, title, genre in zip(table[ITEM_COL], table[title_col],
-                                  table[genre_col] if genre_col else [""] * len(table)):
-        title = title.strip()
-        if title:
-            out[item] = (title, ", ".join(genre.split()))
-    return out
 
 
 def sorted_users(users: pd.Series) -> list[str]:
-    """Unique user ids in ascending order: numeric when every id is an integer."""
-    unique = pd.unique(users)
-    if all(u.lstrip("-").isdigit() for u in unique):
-        return sorted(unique, key=int)
-    return sorted(unique)
+    """Unique user ids in the project's one order (data.schema.sorted_ids)."""
+    return list(sorted_ids(users))
 
 
 # ----------------------------------------------------------------------------- plan

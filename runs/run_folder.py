@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from data.schema import UserError
+from runs.files import is_temp
+
 LOCK_FILE = ".lock"
 RUN_FILES = ("argv.txt", "config.json", "train.log", "epochs.jsonl", "best.pt", "last.pt",
              "metrics.json")
@@ -27,8 +30,8 @@ FINISHED = ("last.pt", "metrics.json")  # a folder with one of these holds a fin
 _names_given: set[str] = set()
 
 
-class RunFolderError(ValueError):
-    """A run folder that cannot be created or taken (exit code 2)."""
+class RunFolderError(UserError, ValueError):
+    """A run folder that cannot be created or taken."""
 
 
 def default_name() -> str:
@@ -104,7 +107,7 @@ def _take_over(run_dir: Path, finished, known) -> RunFolder:
         folder.release()
         raise RunFolderError(f"run folder {run_dir} exists; continue it with --resume "
                              f"{run_dir} or choose another --path_name")
-    entries = [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not _is_temp(p)]
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not is_temp(p)]
     foreign = [p.name for p in entries if p.name not in known]
     if foreign:
         folder.release()
@@ -125,12 +128,8 @@ def open_existing(run_dir: Path) -> RunFolder:
     return RunFolder(Path(run_dir), fd)
 
 
-def _is_temp(path: Path) -> bool:  # utils.temp_path's names
-    return path.name.startswith(".") and path.name.endswith(".tmp")
-
-
 def remove_temps(run_dir: Path) -> None:
     """Temp files a killed process left (only call while holding the folder's lock)."""
     for p in run_dir.iterdir():
-        if _is_temp(p) and p.is_file():
+        if is_temp(p) and p.is_file():
             p.unlink()

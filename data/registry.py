@@ -1,0 +1,95 @@
+"""The published datasets: one entry each, holding every fact the code needs about it.
+
+Adding a published dataset is one ``Dataset`` entry here (and its tests): the git blob
+SHA-1 of each split file, the raw RecBole files it is prepared from and their item-text
+columns, the prompt family of its LLM refinement, and its per-dataset defaults. Imports
+nothing of the project.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SPLITS = ("train_augment", "train_original", "validation", "test")
+# upstream repository and commit the published split files come from
+PUBLISHED_REPO = "Chanwoo-Jeong-2000/ReFINe_plus"
+PUBLISHED_COMMIT = "458d2b3693663514849fb28bba38eaa3d75ff0cb"
+NETFLIX_TITLES, NETFLIX_GENRES = "movie_titles.csv", "netflix_genres.csv"
+
+
+@dataclass(frozen=True)
+class RawFormat:
+    """How one dataset's raw files look: ``<stem>.inter`` (+ ``<stem>.item``), the item text
+    columns a row must have, the RecBole zip, and the Netflix-only user draw."""
+
+    stem: str
+    text_cols: tuple[str, ...]
+    zip_name: str | None = None
+    sample_users: int = 0
+    netflix_items: bool = False  # items from movie_titles.csv + netflix_genres.csv
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A published dataset. ``blobs``: split -> git blob SHA-1 of its published file;
+    ``prompt_family``: refine_llm.py's prompt template; ``refine_r``: ReFINe's r;
+    ``layers``: the paper's LightGCN depth for it."""
+
+    name: str
+    raw: RawFormat
+    blobs: dict[str, str] = field(repr=False)
+    prompt_family: str
+    refine_r: int = 100
+    layers: int = 4
+
+
+DATASETS = {d.name: d for d in (
+    Dataset("ML-100K",
+            RawFormat("ml-100k", ("movie_title:token_seq", "release_year:token",
+                                  "class:token_seq"), "MovieLens/ml-100k.zip"),
+            {"train_augment": "0cc04baaf46fcc4ee59a6adbb999d8bf56adb8e9",
+             "train_original": "38def0b51e296992900303f611ff2bf85c1a0b73",
+             "validation": "dc14ca7fcd367346f249d6aeb23a3e09f20cbef1",
+             "test": "f3cbe95698f3cd22627cf92045ff0eb5a0e951f5"},
+            "movies", refine_r=100),
+    Dataset("ML-1M",
+            RawFormat("ml-1m", ("movie_title:token_seq", "release_year:token",
+                                "genre:token_seq"), "MovieLens/ml-1m.zip"),
+            {"train_augment": "40e29bb86d51752fe10a7bc1cd2e3d96c53bbbda",
+             "train_original": "e3baf41eef82249f4af08dc0e9e846a84892a7a0",
+             "validation": "474b0a7448e43441e02b924b4fc446f5492654f8",
+             "test": "c1407e658b3e0815ace9822ea64dbfed13165d6a"},
+            "movies", refine_r=250),
+    Dataset("Netflix-1M",
+            RawFormat("netflix", ("title:token", "year:token", "genres:token"),
+                      "Netflix/netflix.zip", sample_users=5000, netflix_items=True),
+            {"train_augment": "771c07bced85dba460ce294a103b2bfa55d1c7ad",
+             "train_original": "f4341eb1be8f1d794297e33f6ef3f022fc138b1e",
+             "validation": "1d16d5157068acc8230ad6b234b5f6992401689d",
+             "test": "d1b455f977e866fa707819dbb1df54ae1e563390"},
+            "movies", refine_r=300),
+    Dataset("Amazon_Digital_Music",
+            RawFormat("Amazon_Digital_Music", ("title:token", "categories:token_seq"),
+                      "Amazon_ratings/Amazon_Digital_Music.zip"),
+            {"train_augment": "dac24d3d94cf865b015dfbc5e7e16df854b7c0f2",
+             "train_original": "2fd87cad23f736fddce491ddffbcb057b8ea05ef",
+             "validation": "6a942ba0108749460403ca53b5fd7d92dcd57c75",
+             "test": "182119cc4c3f601d253cfef62bc89c875b7c4ad8"},
+            "music"),
+    Dataset("Amazon_Books",
+            RawFormat("Amazon_Books", ("title:token", "categories:token_seq"),
+                      "Amazon_ratings/Amazon_Books.zip"),
+            {"train_augment": "e9b9200d12833f95584cd2279feefe0987ffa1d4",
+             "train_original": "cc9a161e2c5055808411b7d8395ac1f6dfb91c6d",
+             "validation": "3fe96a092f12828ed143f29863fbdde88cd871ee",
+             "test": "a3ac9499f5124ddef4d8eba80047736a2fc53a58"},
+            "books", layers=2),
+)}
+
+# "<dataset>/<dataset>_<split>.csv" -> git blob SHA-1: the key of a file inside a data folder
+PUBLISHED_BLOBS = {f"{d.name}/{d.name}_{split}.csv": blob
+                   for d in DATASETS.values() for split, blob in d.blobs.items()}
+
+
+def item_file_stem(dataset: str) -> str:
+    """The RecBole stem of a dataset's raw files (its own name for an unpublished one)."""
+    return DATASETS[dataset].raw.stem if dataset in DATASETS else dataset

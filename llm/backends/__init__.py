@@ -1,0 +1,31 @@
+"""Answering backends of refine_llm.py, one file each: a local Hugging Face model
+(``hf``), an OpenAI-compatible server (``openai``: vLLM, Ollama, llama.cpp …) and the CPU
+``embedding`` refiner. Each has ``count_tokens(prompt) -> int | None`` and
+``generate(prompts, contexts) -> list[str]`` (greedy completions, or for ``embedding`` an
+answer in the same "[<Title>, …]" format computed from ``contexts``); ``reads_prompts``
+says whether the backend looks at the prompt text at all (the embedding refiner does not,
+so its prompts are never rendered). Adding a backend: a file here and a line in BACKENDS.
+Heavy imports (transformers, sentence_transformers) happen only inside the backend that
+needs them.
+"""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+BACKENDS = {"hf": "llm.backends.hf:HFBackend", "openai": "llm.backends.openai:OpenAIBackend",
+            "embedding": "llm.backends.embedding:EmbeddingBackend"}
+
+
+def make_backend(cfg, texts: dict):
+    """The backend ``cfg.backend`` names (the embedding refiner also gets the item texts)."""
+    module, cls = BACKENDS[cfg.backend].split(":")
+    backend = getattr(importlib.import_module(module), cls)
+    return backend(cfg, texts) if cfg.backend == "embedding" else backend(cfg)
+
+
+def _local_path(name: str) -> bool:
+    """A path rather than a hub id ("org/name")."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
+
+

@@ -1,0 +1,58 @@
+"""The CPU refiner without an LLM (``--backend embedding``): item-text similarity."""
+from __future__ import annotations
+
+import numpy as np
+
+from data.items import sentence
+from llm import text_encoder
+
+class EmbeddingBackend:
+    """CPU refiner: no LLM, a sentence embedding of each item text.
+
+    For candidate c of user u, with cosine similarities between item embeddings,
+    ``s(c, S)`` = mean of the ``top_k`` largest cos(c, j) over j in S, and for an empty S
+    the dataset's mean pairwise cosine (``base``). Liked L = u's 5-rated items and the
+    4-rated example candidates; disliked D = the other example candidates (the 1-rated,
+    and the 2-rated when u's mean >= 3) — exactly what the LLM prompt shows.
+    c is judged positive iff s(c, L) - s(c, D) > margin.
+    """
+
+    reads_prompts = False
+
+    def __init__(self, cfg, texts: dict):
+        import torch
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        encoder = text_encoder.load_encoder(cfg.embed_model, cfg.device)
+        self.items = sorted(texts)
+        self.index = {item: n for n, item in enumerate(self.items)}
+        self.titles = {item: texts[item][0] for item in self.items}
+        emb = text_encoder.encode(encoder, [sentence(*texts[i]) for i in self.items])
+        self.emb = emb  # (I, dim), unit rows
+        self.base = float(np.square(self.emb.mean(0)).sum())
+        self.top_k, self.margin = cfg.embed_top_k, cfg.embed_margin
+
+    def count_tokens(self, prompt: str) -> None:
+        return None
+
+    def score(self, candidates: list[str], refs: list[str]) -> np.ndarray:
+        """s(c, refs) for each candidate: mean of the top-k cosine similarities."""
+        if not refs:
+            return np.full(len(candidates), self.base)
+        c = self.emb[[self.index[i] for i in candidates]]
+        r = self.emb[[self.index[i] for i in refs]]
+        sim = c @ r.T  # (C, R)
+        k = min(self.top_k, sim.shape[1])
+        return np.sort(sim, axis=1)[:, -k:].mean(1)
+
+    def decide(self, context: dict) -> list[str]:
+        liked4 = set(context["example_answer"])
+        liked = list(context["positives"]) + list(context["example_answer"])
+        disliked = [i for i in context["examples"] if i not in liked4]
+        cands = list(context["candidates"])
+        s = self.score(cands, liked) - self.score(cands, disliked)
+        return [c for c, v in zip(cands, s) if v > self.margin]
+
+    def generate(self, prompts, contexts: list[dict]) -> list[str]:
+        return ["[" + ", ".join(f"<{self.titles[i]}>" for i in self.decide(c)) + "]"
+                for c in contexts]

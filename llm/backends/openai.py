@@ -1,0 +1,121 @@
+"""An OpenAI-compatible server answering refine_llm.py's prompts (``--backend openai``)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+
+from data.schema import DataError
+from llm.prompts import SEPARATOR
+
+
+class OpenAIBackend:
+    """OpenAI-compatible ``/completions`` (or ``/chat/completions`` with ``--chat``),
+    temperature 0. Server errors (5xx, 429), timeouts, dropped connections and malformed
+    answers are retried ``max_retries`` times with exponential backoff (1 s, 2 s, 4 s …);
+    then the run stops with a one-line error, keeping the cache.
+
+    Token counts come from the server's tokenize endpoint when it has one (llama.cpp's
+    ``/tokenize`` or llama-cpp-python's ``/extras/tokenize``), else from a length
+    estimate (1 token per 3 characters, warned once).
+    """
+
+    reads_prompts = True
+
+    def __init__(self, cfg, backoff: float = 1.0):
+        self.base = cfg.base_url.rstrip("/")
+        self.model, self.chat = cfg.model, cfg.chat
+        self.timeout, self.max_retries, self.backoff = cfg.timeout, cfg.max_retries, backoff
+        self.max_new_tokens = cfg.max_new_tokens
+        key = os.environ.get(cfg.api_key_env, "")
+        self.headers = {"Content-Type": "application/json"}
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        try:
+            self._request("GET", "/models", None, retries=0)
+        except DataError as err:
+            raise DataError(f"endpoint {self.base} is not answering ({err}); start the server "
+                            f"or fix --base_url") from None
+        self._tokenize_path = None
+        root = self.base[:-3] if self.base.endswith("/v1") else self.base
+        for path, body in (("/extras/tokenize", lambda t: {"input": t}),
+                           ("/tokenize", lambda t: {"content": t})):
+            try:
+                self._post_abs(root + path, body("probe"), retries=0)
+                self._tokenize_path, self._tokenize_body = root + path, body
+                break
+            except DataError:
+                continue
+        self._warned = False
+
+    def _post_abs(self, url, payload, retries):
+        return self._request("POST", url, payload, retries=retries, absolute=True)
+
+    def _request(self, method, path, payload, retries, absolute=False):
+        url = path if absolute else self.base + path
+        data = None if payload is None else json.dumps(payload).encode()
+        last = ""
+        for attempt in range(retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            req = urllib.request.Request(url, data=data, method=method, headers=self.headers)
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    body = resp.read()
+                return json.loads(body)
+            except urllib.error.HTTPError as err:
+                last = f"HTTP {err.code} from {url}"
+                if err.code < 500 and err.code != 429:
+                    raise DataError(f"{last}: {err.read()[:200].decode(errors='replace')}") from None
+            except (TimeoutError, socket.timeout):
+                last = f"timeout after {self.timeout:g} s from {url}"
+            except urllib.error.URLError as err:
+                last = f"cannot connect to {url} ({err.reason})"
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                last = f"malformed (non-JSON) answer from {url}"
+            except (ConnectionError, OSError) as err:
+                last = f"connection error with {url} ({err})"
+        raise DataError(last)
+
+    def count_tokens(self, prompt: str) -> int:
+        if self._tokenize_path:
+            answer = self._post_abs(self._tokenize_path, self._tokenize_body(prompt), self.max_retries)
+            tokens = answer.get("tokens") if isinstance(answer, dict) else None
+            if isinstance(tokens, list):
+                return len(tokens)
+        if not self._warned:
+            print("warning: the server has no tokenize endpoint; prompt tokens estimated as "
+                  "characters / 3", file=sys.stderr)
+            self._warned = True
+        return -(-len(prompt) // 3)
+
+    def _complete(self, prompt: str) -> str:
+        common = {"model": self.model, "max_tokens": self.max_new_tokens, "temperature": 0.0,
+                  "top_p": 1.0, "stop": [SEPARATOR]}
+        if self.chat:
+            path, payload = "/chat/completions", {**common, "messages": [
+                {"role": "user", "content": prompt}]}
+        else:
+            path, payload = "/completions", {**common, "prompt": prompt}
+        for attempt in range(self.max_retries + 1):
+            answer = self._request("POST", path, payload, self.max_retries)
+            try:
+                choice = answer["choices"][0]
+                text = choice["message"]["content"] if self.chat else choice["text"]
+                if isinstance(text, str):
+                    return text
+            except (KeyError, IndexError, TypeError):
+                pass
+            if attempt < self.max_retries:
+                time.sleep(self.backoff * 2 ** attempt)
+        raise DataError(f"malformed answer from {self.base}{path} (no choices[0] text) after "
+                        f"{self.max_retries + 1} tries")
+
+    def generate(self, prompts: list[str], contexts=None) -> list[str]:
+        return [self._complete(p) for p in prompts]
+
+

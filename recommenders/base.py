@@ -1,0 +1,164 @@
+"""What every recommender shares: the graphs it trains on, the spec a model file fills in
+(its settings, graph, model, optimizer, sampling state, epoch and log header), and the
+mini-batch epoch of the BPR-style models."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+import dataloader
+from data.registry import DATASETS
+from data.schema import UserError
+from dataloader import Interactions, RecData, RowIndex
+from model import GraphRecommender
+
+if TYPE_CHECKING:
+    from runs.config import Config
+
+
+class TrainingError(UserError, RuntimeError):
+    """Training cannot go on (non-finite loss, impossible sampling)."""
+
+
+def setting(default, help: str, type=None, choices=None):  # noqa: A002 - argparse's names
+    """A field of a model's settings dataclass; it becomes the flag ``--<name>``."""
+    return field(default=default, metadata={"help": help, "type": type, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Recommender:
+    """One model, as its file declares it (see docs/extending.md).
+
+    ``settings``: the dataclass of its own flags; ``defaults(dataset)``: defaults of general
+    settings (learning_rate, layers) and of its own that depend on the dataset;
+    ``prepare(graphs, config)`` builds the sampling state once per run (raising
+    TrainingError when sampling is infeasible); ``train_epoch(model, optimizer, graphs,
+    config, epoch, state, shard=None)`` returns the epoch's loss; ``header(config)`` gives
+    (lines for the reference's block, our lines) of the log header."""
+
+    name: str
+    settings: type
+    positives_graph: bool  # propagate over the positive rows only (else all of T)
+    build: Callable[[Graphs, Config], nn.Module]
+    make_optimizer: Callable[[nn.Module, Config], torch.optim.Optimizer]
+    prepare: Callable[[Graphs, Config], Any]
+    train_epoch: Callable[..., float]
+    header: Callable[[Config], tuple[list, list]]
+    defaults: Callable[[str], dict] = lambda dataset: {}
+    check: Callable[[Config], None] = lambda config: None  # cross-setting checks
+    distributed: bool = False
+
+
+def general_defaults(dataset: str) -> dict:
+    """learning rate 1e-3; the paper's LightGCN depth of the dataset (4, Amazon_Books 2)."""
+    return {"learning_rate": 1e-3, "layers": DATASETS[dataset].layers if dataset in DATASETS
+            else 4}
+
+
+# ----------------------------------------------------------------------------- graphs
+
+@dataclass
+class Graphs:
+    """The training data in the form the step and the evaluation use, on the run's device."""
+
+    norm_adj: torch.Tensor
+    train: Interactions  # T in file order
+    is_pos: torch.Tensor
+    t_by_user: RowIndex  # items of each user in T (sampling weight 0)
+    neg_by_user: RowIndex  # confirmed negatives per user (sampling weight gamma)
+    neg_by_item: RowIndex  # confirmed negatives per item (item AE input)
+    seen_by_user: RowIndex  # every train-file row (T and neutral): masked in evaluation
+    seen_or_valid_by_user: RowIndex
+    valid_by_user: RowIndex
+    test_by_user: RowIndex
+    num_users: int
+    num_items: int
+    item_ids: np.ndarray | None = None  # the dataset's item id of each item index
+
+
+def build_graphs(data: RecData, device, positives_graph: bool = False) -> Graphs:
+    """``positives_graph``: propagate over the positive rows only (LightGCN, ReFINe);
+    otherwise over all of T (ReFINe++). Sampling and evaluation indexes are the same."""
+    U, I = data.num_users, data.num_items
+    neg, seen = data.negatives, data.train
+    seen_users = torch.cat([seen.users, data.neutral.users])
+    seen_items = torch.cat([seen.items, data.neutral.items])
+    rows = lambda users, items, n: RowIndex.build(users, items, n).to(device)  # noqa: E731
+    return Graphs(
+        norm_adj=dataloader.build_norm_adj(data.positives if positives_graph else data.train,
+                                           U, I).to(device),
+        train=data.train.to(device), is_pos=data.train_is_pos.to(device),
+        t_by_user=rows(data.train.users, data.train.items, U),
+        neg_by_user=rows(neg.users, neg.items, U), neg_by_item=rows(neg.items, neg.users, I),
+        seen_by_user=rows(seen_users, seen_items, U),
+        seen_or_valid_by_user=rows(torch.cat([seen_users, data.validation.users]),
+                                   torch.cat([seen_items, data.validation.items]), U),
+        valid_by_user=rows(data.validation.users, data.validation.items, U),
+        test_by_user=rows(data.test.users, data.test.items, U),
+        num_users=U, num_items=I, item_ids=data.item_ids)
+
+
+# ------------------------------------------------------------------------------ epochs
+
+def epoch_loss(losses: list[torch.Tensor], sizes: list[int], epoch: int) -> float:
+    """sum(loss_b * size_b) / sum(size_b) over an epoch's batches; a non-finite batch loss
+    stops the run, naming the epoch and batch (last.pt still holds the previous epoch)."""
+    losses_t = torch.stack(losses)
+    finite = torch.isfinite(losses_t)
+    if not bool(finite.all()):
+        bad = int((~finite).nonzero()[0])
+        raise TrainingError(f"non-finite loss at epoch {epoch}, batch {bad + 1}; stopped. The "
+                            f"last good state is last.pt of epoch {epoch - 1}")
+    sizes_t = torch.tensor(sizes, dtype=losses_t.dtype, device=losses_t.device)
+    return float((losses_t * sizes_t).sum() / sizes_t.sum())
+
+
+def batches(num_rows: int, batch_size: int, device, progress=None):
+    """The index batches of one shuffled pass over num_rows rows (``progress``: a tqdm-like
+    bar advanced once per batch, or None)."""
+    perm = torch.randperm(num_rows, device=device)
+    if progress is not None:
+        progress.reset(total=-(-num_rows // batch_size))
+    for start in range(0, num_rows, batch_size):
+        yield perm[start:start + batch_size]
+        if progress is not None:
+            progress.update(1)
+
+
+def minibatch_epoch(optimizer: torch.optim.Optimizer, num_rows: int, batch_size: int,
+                    epoch: int, device, step_loss, progress=None) -> float:
+    """The BPR-style epoch: shuffle num_rows rows, then per batch of row indices one
+    optimizer step on ``step_loss(batch)``. Returns sum(loss_b |B_b|) / sum |B_b|."""
+    losses, sizes = [], []
+    for batch in batches(num_rows, batch_size, device, progress):
+        loss = step_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+        sizes.append(batch.numel())
+    return epoch_loss(losses, sizes, epoch)
+
+
+def no_shard(name: str, shard) -> None:
+    if shard is not None:
+        raise TrainingError(f"--model {name} does not train distributed")
+
+
+def build_gcn(graphs: Graphs, config: Config) -> nn.Module:
+    return GraphRecommender(graphs.num_users, graphs.num_items, config.embedding_dim,
+                            config.layers)
+
+
+def adam(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    """Adam; the L2 term is part of the loss (it covers the batch's nodes only)."""
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+
+
+def lambda_reg(default: float):
+    return setting(default, "BPR models: L2 weight (default 1e-4; pngnn, siren 0.05); each "
+                            "model's file says which embeddings it covers", type=float)

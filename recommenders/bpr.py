@@ -1,0 +1,74 @@
+"""The BPR training shared by LightGCN and ReFINe: one negative per positive row, drawn
+from per-user sampling weights, and BPR + L2 over the batch's nodes (He et al. 2020)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor, nn
+
+from model import batch_l2, bpr_loss, categorical_sample
+from recommenders.base import Graphs, TrainingError, minibatch_epoch, no_shard
+
+if TYPE_CHECKING:
+    from runs.config import Config
+
+
+@dataclass
+class BPRSampling:
+    """The positive rows a BPR epoch iterates over and the U x I sampling weights;
+    ``reweight(model, epoch)`` gives the weights of an epoch (None: ``base_weights``)."""
+
+    pos_users: Tensor
+    pos_items: Tensor
+    base_weights: Tensor  # (U, I)
+    neg_users: Tensor  # confirmed negatives: ReFINe's re-weighting reads them
+    neg_items: Tensor
+    reweight: Callable[[nn.Module, int], Tensor | None] | None = None
+
+
+def check_candidates(weights: Tensor, users: Tensor, what: str) -> None:
+    empty = ~(weights[users] > 0).any(1)
+    if empty.any():
+        raise TrainingError(f"{int(empty.sum())} user(s) with positives have no item left to "
+                            f"sample a negative from ({what})")
+
+
+def bpr_sampling(graphs: Graphs, base_weights: Tensor, what: str) -> BPRSampling:
+    is_pos = graphs.is_pos
+    users, items = graphs.train.users, graphs.train.items
+    state = BPRSampling(users[is_pos], items[is_pos], base_weights, users[~is_pos],
+                        items[~is_pos])
+    check_candidates(base_weights, torch.unique(state.pos_users), what)
+    return state
+
+
+def bpr_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Tensor,
+                   negatives: Tensor, lambda_reg: float) -> Tensor:
+    """L_bpr over the batch's positives (u, i) with their negatives j, plus
+    lambda_reg * ||E0[distinct users, items i, items j]||^2 / batch size."""
+    e_users, e_items = model(graphs.norm_adj)
+    u = e_users[users]  # (B, d)
+    pos_scores = (u * e_items[items]).sum(1)
+    neg_scores = (u * e_items[negatives]).sum(1)
+    U = graphs.num_users
+    nodes = torch.unique(torch.cat([users, items + U, negatives + U]))
+    return bpr_loss(pos_scores, neg_scores) + batch_l2(model.gcn.embedding.weight[nodes],
+                                                       users.numel(), lambda_reg)
+
+
+def bpr_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
+              state: BPRSampling, shard=None, progress=None) -> float:
+    """One pass over the shuffled positive rows in batches; one negative per positive drawn
+    from its user's weights. Returns sum(loss_b |B_b|) / sum |B_b| (single process)."""
+    no_shard(config.model, shard)
+    weights = state.reweight(model, epoch) if state.reweight is not None else None
+    weights = state.base_weights if weights is None else weights
+
+    def step_loss(batch: Tensor) -> Tensor:
+        users, items = state.pos_users[batch], state.pos_items[batch]
+        negatives = categorical_sample(weights[users])  # (B,): one per positive
+        return bpr_batch_loss(model, graphs, users, items, negatives, config.lambda_reg)
+    return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
+                           weights.device, step_loss, progress)

@@ -1,0 +1,41 @@
+"""LightGCN (``--model lightgcn``; He et al. 2020): LightGCN on the positive rows, BPR with
+one negative per positive, uniform over the items the user has no train-file row with
+(positive, confirmed negative or neutral: the rows evaluation masks anyway)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from recommenders.base import Graphs, Recommender, adam, build_gcn, lambda_reg
+from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling
+from runs.config import require
+
+if TYPE_CHECKING:
+    from runs.config import Config
+
+
+@dataclass
+class Settings:
+    lambda_reg: float = lambda_reg(1e-4)
+
+    def __post_init__(self):
+        require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"))
+
+
+def prepare(graphs: Graphs, config: Config) -> BPRSampling:
+    weights = torch.ones(graphs.num_users, graphs.num_items, device=graphs.norm_adj.device)
+    owner, cols = graphs.seen_by_user.gather(torch.arange(graphs.num_users,
+                                                          device=weights.device))
+    weights[owner, cols] = 0.0
+    return bpr_sampling(graphs, weights, "every item has a training row")
+
+
+def header(config: Config) -> tuple[list, list]:
+    return [], [("model", "lightgcn"), ("lambda_reg", config.lambda_reg)]
+
+
+RECOMMENDER = Recommender("lightgcn", Settings, positives_graph=True, build=build_gcn,
+                          make_optimizer=adam, prepare=prepare, train_epoch=bpr_epoch,
+                          header=header)

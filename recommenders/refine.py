@@ -1,0 +1,77 @@
+"""ReFINe (``--model refine``): LightGCN on the positive rows; BPR with one negative per
+positive drawn from the re-weighted weights (0 on the user's rows in T, gamma on its
+confirmed negatives, 1 elsewhere); from epoch t on the weights are re-derived each epoch
+from the item-item similarity of the current embeddings (p, q, r, s; docs/baselines.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from data.registry import DATASETS
+from model import similarity_sampling_weights
+from recommenders.base import Graphs, Recommender, TrainingError, adam, build_gcn, lambda_reg, \
+    setting
+from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling, check_candidates
+from recommenders.refine_plus import dense_sampling_weights
+from runs.config import ConfigError
+
+if TYPE_CHECKING:
+    from runs.config import Config
+
+
+@dataclass
+class Settings:
+    lambda_reg: float = lambda_reg(1e-4)
+    p: float = setting(1.5, "refine: weight of items similar to a confirmed negative (1.5)")
+    q: float = setting(0.75, "refine: weight of items similar to a positive (0.75)")
+    r: int = setting(100, "refine: similar items per confirmed negative (100; ML-1M 250, "
+                          "Netflix-1M 300)")
+    s: int = setting(5, "refine: similar items per positive (5)")
+    t: int = setting(50, "refine: first epoch of the similarity re-weighting (50)")
+
+    def __post_init__(self):
+        if min(self.p, self.q, self.lambda_reg) < 0 or min(self.r, self.s, self.t) < 1:
+            raise ConfigError("--p, --q, --lambda_reg must be >= 0 and --r, --s, --t >= 1")
+
+
+def defaults(dataset: str) -> dict:
+    return {"r": DATASETS[dataset].refine_r} if dataset in DATASETS else {}
+
+
+def prepare(graphs: Graphs, config: Config) -> BPRSampling:
+    for flag, k in (("--r", config.r), ("--s", config.s)):
+        if k >= graphs.num_items:
+            raise TrainingError(f"{flag} {k} similar items need more than the dataset's "
+                                f"{graphs.num_items} items; lower {flag}")
+    state = bpr_sampling(graphs, dense_sampling_weights(graphs, config.real_neg_samp_prob),
+                         "weights are 0 on every item")
+    state.reweight = lambda model, epoch: (epoch_weights(model, graphs, config, state)
+                                           if epoch >= config.t else None)
+    return state
+
+
+def epoch_weights(model: nn.Module, graphs: Graphs, config: Config,
+                  state: BPRSampling) -> Tensor:
+    """ReFINe's sampling weights of one epoch from t on: re-derived from a copy of the base
+    weights and the current item embeddings."""
+    with torch.no_grad():
+        _, item_emb = model(graphs.norm_adj)
+        weights = similarity_sampling_weights(
+            state.base_weights, item_emb, state.pos_users, state.pos_items, state.neg_users,
+            state.neg_items, config.p, config.q, config.r, config.s)
+    check_candidates(weights, torch.unique(state.pos_users), "after re-weighting")
+    return weights
+
+
+def header(config: Config) -> tuple[list, list]:
+    """p, q, r, s, t sit in the reference's own block (ReFINe's reference logs them)."""
+    return ([(k, getattr(config, k)) for k in "pqrst"],
+            [("model", "refine"), ("lambda_reg", config.lambda_reg)])
+
+
+RECOMMENDER = Recommender("refine", Settings, positives_graph=True, build=build_gcn,
+                          make_optimizer=adam, prepare=prepare, train_epoch=bpr_epoch,
+                          header=header, defaults=defaults)
