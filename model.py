@@ -266,7 +266,7 @@ def multinomial_without_replacement(weights: Tensor, n: int,
 
 
 
-# --------------------------------------------------------------- BPR baselines (SPEC §7, §8)
+# ---------------------------------------------------------------- the BPR baselines' parts
 
 class GraphRecommender(nn.Module):
     """LightGCN alone, as the LightGCN and ReFINe baselines use it (no autoencoders)."""
@@ -297,38 +297,6 @@ def batch_l2(node_embeddings: Tensor, batch_size: int, weight: float) -> Tensor:
     return weight * node_embeddings.pow(2).sum() / batch_size
 
 
-def similarity_sampling_weights(base: Tensor, item_emb: Tensor, pos_users: Tensor,
-                                pos_items: Tensor, neg_users: Tensor, neg_items: Tensor,
-                                p: float, q: float, r: int, s: int) -> Tensor:
-    """ReFINe's re-weighted negative-sampling weights of one epoch (SPEC §7).
-
-    S = E_I E_I^T with the diagonal at -inf. Starting from a copy of ``base`` (U x I):
-    for every positive (u, i), each of i's top-s similar items j with w_u(j) = 1 gets q;
-    then for every confirmed negative (u, i), each of i's top-r similar items j still at
-    weight 1 gets p. Both passes only touch entries at weight 1 and q != 1, so this equals
-    the sequential loops (tests/test_baselines.py): an entry becomes q if it is at 1 in
-    ``base`` and marked by a positive, else p if marked by a negative (with q = 1 the
-    positives' marks leave the entry at 1, so a negative may still set it to p).
-    """
-    sim = item_emb @ item_emb.t()  # (I, I)
-    sim.fill_diagonal_(float("-inf"))
-    top = sim.topk(max(r, s), dim=1).indices  # (I, max(r, s)), most similar first
-
-    def marked(users: Tensor, items: Tensor, k: int) -> Tensor:
-        mask = torch.zeros_like(base, dtype=torch.bool)
-        mask[users.repeat_interleave(k), top[items, :k].reshape(-1)] = True
-        return mask
-
-    free = base == 1
-    by_pos = marked(pos_users, pos_items, s) & free
-    still_one = free & ~by_pos if q != 1 else free
-    by_neg = marked(neg_users, neg_items, r) & still_one
-    weights = base.clone()
-    weights[by_pos] = q
-    weights[by_neg] = p
-    return weights
-
-
 def categorical_sample(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One column index per row, drawn with probability weights[b, j] / sum_j weights[b, j]
     (the distribution of torch.multinomial(weights, 1), 30x cheaper on CPU): inverse CDF on
@@ -347,161 +315,6 @@ def _inverse_cdf(cdf: Tensor, u: Tensor) -> Tensor:
     total = cdf[:, -1:]
     x = torch.minimum(u * total, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, x, right=True)
-
-
-
-# ------------------------------------------- positive/negative-signal models (SPEC §8)
-
-class ViewAttention(nn.Module):
-    """Per-node attention over V views z_1..z_V of the same node (SiReN's attention model):
-
-    w_v = q^T tanh(W z_v + b), alpha = softmax_v(w_1..w_V) (so alpha sums to 1 per node),
-    Z = sum_v alpha_v z_v. W, b and q are shared by the views; ``dropout`` acts on the tanh
-    output while training (SiReN's public code uses 0.5; 0 switches it off).
-    """
-
-    def __init__(self, dim: int, dropout: float = 0.0):
-        super().__init__()
-        self.proj = nn.Linear(dim, dim)
-        self.query = nn.Linear(dim, 1, bias=False)
-        self.dropout = dropout
-
-    def weights(self, views: list[Tensor]) -> Tensor:
-        """alpha: (N, V), each row a probability vector."""
-        scores = [self.query(F.dropout(torch.tanh(self.proj(z)), self.dropout, self.training))
-                  for z in views]  # V x (N, 1)
-        return torch.softmax(torch.cat(scores, 1), 1)
-
-    def forward(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """views: V tensors (N, d). Returns (Z (N, d), alpha (N, V))."""
-        alpha = self.weights(views)
-        fused = sum(alpha[:, v:v + 1] * z for v, z in enumerate(views))
-        return fused, alpha
-
-
-class PositiveNegativeGCN(nn.Module):
-    """PN-GNN: two embedding tables, one propagated by LightGCN over the positive graph, the
-    other by LightGCN over the negative graph (each with its own D^-1/2 A D^-1/2), fused per
-    node by ``ViewAttention``."""
-
-    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
-                 num_layers: int = 4):
-        super().__init__()
-        self.num_users, self.num_items = num_users, num_items
-        self.pos_gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
-        self.neg_gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
-        self.attention = ViewAttention(embedding_dim)
-
-    def fuse(self, pos_adj: Tensor, neg_adj: Tensor) -> tuple[Tensor, Tensor]:
-        """(Z (U+I, d), alpha (U+I, 2): column 0 the positive view, 1 the negative view)."""
-        return self.attention([self.pos_gcn(pos_adj), self.neg_gcn(neg_adj)])
-
-    def forward(self, pos_adj: Tensor, neg_adj: Tensor) -> tuple[Tensor, Tensor]:
-        """Final embeddings split into (users U x d, items I x d)."""
-        out, _ = self.fuse(pos_adj, neg_adj)
-        return out[:self.num_users], out[self.num_users:]
-
-
-class SignAwareGCN(nn.Module):
-    """SiReN: LightGCN over the positive graph on one table; a second table through a
-    2-layer MLP (Linear-ReLU-Dropout twice) for the negative signal; ``ViewAttention`` fuses
-    the two per node. As in SiReN's public code the MLP reads only its own table: the
-    negative rows act through the loss (``sign_aware_bpr_loss``), not through the MLP."""
-
-    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
-                 num_layers: int = 4, dropout: float = 0.5):
-        super().__init__()
-        self.num_users, self.num_items = num_users, num_items
-        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
-        self.neg_embedding = nn.Embedding(num_users + num_items, embedding_dim)
-        nn.init.xavier_uniform_(self.neg_embedding.weight)
-        layers = []
-        for _ in range(2):
-            layers += [nn.Linear(embedding_dim, embedding_dim), nn.ReLU(), nn.Dropout(dropout)]
-        self.mlp = nn.Sequential(*layers)
-        for module in self.mlp:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-        self.attention = ViewAttention(embedding_dim, dropout)
-
-    def fuse(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
-        """(Z (U+I, d), alpha (U+I, 2): column 0 the GCN view, 1 the MLP view)."""
-        return self.attention([self.gcn(norm_adj), self.mlp(self.neg_embedding.weight)])
-
-    def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
-        out, _ = self.fuse(norm_adj)
-        return out[:self.num_users], out[self.num_users:]
-
-
-class TextAlignedGCN(GraphRecommender):
-    """LightGCN plus, when ``text_dim`` is given, a 2-layer MLP projecting an item's text
-    embedding (text_dim) to d for the InfoNCE alignment term (``info_nce``)."""
-
-    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
-                 num_layers: int = 4, text_dim: int | None = None):
-        super().__init__(num_users, num_items, embedding_dim, num_layers)
-        self.text_proj = None if text_dim is None else nn.Sequential(
-            nn.Linear(text_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, embedding_dim))
-
-
-def dual_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, b: float) -> Tensor:
-    """Dual-BPR, mean over rows and sampled items j:
-
-    a positive-graph row (u, i): -log sigmoid(s(u,i) - s(u,j)) = softplus(s(u,j) - s(u,i));
-    a negative-graph row (u, k): the order reversed and the observed score scaled by b > 1,
-    -log sigmoid(s(u,j) - b s(u,k)) = softplus(b s(u,k) - s(u,j)).
-
-    obs_scores: (B,), neg_scores: (B, n), is_pos: (B,) bool.
-    """
-    obs = obs_scores.unsqueeze(1)
-    diff = torch.where(is_pos.unsqueeze(1), neg_scores - obs, b * obs - neg_scores)
-    return F.softplus(diff).mean()
-
-
-def sign_aware_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor,
-                        c_neg: float) -> Tensor:
-    """Sign-aware BPR, mean over rows and sampled items j:
-    -log sigmoid(m s(u,i) - s(u,j)) = softplus(s(u,j) - m s(u,i)), with the observed-score
-    weight m = +1 on positive rows and m = -c_neg on negative-signal rows (c_neg = 1 is
-    sign(r - threshold), SiReN's public code).
-
-    obs_scores: (B,), neg_scores: (B, n), is_pos: (B,) bool.
-    """
-    m = torch.where(is_pos, torch.ones_like(obs_scores), torch.full_like(obs_scores, -c_neg))
-    return F.softplus(neg_scores - (m * obs_scores).unsqueeze(1)).mean()
-
-
-def pairwise_l2(e_users: Tensor, e_items: Tensor, e_negatives: Tensor, weight: float) -> Tensor:
-    """weight * (sum_b ||z_u||^2 + ||z_i||^2 + sum_j ||z_j||^2) / (B n) on the embeddings
-    the loss scored (every occurrence counts; SiReN's public code sums the same terms over
-    the batch, with the BPR terms summed too — here both are divided by B n).
-
-    e_users, e_items: (B, d); e_negatives: (B, n, d).
-    """
-    count = e_negatives.shape[0] * e_negatives.shape[1]
-    return weight * (e_users.pow(2).sum() + e_items.pow(2).sum()
-                     + e_negatives.pow(2).sum()) / count
-
-
-def pairwise_l2_counted(e_users: Tensor, e_items: Tensor, table: Tensor, negatives: Tensor,
-                        weight: float) -> Tensor:
-    """``pairwise_l2`` without the (B, n, d) copy of the negatives' embeddings: their term,
-    sum over the B n draws of ||table[j]||^2, is sum_j count_j ||table[j]||^2 with count_j
-    the times item j was drawn. e_users, e_items: (B, d); table: (I, d); negatives: (B, n).
-    Same value and gradient up to float rounding (tests/test_negative_models.py)."""
-    counts = torch.bincount(negatives.flatten(), minlength=table.shape[0]).to(table.dtype)
-    negatives_term = (counts * table.pow(2).sum(1)).sum()
-    return weight * (e_users.pow(2).sum() + e_items.pow(2).sum() + negatives_term) \
-        / negatives.numel()
-
-
-def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
-    """Symmetric InfoNCE of matched rows: with cosine logits L = q_hat k_hat^T / temperature
-    (R x R), the mean of CE(L, diag) and CE(L^T, diag); row r of ``queries`` is the positive
-    of row r of ``keys``, the other rows its negatives. queries, keys: (R, d)."""
-    logits = F.normalize(queries, dim=1) @ F.normalize(keys, dim=1).t() / temperature
-    target = torch.arange(logits.size(0), device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
 def categorical_draws(weights: Tensor, rows: Tensor, n: int,

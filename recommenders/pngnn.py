@@ -7,17 +7,56 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import dataloader
-from model import PositiveNegativeGCN, dual_bpr_loss
+from model import LightGCN
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting
-from recommenders.signed import (negative_graph_header, negative_graph_rows, num_negatives,
-                                 signed_epoch, signed_prepare)
+from recommenders.signed import (ViewAttention, negative_graph_header, negative_graph_rows,
+                                 num_negatives, signed_epoch, signed_prepare)
 from runs.config import require
 
 if TYPE_CHECKING:
     from runs.config import Config
+
+
+class PositiveNegativeGCN(nn.Module):
+    """PN-GNN: two embedding tables, one propagated by LightGCN over the positive graph, the
+    other by LightGCN over the negative graph (each with its own D^-1/2 A D^-1/2), fused per
+    node by ``ViewAttention``."""
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
+                 num_layers: int = 4):
+        super().__init__()
+        self.num_users, self.num_items = num_users, num_items
+        self.pos_gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
+        self.neg_gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
+        self.attention = ViewAttention(embedding_dim)
+
+    def fuse(self, pos_adj: Tensor, neg_adj: Tensor) -> tuple[Tensor, Tensor]:
+        """(Z (U+I, d), alpha (U+I, 2): column 0 the positive view, 1 the negative view)."""
+        return self.attention([self.pos_gcn(pos_adj), self.neg_gcn(neg_adj)])
+
+    def forward(self, pos_adj: Tensor, neg_adj: Tensor) -> tuple[Tensor, Tensor]:
+        """Final embeddings split into (users U x d, items I x d)."""
+        out, _ = self.fuse(pos_adj, neg_adj)
+        return out[:self.num_users], out[self.num_users:]
+
+
+def dual_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, b: float) -> Tensor:
+    """Dual-BPR, mean over rows and sampled items j:
+
+    a positive-graph row (u, i): -log sigmoid(s(u,i) - s(u,j)) = softplus(s(u,j) - s(u,i));
+    a negative-graph row (u, k): the order reversed and the observed score scaled by b > 1,
+    -log sigmoid(s(u,j) - b s(u,k)) = softplus(b s(u,k) - s(u,j)).
+
+    obs_scores: (B,), neg_scores: (B, n), is_pos: (B,) bool.
+    """
+    obs = obs_scores.unsqueeze(1)
+    diff = torch.where(is_pos.unsqueeze(1), neg_scores - obs, b * obs - neg_scores)
+    return F.softplus(diff).mean()
 
 
 @dataclass

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from data.registry import DATASETS
-from model import similarity_sampling_weights
 from recommenders.base import Graphs, Recommender, TrainingError, adam, build_gcn, lambda_reg, \
     setting
 from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling, check_candidates
@@ -35,6 +34,38 @@ class Settings:
     def __post_init__(self):
         if min(self.p, self.q, self.lambda_reg) < 0 or min(self.r, self.s, self.t) < 1:
             raise ConfigError("--p, --q, --lambda_reg must be >= 0 and --r, --s, --t >= 1")
+
+
+def similarity_sampling_weights(base: Tensor, item_emb: Tensor, pos_users: Tensor,
+                                pos_items: Tensor, neg_users: Tensor, neg_items: Tensor,
+                                p: float, q: float, r: int, s: int) -> Tensor:
+    """ReFINe's re-weighted negative-sampling weights of one epoch (SPEC §7).
+
+    S = E_I E_I^T with the diagonal at -inf. Starting from a copy of ``base`` (U x I):
+    for every positive (u, i), each of i's top-s similar items j with w_u(j) = 1 gets q;
+    then for every confirmed negative (u, i), each of i's top-r similar items j still at
+    weight 1 gets p. Both passes only touch entries at weight 1 and q != 1, so this equals
+    the sequential loops (tests/test_baselines.py): an entry becomes q if it is at 1 in
+    ``base`` and marked by a positive, else p if marked by a negative (with q = 1 the
+    positives' marks leave the entry at 1, so a negative may still set it to p).
+    """
+    sim = item_emb @ item_emb.t()  # (I, I)
+    sim.fill_diagonal_(float("-inf"))
+    top = sim.topk(max(r, s), dim=1).indices  # (I, max(r, s)), most similar first
+
+    def marked(users: Tensor, items: Tensor, k: int) -> Tensor:
+        mask = torch.zeros_like(base, dtype=torch.bool)
+        mask[users.repeat_interleave(k), top[items, :k].reshape(-1)] = True
+        return mask
+
+    free = base == 1
+    by_pos = marked(pos_users, pos_items, s) & free
+    still_one = free & ~by_pos if q != 1 else free
+    by_neg = marked(neg_users, neg_items, r) & still_one
+    weights = base.clone()
+    weights[by_pos] = q
+    weights[by_neg] = p
+    return weights
 
 
 def defaults(dataset: str) -> dict:

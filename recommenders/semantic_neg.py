@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data import items as item_data
 from dataloader import resolve_data_dir, split_path
-from model import TextAlignedGCN, batch_l2, bpr_loss, info_nce, per_row_scores
+from model import GraphRecommender, batch_l2, bpr_loss, per_row_scores
 from recommenders.base import (Graphs, Recommender, TrainingError, adam, lambda_reg,
                                minibatch_epoch, no_shard, setting)
 from recommenders.signed import num_negatives
@@ -35,6 +36,26 @@ from runs.config import require
 
 if TYPE_CHECKING:
     from runs.config import Config
+
+
+class TextAlignedGCN(GraphRecommender):
+    """LightGCN plus, when ``text_dim`` is given, a 2-layer MLP projecting an item's text
+    embedding (text_dim) to d for the InfoNCE alignment term (``info_nce``)."""
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
+                 num_layers: int = 4, text_dim: int | None = None):
+        super().__init__(num_users, num_items, embedding_dim, num_layers)
+        self.text_proj = None if text_dim is None else nn.Sequential(
+            nn.Linear(text_dim, embedding_dim), nn.ReLU(), nn.Linear(embedding_dim, embedding_dim))
+
+
+def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
+    """Symmetric InfoNCE of matched rows: with cosine logits L = q_hat k_hat^T / temperature
+    (R x R), the mean of CE(L, diag) and CE(L^T, diag); row r of ``queries`` is the positive
+    of row r of ``keys``, the other rows its negatives. queries, keys: (R, d)."""
+    logits = F.normalize(queries, dim=1) @ F.normalize(keys, dim=1).t() / temperature
+    target = torch.arange(logits.size(0), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
 @dataclass

@@ -22,16 +22,70 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dataloader import Interactions, RowIndex
-from model import categorical_draws, pairwise_l2_counted, per_row_scores
+from model import categorical_draws, per_row_scores
 from recommenders.base import Graphs, TrainingError, minibatch_epoch, no_shard, setting
 
 if TYPE_CHECKING:
     from runs.config import Config
 
 DEGREE_EXPONENT = 0.75
+
+
+# ------------------------------------------------------ the modules and losses they share
+
+class ViewAttention(nn.Module):
+    """Per-node attention over V views z_1..z_V of the same node (SiReN's attention model):
+
+    w_v = q^T tanh(W z_v + b), alpha = softmax_v(w_1..w_V) (so alpha sums to 1 per node),
+    Z = sum_v alpha_v z_v. W, b and q are shared by the views; ``dropout`` acts on the tanh
+    output while training (SiReN's public code uses 0.5; 0 switches it off).
+    """
+
+    def __init__(self, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.query = nn.Linear(dim, 1, bias=False)
+        self.dropout = dropout
+
+    def weights(self, views: list[Tensor]) -> Tensor:
+        """alpha: (N, V), each row a probability vector."""
+        scores = [self.query(F.dropout(torch.tanh(self.proj(z)), self.dropout, self.training))
+                  for z in views]  # V x (N, 1)
+        return torch.softmax(torch.cat(scores, 1), 1)
+
+    def forward(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """views: V tensors (N, d). Returns (Z (N, d), alpha (N, V))."""
+        alpha = self.weights(views)
+        fused = sum(alpha[:, v:v + 1] * z for v, z in enumerate(views))
+        return fused, alpha
+
+
+def pairwise_l2(e_users: Tensor, e_items: Tensor, e_negatives: Tensor, weight: float) -> Tensor:
+    """weight * (sum_b ||z_u||^2 + ||z_i||^2 + sum_j ||z_j||^2) / (B n) on the embeddings
+    the loss scored (every occurrence counts; SiReN's public code sums the same terms over
+    the batch, with the BPR terms summed too — here both are divided by B n).
+
+    e_users, e_items: (B, d); e_negatives: (B, n, d).
+    """
+    count = e_negatives.shape[0] * e_negatives.shape[1]
+    return weight * (e_users.pow(2).sum() + e_items.pow(2).sum()
+                     + e_negatives.pow(2).sum()) / count
+
+
+def pairwise_l2_counted(e_users: Tensor, e_items: Tensor, table: Tensor, negatives: Tensor,
+                        weight: float) -> Tensor:
+    """``pairwise_l2`` without the (B, n, d) copy of the negatives' embeddings: their term,
+    sum over the B n draws of ||table[j]||^2, is sum_j count_j ||table[j]||^2 with count_j
+    the times item j was drawn. e_users, e_items: (B, d); table: (I, d); negatives: (B, n).
+    Same value and gradient up to float rounding (tests/test_negative_models.py)."""
+    counts = torch.bincount(negatives.flatten(), minlength=table.shape[0]).to(table.dtype)
+    negatives_term = (counts * table.pow(2).sum(1)).sum()
+    return weight * (e_users.pow(2).sum() + e_items.pow(2).sum() + negatives_term) \
+        / negatives.numel()
 
 
 def negative_graph_rows(graphs: Graphs, dataset_augment: str) -> Interactions:

@@ -6,15 +6,62 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import SignAwareGCN, sign_aware_bpr_loss
+from model import LightGCN
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting
-from recommenders.signed import negative_graph_header, num_negatives, signed_epoch, signed_prepare
+from recommenders.signed import (ViewAttention, negative_graph_header, num_negatives,
+                                 signed_epoch, signed_prepare)
 from runs.config import require
 
 if TYPE_CHECKING:
     from runs.config import Config
+
+
+class SignAwareGCN(nn.Module):
+    """SiReN: LightGCN over the positive graph on one table; a second table through a
+    2-layer MLP (Linear-ReLU-Dropout twice) for the negative signal; ``ViewAttention`` fuses
+    the two per node. As in SiReN's public code the MLP reads only its own table: the
+    negative rows act through the loss (``sign_aware_bpr_loss``), not through the MLP."""
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
+                 num_layers: int = 4, dropout: float = 0.5):
+        super().__init__()
+        self.num_users, self.num_items = num_users, num_items
+        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
+        self.neg_embedding = nn.Embedding(num_users + num_items, embedding_dim)
+        nn.init.xavier_uniform_(self.neg_embedding.weight)
+        layers = []
+        for _ in range(2):
+            layers += [nn.Linear(embedding_dim, embedding_dim), nn.ReLU(), nn.Dropout(dropout)]
+        self.mlp = nn.Sequential(*layers)
+        for module in self.mlp:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+        self.attention = ViewAttention(embedding_dim, dropout)
+
+    def fuse(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
+        """(Z (U+I, d), alpha (U+I, 2): column 0 the GCN view, 1 the MLP view)."""
+        return self.attention([self.gcn(norm_adj), self.mlp(self.neg_embedding.weight)])
+
+    def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
+        out, _ = self.fuse(norm_adj)
+        return out[:self.num_users], out[self.num_users:]
+
+
+def sign_aware_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor,
+                        c_neg: float) -> Tensor:
+    """Sign-aware BPR, mean over rows and sampled items j:
+    -log sigmoid(m s(u,i) - s(u,j)) = softplus(s(u,j) - m s(u,i)), with the observed-score
+    weight m = +1 on positive rows and m = -c_neg on negative-signal rows (c_neg = 1 is
+    sign(r - threshold), SiReN's public code).
+
+    obs_scores: (B,), neg_scores: (B, n), is_pos: (B,) bool.
+    """
+    m = torch.where(is_pos, torch.ones_like(obs_scores), torch.full_like(obs_scores, -c_neg))
+    return F.softplus(neg_scores - (m * obs_scores).unsqueeze(1)).mean()
 
 
 @dataclass

@@ -12,8 +12,8 @@ from recommenders import make_config
 import recommenders
 from recommenders import bpr as bpr_training
 from conftest import SHARED_DATASETS, SHARED_REFERENCE, shared_dataset, write_split_folder
-from model import (GraphRecommender, batch_l2, bpr_loss, categorical_sample,
-                   similarity_sampling_weights)
+from model import GraphRecommender, batch_l2, bpr_loss, categorical_sample
+from recommenders.refine import similarity_sampling_weights
 from conftest import fails_with, run_main, synthetic_rows
 from utils import parse_log
 

@@ -21,8 +21,9 @@ from recommenders import pngnn, semantic_neg as S, signed, siren
 from recommenders import base
 from conftest import SHARED_DATASETS, SHARED_RAW, shared_dataset, write_split_folder
 from dataloader import RowIndex
-from model import (PositiveNegativeGCN, SignAwareGCN, dual_bpr_loss, pairwise_l2,
-                   pairwise_l2_counted, sign_aware_bpr_loss)
+from recommenders.pngnn import PositiveNegativeGCN, dual_bpr_loss
+from recommenders.signed import pairwise_l2, pairwise_l2_counted
+from recommenders.siren import SignAwareGCN, sign_aware_bpr_loss
 from conftest import fails_with, run_main, synthetic_rows
 from utils import parse_log
 
