@@ -139,19 +139,39 @@ def entry_from_summary(folder: Path, label: str) -> Entry:
 
 
 def load(path: str | Path, label: str | None = None) -> Entry:
-    """A log file, a run folder (its train.log) or a multi-seed run folder (summary.json)."""
-    path = Path(path)
+    """A log file, a run folder (its train.log) or a multi-seed run folder (summary.json);
+    CompareError (one line) for anything that cannot be read as one."""
+    try:
+        return _load(Path(path), label)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError too
+        if isinstance(err, CompareError):
+            raise
+        raise CompareError(f"{path}: cannot be read as a training log or run folder "
+                           f"({type(err).__name__}: {str(err)[:80]})") from None
+
+
+def _load(path: Path, label: str | None) -> Entry:
     if path.is_dir():
         label = label or path.name
         if (path / "summary.json").is_file():
             return entry_from_summary(path, label)
         if (path / "train.log").is_file():
-            return entry_from_log(parse_log(path / "train.log"), label)
+            return with_run_counts(entry_from_log(parse_log(path / "train.log"), label), path)
         raise CompareError(f"{path}: neither train.log nor summary.json there")
     if not path.is_file():
         raise CompareError(f"{path}: no such file or folder")
     label = label or (path.parent.name if path.name == "train.log" else path.stem)
     return entry_from_log(parse_log(path), label)
+
+
+def with_run_counts(entry: Entry, run_dir: Path) -> Entry:
+    """A finished run's epoch count and seconds per epoch from its metrics.json: the log
+    shows only the validated epochs (every --evaluation_step-th)."""
+    if (run_dir / "metrics.json").is_file():
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        entry.rows["epochs run"] = (metrics["last_epoch"], None)
+        entry.rows["seconds/epoch"] = (metrics["seconds_per_epoch"], None)
+    return entry
 
 
 def _cell(name: str, value, std, base) -> str:
@@ -230,6 +250,18 @@ def plot(entries: list[Entry], out: str | Path) -> None:
     plt.close(fig)
 
 
+def plot_problem(out: str) -> str | None:
+    """Why the plot cannot be written to ``out``, or None."""
+    path = Path(out)
+    if path.is_dir():
+        return "is a folder; name a file (e.g. curves.png)"
+    if not path.parent.is_dir():
+        return f"the folder {path.parent} does not exist"
+    if path.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg"):
+        return "name a .png, .pdf, .svg or .jpg file"
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", metavar="LOG_OR_RUN",
@@ -237,9 +269,9 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="+", help="column names (default: file/folder names)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the curves into this file")
     args = parser.parse_args(argv)
-    if args.plot and not Path(args.plot).parent.is_dir():
-        print(f"error: --plot {args.plot}: the folder {Path(args.plot).parent} does not exist",
-              file=sys.stderr)
+    problem = plot_problem(args.plot) if args.plot else None
+    if problem:
+        print(f"error: --plot {args.plot}: {problem}", file=sys.stderr)
         return 2
     try:
         labels = args.labels or []

@@ -74,34 +74,41 @@ def _encode(df: pd.DataFrame, user_index: pd.Index, item_index: pd.Index):
     return users, items
 
 
-def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
-                 warn=print, allow_overlap: bool = False) -> RecData:
-    """Load the train/validation/test files of ``dataset``, check that they fit together
-    (split_checks) and encode them (SPEC.md §4).
-
-    Validation/test rows whose user or item does not occur in T are dropped with a counted
-    warning; rows with rating < 4 there are dropped too (SPEC: they hold positives only).
-    ``files`` of the result lists every file read, train_original too when it was read to
-    check that train_augment relabels it.
-    """
+def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
+                        warn=print, allow_overlap: bool = False):
+    """The train file, validation and test of ``dataset`` as frames, after checking that they
+    fit together (data/checks.py); and the (role, path) of every file read — train_original
+    too when it was read to check that train_augment relabels it."""
     if dataset_augment not in ("augment", "original"):
         raise DataError(f"--dataset_augment must be augment or original, got {dataset_augment!r}")
-    train_path = split_path(data_dir, dataset, f"train_{dataset_augment}")
-    valid_path, test_path = (split_path(data_dir, dataset, s) for s in ("validation", "test"))
-    train_df = read_split(train_path, is_train=True, warn=warn)
-    valid_df = read_split(valid_path, is_train=False, warn=warn)
-    test_df = read_split(test_path, is_train=False, warn=warn)
-    files = [(f"train_{dataset_augment}", train_path), ("validation", valid_path),
-             ("test", test_path)]
+    paths = {role: split_path(data_dir, dataset, role)
+             for role in (f"train_{dataset_augment}", "validation", "test")}
+    frames = {role: read_split(path, is_train=role.startswith("train"), warn=warn)
+              for role, path in paths.items()}
+    train_path, train_df = paths[f"train_{dataset_augment}"], frames[f"train_{dataset_augment}"]
+    files = list(paths.items())
     original_path = split_path(data_dir, dataset, "train_original")
     if dataset_augment == "augment" and original_path.is_file():
         original = read_split(original_path, is_train=True, warn=lambda line: None)
         checks.check_relabeling(original, train_df, original_path, train_path)
         checks.check_manifest(train_path, original_path, warn=warn)
         files.append(("train_original", original_path))
-    checks.check_overlap([(train_path.name, train_df), (valid_path.name, valid_df),
-                                (test_path.name, test_df)], allow=allow_overlap, warn=warn)
+    checks.check_overlap([(paths[r].name, frames[r]) for r in paths], allow=allow_overlap,
+                         warn=warn)
+    return train_df, frames["validation"], frames["test"], files
 
+
+def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
+                 warn=print, allow_overlap: bool = False) -> RecData:
+    """Load the split files of ``dataset`` (``read_checked_splits``) and encode them
+    (docs/method.md, "Data").
+
+    Validation/test rows whose user or item does not occur in T are dropped with a counted
+    warning; rows with rating < 4 there are dropped too (they hold positives only).
+    """
+    train_df, valid_df, test_df, files = read_checked_splits(
+        data_dir, dataset, dataset_augment, warn, allow_overlap)
+    train_path = files[0][1]
     rating = train_df[RATING_COL].to_numpy()
     in_t = (rating >= 4) | (rating <= 1)
     t_df = train_df[in_t]
@@ -129,6 +136,9 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
         if low.any():
             warn(f"warning: {path.name}: dropped {int(low.sum())} row(s) with rating < 4")
         if not seen.all():
+            clash = checks.id_format_clash(path, kept[~seen], user_ids, item_ids)
+            if clash:  # not unseen users/items: the same ones written another way
+                raise DataError(clash)
             warn(f"warning: {path.name}: dropped {int((~seen).sum())} row(s) whose user or item "
                  f"is not in the training data")
         return Interactions(torch.as_tensor(users[seen], dtype=torch.long),
@@ -142,7 +152,7 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
         train_is_pos=torch.as_tensor(t_df[RATING_COL].to_numpy() >= 4),
         neutral=Interactions(torch.as_tensor(n_users[known], dtype=torch.long),
                              torch.as_tensor(n_items[known], dtype=torch.long)),
-        validation=eval_split(valid_path, valid_df), test=eval_split(test_path, test_df),
+        validation=eval_split(files[1][1], valid_df), test=eval_split(files[2][1], test_df),
         files=files)
 
 

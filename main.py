@@ -18,6 +18,7 @@ from recommenders import MODELS, add_setting_flags, make_config
 from runs import distributed, seeds, trainer
 from runs.cli import run_cli
 from runs.config import Config, ConfigError
+from runs.resume import no_finished_epoch
 
 RESUME_OVERRIDES = ("epochs", "device", "gpu_id", "threads", "data_dir", "quiet", "download",
                     "base_url", "compare_to")
@@ -83,13 +84,13 @@ def config_from_args(argv=None) -> Config:
         return make_config(**given)
     run_dir = Path(given["resume"])
     if (run_dir / seeds.SEEDS_FILE).is_file():  # a multi-seed run: continue every seed
-        saved = json.loads((run_dir / seeds.SEEDS_FILE).read_text())
+        saved = read_saved_config(run_dir / seeds.SEEDS_FILE)
     elif not (run_dir / "config.json").is_file():
         raise ConfigError(f"--resume {run_dir}: not a run folder (no config.json there)")
     elif not (run_dir / "last.pt").is_file():
-        raise ConfigError(trainer.no_finished_epoch(run_dir))
+        raise ConfigError(no_finished_epoch(run_dir))
     else:
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = read_saved_config(run_dir / "config.json")
     ignored = sorted(set(given) - set(RESUME_OVERRIDES) - {"resume"})
     if ignored:
         flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
@@ -98,6 +99,18 @@ def config_from_args(argv=None) -> Config:
                           f"(got {', '.join(flag[k] for k in ignored)})")
     saved.pop("inputs", None)
     return make_config(strict=False, **{**saved, "num_seeds": None, **given})
+
+
+def read_saved_config(path: Path) -> dict:
+    """A run's config.json / seeds.json as a dict; ConfigError when it is damaged."""
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--resume: {path} is damaged ({err}); the run cannot be "
+                          f"continued exactly") from None
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: {path} holds no settings (a JSON object)")
+    return saved
 
 
 def check_paths(config: Config) -> None:

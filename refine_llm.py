@@ -169,10 +169,58 @@ def parse_args(argv=None) -> RefineConfig:
     return RefineConfig(**vars(p.parse_args(argv)))
 
 
-def run(cfg: RefineConfig, log=print) -> dict:
-    """One relabeling run; returns the manifest (also written next to the output)."""
+def agreement_line(reference, a: dict) -> str:
+    return (f"agreement with {reference} on {a['rows_compared']} rows refined in both: "
+            f"accuracy {a['accuracy']:.4f}, precision {a['precision']:.4f}, recall "
+            f"{a['recall']:.4f}, F1 {a['f1']:.4f} (reference -> 4.5 rate "
+            f"{a['reference_positive_rate']:.4f}, ours {a['ours_positive_rate']:.4f})")
+
+
+def ask_backend(cfg: RefineConfig, train: pd.DataFrame, texts, output: Path, log):
+    """Plan the users, ask the backend for every chunk not cached, and read the decisions
+    off the answers: (decisions, users, counts), or None after printing ``--dry_run``'s
+    prompts."""
     from tqdm import tqdm
 
+    plans = plan_users(train, texts(), cfg.seed)
+    if cfg.limit_users:
+        plans = plans[:cfg.limit_users]
+    requests = build_requests(plans, texts(), cfg)
+    if cfg.dry_run:
+        for r in requests[:cfg.dry_run]:
+            log(f"--- user {r.user}, items {r.items}\n{r.prompt('main')}")
+        return None
+    cache = AnswerCache(Path(cfg.cache) if cfg.cache
+                        else output.with_name(output.name + ".cache.jsonl"))
+    todo = sum(r.key not in cache.records for r in requests)
+    log(f"{cfg.dataset}: {len(plans)} users, {len(requests)} chunks, {len(requests) - todo} "
+        f"cached, {todo} to ask ({cfg.backend})")
+    started = time.perf_counter()
+    if todo:
+        backend = make_backend(cfg, texts())
+        with tqdm(total=todo, unit="chunk", desc="refine", file=sys.stderr) as progress:
+            try:
+                answer_requests(backend, requests, cfg, cache, progress)
+            finally:
+                cache.close()
+    seconds = time.perf_counter() - started
+    records = [cache.records[r.key] for r in requests]
+    status = pd.Series([rec["status"] for rec in records], dtype=object)
+    counts = dict(
+        users=len(plans), chunks=len(requests), chunks_asked_now=todo,
+        chunks_answered=int((status == "answered").sum()),
+        chunks_skipped_too_long=int((status == "too_long").sum()),
+        chunks_skipped_malformed=int((status == "malformed").sum()),
+        chunks_retried=sum(rec.get("layout") == "retry" for rec in records),
+        candidates_without_text=sum(p.missing_text for p in plans),
+        generation_seconds=round(seconds, 2),
+        seconds_per_chunk=round(seconds / todo, 4) if todo else None)
+    decisions = decisions_from_records(records, train, texts())  # users of ``plans`` only
+    return decisions, [p.user for p in plans], counts
+
+
+def run(cfg: RefineConfig, log=print) -> dict:
+    """One relabeling run; returns the manifest (also written next to the output)."""
     started = time.perf_counter()
     source, output = cfg.input_path(), cfg.output_path()
     if output.resolve() == source.resolve():
@@ -188,48 +236,15 @@ def run(cfg: RefineConfig, log=print) -> dict:
             texts_cache.update(item_texts(train, item_file))
         return texts_cache
 
-    counts = {}
     if cfg.decisions:
         decisions = load_decisions(Path(cfg.decisions), train, texts)
-        keep_missing = None
-        users = sorted_users(train[USER_COL])
+        keep_missing, users, counts = None, sorted_users(train[USER_COL]), {}
     else:
-        plans = plan_users(train, texts(), cfg.seed)
-        if cfg.limit_users:
-            plans = plans[:cfg.limit_users]
-        requests = build_requests(plans, texts(), cfg)
-        users = [p.user for p in plans]
-        if cfg.dry_run:
-            for r in requests[:cfg.dry_run]:
-                log(f"--- user {r.user}, items {r.items}\n{r.prompt('main')}")
+        asked = ask_backend(cfg, train, texts, output, log)
+        if asked is None:  # --dry_run
             return {}
-        cache_path = Path(cfg.cache) if cfg.cache else output.with_name(output.name + ".cache.jsonl")
-        cache = AnswerCache(cache_path)
-        todo = sum(r.key not in cache.records for r in requests)
-        log(f"{cfg.dataset}: {len(plans)} users, {len(requests)} chunks, {len(requests) - todo} "
-            f"cached, {todo} to ask ({cfg.backend})")
-        gen_started = time.perf_counter()
-        if todo:
-            backend = make_backend(cfg, texts())
-            with tqdm(total=todo, unit="chunk", desc="refine", file=sys.stderr) as progress:
-                try:
-                    answer_requests(backend, requests, cfg, cache, progress)
-                finally:
-                    cache.close()
-        gen_seconds = time.perf_counter() - gen_started
-        records = [cache.records[r.key] for r in requests]
-        status = pd.Series([rec["status"] for rec in records], dtype=object)
-        decisions = decisions_from_records(records, train, texts())  # users of ``plans`` only
+        decisions, users, counts = asked
         keep_missing = texts()
-        counts.update(
-            users=len(plans), chunks=len(requests), chunks_asked_now=todo,
-            chunks_answered=int((status == "answered").sum()),
-            chunks_skipped_too_long=int((status == "too_long").sum()),
-            chunks_skipped_malformed=int((status == "malformed").sum()),
-            chunks_retried=sum(rec.get("layout") == "retry" for rec in records),
-            candidates_without_text=sum(p.missing_text for p in plans),
-            generation_seconds=round(gen_seconds, 2),
-            seconds_per_chunk=round(gen_seconds / todo, 4) if todo else None)
     if cfg.limit_users and cfg.decisions:
         users = users[:cfg.limit_users]
         keep = set(users)
@@ -256,11 +271,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
     log(f"wrote {output}: {counts['users_refined']} users refined, {counts['users_unrefined']} "
         f"unrefined; {counts['rows_to_4_5']} rows -> 4.5, {counts['rows_to_0_5']} -> 0.5")
     if "agreement" in manifest:
-        a = manifest["agreement"]
-        log(f"agreement with {cfg.compare_to} on {a['rows_compared']} rows refined in both: "
-            f"accuracy {a['accuracy']:.4f}, precision {a['precision']:.4f}, recall "
-            f"{a['recall']:.4f}, F1 {a['f1']:.4f} (reference -> 4.5 rate "
-            f"{a['reference_positive_rate']:.4f}, ours {a['ours_positive_rate']:.4f})")
+        log(agreement_line(cfg.compare_to, manifest["agreement"]))
     return manifest
 
 

@@ -269,6 +269,9 @@ def resolve_device(device: str, gpu_id: int | None = None) -> torch.device:
     """auto -> cuda:gpu_id (or cuda) when available, else cpu; cuda/cuda:N must exist."""
     if device == "auto":
         if torch.cuda.is_available():
+            if gpu_id is not None and gpu_id >= torch.cuda.device_count():
+                raise ValueError(f"--gpu_id {gpu_id}: only {torch.cuda.device_count()} GPU(s) "
+                                 f"present")
             return torch.device(f"cuda:{gpu_id}" if gpu_id is not None else "cuda")
         return torch.device("cpu")
     dev = torch.device(device)

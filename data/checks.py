@@ -67,7 +67,9 @@ def check_manifest(augment_path: Path, original_path: Path, warn=print) -> None:
     try:
         manifest = json.loads(path.read_text())
         made_from, made = manifest["input_sha1"], manifest.get("output_sha1")
-    except (json.JSONDecodeError, KeyError, TypeError):
+        if not isinstance(made_from, str) or not isinstance(made, (str, type(None))):
+            raise TypeError
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
         raise DataError(f"{path}: not a refine_llm.py manifest (no input_sha1); move it "
                         f"away or rebuild {augment_path.name}") from None
     if made_from != file_sha1(original_path):
@@ -112,18 +114,24 @@ def _canonical(value: str) -> str:
     return text
 
 
+def id_format_clash(path: Path, df: pd.DataFrame, user_ids, item_ids) -> str | None:
+    """A message when ids of ``df`` are written differently than the train file's same ids
+    (``1.0`` / ``1``, padding, leading zeros), with an example; else None."""
+    for column, known, what in ((USER_COL, user_ids, "user"), (ITEM_COL, item_ids, "item")):
+        ours = {_canonical(str(v)): str(v) for v in known}
+        for value in pd.unique(df[column].astype(str)):
+            twin = ours.get(_canonical(value))
+            if twin is not None and twin != value:
+                return (f"{path}: ids are written differently than in the train file "
+                        f"({what} {value!r} here, {twin!r} there); write them the same way")
+    return None
+
+
 def why_empty(path: Path, df: pd.DataFrame, user_ids, item_ids) -> str:
     """The message for an evaluation split of which no row is left: every rating < 4, ids
     written differently than in the train file (an example of each), or ids unseen there."""
     if not (df[RATING_COL] >= 4).any():
         return (f"{path}: every row has rating < 4, and evaluation keeps positives "
                 f"(rating >= 4) only")
-    for column, known, what in ((USER_COL, user_ids, "user"), (ITEM_COL, item_ids, "item")):
-        ours = {_canonical(str(v)): str(v) for v in known}
-        theirs = pd.unique(df.loc[df[RATING_COL] >= 4, column].astype(str))
-        for value in theirs:
-            twin = ours.get(_canonical(value))
-            if twin is not None and twin != value:
-                return (f"{path}: ids are written differently than in the train file "
-                        f"({what} {value!r} here, {twin!r} there); write them the same way")
-    return f"{path}: no row left after dropping users/items unseen in training"
+    clash = id_format_clash(path, df[df[RATING_COL] >= 4], user_ids, item_ids)
+    return clash or f"{path}: no row left after dropping users/items unseen in training"

@@ -44,7 +44,11 @@ def published_key(dataset: str, split: str) -> str:
 def _fetch(url: str, dest: Path, verify, hand_hint: str) -> None:
     """Stream ``url`` into a temp file next to ``dest``; ``verify(tmp)`` returns an error text
     or None; only a verified file is renamed to ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"cannot write {dest}: a part of {dest.parent} is a file, not a "
+                        f"folder (check --data_dir / --raw_dir)") from None
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")  # same folder: rename is atomic
     try:
         with open(tmp, "wb") as out:
@@ -59,7 +63,8 @@ def _fetch(url: str, dest: Path, verify, hand_hint: str) -> None:
                                 f"{hand_hint}") from None
             with response:
                 size = response.headers.get("Content-Length")
-                with tqdm(total=int(size) if size else None, unit="B", unit_scale=True,
+                total = int(size) if size and size.isdigit() else None
+                with tqdm(total=total, unit="B", unit_scale=True,
                           unit_divisor=1024, desc=dest.name, mininterval=0.5) as bar:
                     try:
                         for block in iter(lambda: response.read(1 << 16), b""):
@@ -142,7 +147,11 @@ def download_raw(dataset: str, raw_dir, base_url: str | None = None, log=print) 
         if not zipfile.is_zipfile(tmp):
             return "not a zip file"
         with zipfile.ZipFile(tmp) as zf:
-            names = [n for n in zf.namelist() if Path(n).name in _raw_names(fmt)]
+            names = [n for n in zf.namelist() if Path(n).name in _raw_names(fmt)
+                     and not n.endswith("/")]
+            damaged = zf.testzip()  # every member's CRC
+            if damaged:
+                return f"{damaged} in the zip is damaged (CRC mismatch)"
             if f"{fmt.stem}.inter" not in {Path(n).name for n in names}:
                 return f"the zip holds no {fmt.stem}.inter"
             for name in names:
@@ -156,7 +165,7 @@ def download_raw(dataset: str, raw_dir, base_url: str | None = None, log=print) 
                                    f"{fmt.stem}.inter and {fmt.stem}.item into {out_dir}/")
     with zipfile.ZipFile(zip_path) as zf:
         for name in zf.namelist():
-            if Path(name).name in _raw_names(fmt):
+            if Path(name).name in _raw_names(fmt) and not name.endswith("/"):
                 dest = out_dir / Path(name).name
                 part = dest.with_name(f".{dest.name}.part")
                 part.write_bytes(zf.read(name))

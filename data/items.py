@@ -78,8 +78,12 @@ def item_texts(train: pd.DataFrame, item_file: Path | None) -> dict[str, tuple[s
         if item_file is None or not item_file.is_file():
             raise DataError(f"no item text: the CSV has no title column and the item file "
                             f"{item_file} does not exist (pass --item_file)")
-        table = pd.read_csv(item_file, sep="\t", dtype=str, keep_default_na=False,
-                            quoting=3, encoding="utf-8", encoding_errors="replace")
+        try:
+            table = pd.read_csv(item_file, sep="\t", dtype=str, keep_default_na=False,
+                                quoting=3, encoding="utf-8", encoding_errors="replace")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+            raise DataError(f"{item_file}: cannot be read as a RecBole .item file "
+                            f"({str(err).splitlines()[0]})") from None
         title_col = _pick(table.columns, TITLE_COLUMNS)
         if ITEM_COL not in table.columns or title_col is None:
             raise DataError(f"{item_file}: needs columns {ITEM_COL} and a title column "

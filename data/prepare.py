@@ -51,6 +51,8 @@ class SplitProtocol:
                             f"{self.valid_ratio} + {self.test_ratio}")
         if self.core < 1:
             raise DataError(f"--core must be >= 1, got {self.core}")
+        if not 0 <= self.seed < 2 ** 32:
+            raise DataError(f"--seed must be in 0..{2 ** 32 - 1}, got {self.seed}")
 
 
 def raw_format(dataset: str) -> RawFormat:
@@ -219,11 +221,16 @@ def refuse_overwrite(out_dir, name: str, overwrite: bool) -> None:
                         f"renamed to *.stale), or choose another --data_dir")
 
 
-def write_splits(out_dir, name: str, frames, log=print) -> list[Path]:
+def write_splits(out_dir, name: str, frames, log=print, core: int = 5) -> list[Path]:
     """Write train_original/validation/test exactly as ``to_csv(index=False)`` does (LF line
-    ends on every OS); temp file + rename so a crash leaves no half file. A train_augment
-    there that no longer relabels the new train_original is renamed ``*.stale`` (with its
-    manifest), so nothing trains on it."""
+    ends on every OS); temp file + rename so a crash leaves no half file. An empty split is
+    an error before anything is written. A train_augment there that no longer relabels the
+    new train_original is renamed ``*.stale`` (with its manifest), so nothing trains on it."""
+    empty = [split for split, frame in zip(PREPARED_SPLITS, frames) if len(frame) == 0]
+    if empty:
+        raise DataError(f"{name}: the {empty[0]} split came out empty after {core}-core "
+                        f"filtering (check --core, --positive, the split ratios and the "
+                        f"ratings scale); nothing written")
     paths = []
     for split, frame in zip(PREPARED_SPLITS, frames):
         dest = split_path(out_dir, name, split)
@@ -233,20 +240,34 @@ def write_splits(out_dir, name: str, frames, log=print) -> list[Path]:
         os.replace(tmp, dest)
         log(f"wrote {dest}: {len(frame):,} rows")
         paths.append(dest)
-    augment = split_path(out_dir, name, "train_augment")
-    if augment.is_file():
-        try:
-            checks.check_relabeling(read_split(paths[0], is_train=True, warn=lambda _: None),
-                                          read_split(augment, is_train=True, warn=lambda _: None),
-                                          paths[0], augment)
-            log(f"kept {augment}: it relabels the new {paths[0].name}")
-        except DataError:
-            for old in (augment, checks.manifest_path(augment)):
-                if old.is_file():
-                    os.replace(old, old.with_name(old.name + ".stale"))
-            log(f"renamed {augment.name} to {augment.name}.stale: it does not relabel the new "
-                f"{paths[0].name} (rebuild it with refine_llm.py)")
+    retire_stale_augment(split_path(out_dir, name, "train_augment"), paths[0], log)
     return paths
+
+
+def retire_stale_augment(augment: Path, original: Path, log=print) -> None:
+    """Rename a train_augment (and its manifest) that does not relabel ``original`` — other
+    rows, or a manifest naming another input — to ``*.stale`` (``.stale2`` … if taken)."""
+    if not augment.is_file():
+        return
+    try:
+        checks.check_relabeling(read_split(original, is_train=True, warn=lambda _: None),
+                                read_split(augment, is_train=True, warn=lambda _: None),
+                                original, augment)
+        checks.check_manifest(augment, original, warn=lambda _: None)
+        log(f"kept {augment}: it relabels the new {original.name}")
+        return
+    except DataError:
+        pass
+    suffix, n = ".stale", 1
+    while any(p.with_name(p.name + suffix).exists()
+              for p in (augment, checks.manifest_path(augment))):
+        n += 1
+        suffix = f".stale{n}"
+    for old in (augment, checks.manifest_path(augment)):
+        if old.is_file():
+            os.replace(old, old.with_name(old.name + suffix))
+    log(f"renamed {augment.name} to {augment.name}{suffix}: it does not relabel the new "
+        f"{original.name} (rebuild it with refine_llm.py)")
 
 
 def prepare_dataset(dataset: str, raw_dir, out_dir, protocol: SplitProtocol = SplitProtocol(),
@@ -258,7 +279,7 @@ def prepare_dataset(dataset: str, raw_dir, out_dir, protocol: SplitProtocol = Sp
     inter = _read_inter(raw_dir / f"{fmt.stem}.inter", fmt.sample_users, protocol.seed, log)
     items = _read_items(fmt, raw_dir, raw_dir / f"{fmt.stem}.item")
     frames = prepare_frame(inter, items, fmt.text_cols, protocol)
-    return write_splits(out_dir, dataset, frames, log)
+    return write_splits(out_dir, dataset, frames, log, protocol.core)
 
 
 def prepare_custom(inter_path, name: str, out_dir, item_path=None, text_cols=None,
@@ -275,10 +296,7 @@ def prepare_custom(inter_path, name: str, out_dir, item_path=None, text_cols=Non
             text_cols = [c for c in header.columns if c != ITEM_COL]
         items = _read_table(Path(item_path), [ITEM_COL, *text_cols])
     frames = prepare_frame(inter, items, list(text_cols or []), protocol)
-    if any(len(f) == 0 for f in frames):
-        raise DataError(f"{inter_path}: a split came out empty after {protocol.core}-core "
-                        f"filtering; lower --core or check the ratings scale")
-    return write_splits(out_dir, name, frames, log)
+    return write_splits(out_dir, name, frames, log, protocol.core)
 
 
 # ----------------------------------------------------------------------------- stats

@@ -65,10 +65,13 @@ def record_file(role: str, path: Path, data_dir: Path | None = None) -> FileReco
     path = Path(path)
     shown = path.as_posix()
     if data_dir is not None:
-        try:
-            shown = path.resolve().relative_to(Path(data_dir).resolve()).as_posix()
-        except ValueError:  # outside the data folder (an item file, a text cache)
-            pass
+        # lexically first: a symlinked data folder or file keeps its name inside it
+        for inside, root in ((path, Path(data_dir)), (path.resolve(), Path(data_dir).resolve())):
+            try:
+                shown = inside.relative_to(root).as_posix()
+                break
+            except ValueError:  # outside the data folder (an item file, a text cache)
+                continue
     blob = git_blob_sha1(path)
     return FileRecord(role, shown, path.stat().st_size, blob,
                       PUBLISHED_BLOBS.get(shown) == blob)
@@ -98,6 +101,9 @@ def final_line(records: list[FileRecord]) -> str:
 def first_change(saved: list[dict], now: list[FileRecord]) -> str | None:
     """What differs between the records a run started with and the files now, or None."""
     current = {r.role: r for r in now}
+    if not isinstance(saved, list) or not all(
+            isinstance(r, dict) and {"role", "path", "bytes", "git_blob"} <= set(r) for r in saved):
+        return "the run's recorded inputs are damaged (config.json was edited?)"
     for old in saved:
         new = current.get(old["role"])
         if new is None:

@@ -36,6 +36,8 @@ def embed_items(dataset: str, data_dir: str | None = None, dataset_augment: str 
         return path
     ids = sorted(sentences)
     emb = text_encoder.encode(text_encoder.load_encoder(text_model), [sentences[i] for i in ids])
+    if path.parent.exists() and not path.parent.is_dir():
+        raise DataError(f"--text_cache_dir {path.parent} is a file, not a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda f: np.savez(f, ids=np.array(ids, dtype=str), emb=emb))
     log(f"{path}: {len(ids)} items x {emb.shape[1]}")

@@ -111,8 +111,10 @@ def epoch_loss(losses: list[torch.Tensor], sizes: list[int], epoch: int) -> floa
     finite = torch.isfinite(losses_t)
     if not bool(finite.all()):
         bad = int((~finite).nonzero()[0])
-        raise TrainingError(f"non-finite loss at epoch {epoch}, batch {bad + 1}; stopped. The "
-                            f"last good state is last.pt of epoch {epoch - 1}")
+        kept = (f"the last good state is last.pt of epoch {epoch - 1}" if epoch > 1 else
+                "no epoch finished (try a lower --learning_rate)")
+        raise TrainingError(f"non-finite loss at epoch {epoch}, batch {bad + 1}; stopped: "
+                            f"{kept}")
     sizes_t = torch.tensor(sizes, dtype=losses_t.dtype, device=losses_t.device)
     return float((losses_t * sizes_t).sum() / sizes_t.sum())
 

@@ -18,6 +18,7 @@ Training never loads a language model: write the cache first with
 """
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -110,6 +111,15 @@ def text_files(config: Config) -> tuple[Path, Path]:
     return source, item_data.text_cache_path(cache_dir, model_name, source)
 
 
+def read_cache(cache: Path):
+    """The (ids, embeddings) of a text cache; TrainingError when the file is damaged."""
+    try:
+        return item_data.read_text_cache(cache)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise TrainingError(f"{cache}: a damaged text-embedding cache ({type(err).__name__}); "
+                            f"delete it and write it again (python -m llm.embed_items)") from None
+
+
 def item_text_matrix(config: Config, item_ids) -> tuple[Tensor, list[tuple[str, Path]]]:
     """Text embeddings in our item index order: (I, D), every item needs a text; and the
     files they come from (the run's provenance: item texts and the embedding cache)."""
@@ -120,7 +130,7 @@ def item_text_matrix(config: Config, item_ids) -> tuple[Tensor, list[tuple[str, 
         raise TrainingError(f"--model semantic_neg needs the item-text embeddings {cache}; "
                             f"write them first: python -m llm.embed_items --dataset "
                             f"{config.dataset} {how} --result_dir {config.result_dir}".rstrip())
-    ids, emb = item_data.read_text_cache(cache)
+    ids, emb = read_cache(cache)
     row = {item: n for n, item in enumerate(ids)}
     missing = [str(i) for i in item_ids if str(i) not in row]
     if missing:
@@ -218,7 +228,7 @@ def prepare(graphs: Graphs, config: Config) -> SemanticSampling:
 def build(graphs: Graphs, config: Config) -> nn.Module:
     text_dim = None
     if config.align_weight > 0:  # prepare has checked the cache: this only reads it
-        text_dim = int(item_data.read_text_cache(text_files(config)[1])[1].shape[1])
+        text_dim = int(read_cache(text_files(config)[1])[1].shape[1])
     return TextAlignedGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
                           config.layers, text_dim)
 

@@ -108,7 +108,7 @@ def _take_over(run_dir: Path, finished, known) -> RunFolder:
         raise RunFolderError(f"run folder {run_dir} exists; continue it with --resume "
                              f"{run_dir} or choose another --path_name")
     entries = [p for p in run_dir.iterdir() if p.name != LOCK_FILE and not is_temp(p)]
-    foreign = [p.name for p in entries if p.name not in known]
+    foreign = [p.name for p in entries if p.name not in known or not p.is_file()]
     if foreign:
         folder.release()
         raise RunFolderError(f"{run_dir} holds {foreign[0]}, which no run writes; choose "

@@ -78,6 +78,19 @@ def summarize(per_seed: dict[int, dict]) -> dict:
     return out
 
 
+def check_same_inputs(per_seed: dict[int, dict]) -> None:
+    """Every seed of one summary must have read the same files (SeedsError)."""
+    blobs = {seed: {r["role"]: r["git_blob"] for r in m.get("inputs") or []}
+             for seed, m in per_seed.items()}
+    first = min(blobs)
+    for seed, files in blobs.items():
+        differ = sorted(role for role in files.keys() & blobs[first].keys()
+                        if files[role] != blobs[first][role])
+        if differ:
+            raise SeedsError(f"seed{seed} read other files than seed{first} ({', '.join(differ)}); "
+                             f"no summary of seeds on different data")
+
+
 def summary_lines(summary: dict) -> list[str]:
     lines = [f"{summary['num_seeds']} seeds: {' '.join(map(str, summary['seeds']))}"]
     for split in ("best_validation", "test"):
@@ -90,14 +103,15 @@ def summary_lines(summary: dict) -> list[str]:
 
 def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
     """Run ``config`` once per seed (sequentially) and write the summary; returns it."""
-    if config.resume:  # <result_dir>/<dataset>/<name>, as a fresh multi-seed run made it
-        parent = Path(config.resume)
-        if parent.parent.name != config.dataset:
-            parent = parent.resolve()
-        if parent.parent.name != config.dataset:
+    if config.resume:  # <result_dir>/<dataset>/<path_name>, as a fresh multi-seed run made it
+        parent, name = Path(config.resume), config.path_name
+        root = parent.resolve()
+        for _ in Path(name).parts:
+            root = root.parent
+        if root.name != config.dataset:
             raise SeedsError(f"--resume {config.resume}: a multi-seed run folder lies in "
-                             f"<result_dir>/{config.dataset}/")
-        result_dir = str(parent.parent.parent)
+                             f"<result_dir>/{config.dataset}/{name}")
+        result_dir = str(root.parent)
         folder = run_folder.open_existing(parent)
     else:
         name = config.path_name or run_folder.default_name()
@@ -105,25 +119,59 @@ def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
         run_folder.check_result_dir(result_dir)
         parent = Path(result_dir) / config.dataset / name
         folder = run_folder.claim_new(parent, finished=(SEEDS_FILE,), known=())
-        dump_json({**config.to_dict(), "resume": None, "path_name": name}, parent / SEEDS_FILE)
     try:
-        return _run_seeds(config, run_one, parent, result_dir)
+        per_seed = {}
+        for seed in config.seeds:  # check every finished seed before anything trains
+            metrics = finished_seed(parent / f"seed{seed}", seed, config)
+            if metrics is not None:
+                per_seed[seed] = metrics
+        dump_json({**config.to_dict(), "resume": None, "path_name": name}, parent / SEEDS_FILE)
+        return _run_seeds(config, run_one, parent, name, result_dir, per_seed)
     finally:
         folder.release()
 
 
-def _run_seeds(config: Config, run_one, parent: Path, result_dir: str) -> dict:
-    per_seed = {}
+def finished_seed(seed_dir: Path, seed: int, config: Config) -> dict | None:
+    """The metrics.json of a seed that can stand in the summary as it is; None when the
+    seed is to (continue to) run; SeedsError when it finished on other data, or ran more
+    epochs than --epochs now allows."""
+    path = seed_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    saved = metrics.get("inputs")
+    if saved is not None:
+        from data.provenance import first_change, record_file
+        from data.splits import resolve_data_dir
+        data_dir = resolve_data_dir(config.data_dir)
+        files = [(r["role"], data_dir / r["path"]) for r in saved]
+        missing = next((p for _, p in files if not p.is_file()), None)
+        change = f"{missing} no longer exists" if missing else first_change(
+            saved, [record_file(role, p, data_dir) for role, p in files])
+        if change:
+            raise SeedsError(f"seed{seed} finished on other data: {change}; its numbers cannot "
+                             f"be averaged with new seeds' — restore the file or start a new "
+                             f"multi-seed run")
+    if metrics["last_epoch"] > config.epochs:
+        raise SeedsError(f"seed{seed} ran {metrics['last_epoch']} epochs, more than --epochs "
+                         f"{config.epochs}; a summary must not mix run lengths")
+    if not metrics["early_stopped"] and metrics["last_epoch"] < config.epochs:
+        return None  # a larger --epochs: the seed continues from its last.pt
+    return metrics
+
+
+def _run_seeds(config: Config, run_one, parent: Path, name: str, result_dir: str,
+               per_seed: dict) -> dict:
     for seed in config.seeds:
-        seed_dir = parent / f"seed{seed}"
-        if (seed_dir / "metrics.json").is_file():
-            per_seed[seed] = json.loads((seed_dir / "metrics.json").read_text())
+        if seed in per_seed:
             continue
+        seed_dir = parent / f"seed{seed}"
         resume = str(seed_dir) if (seed_dir / "last.pt").is_file() else None
         seed_config = replace(config, random_seed=seed, seeds=None, compare_to=None,
                               resume=resume, result_dir=result_dir,
-                              path_name=f"{parent.name}/{seed_dir.name}")
+                              path_name=f"{name}/{seed_dir.name}")
         per_seed[seed] = run_one(seed_config)
+    check_same_inputs(per_seed)
     summary = summarize(per_seed)
     summary["runs"] = [f"seed{s}" for s in summary["seeds"]]
     dump_json(summary, parent / SUMMARY_FILE)

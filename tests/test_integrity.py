@@ -497,3 +497,138 @@ def test_refine_llm_dry_run_needs_no_model(tmp_path, capsys):
                           "openai", "--dry_run", "1"])
     assert rc == 0
     assert "--- user" in capsys.readouterr().out
+
+
+# ------------------------------------------- multi-seed runs, paths, damaged run files
+
+def seeds_run(tmp_path, *extra, name="ms"):
+    data = synth(tmp_path)
+    rc, result = run_main(train_args(data, "--seeds", "1", "2", *extra), tmp_path, name)
+    assert rc == 0
+    return data, result / "Synth" / name
+
+
+def test_multi_seed_resume_refuses_seeds_finished_on_other_data(tmp_path, capsys):
+    data, parent = seeds_run(tmp_path)
+    path = data / "Synth" / "Synth_test.csv"
+    rows = path.read_text().splitlines()
+    path.write_text("\n".join(rows[:len(rows) // 2]) + "\n")
+    before = (parent / "summary.json").read_bytes()
+    rc = M.main(["--resume", str(parent), "--quiet"])
+    fails_with(capsys, rc, "seed1 finished on other data", "Synth_test.csv changed")
+    assert (parent / "summary.json").read_bytes() == before
+
+
+def test_multi_seed_resume_with_other_epochs(tmp_path, capsys):
+    _, parent = seeds_run(tmp_path)
+    assert M.main(["--resume", str(parent), "--epochs", "3", "--quiet", "--threads", "1"]) == 0
+    summary = json.loads((parent / "summary.json").read_text())
+    assert summary["last_epoch"]["values"] == [3, 3]  # both seeds continued, none reused
+    assert json.loads((parent / "seeds.json").read_text())["epochs"] == 3
+    rc = M.main(["--resume", str(parent), "--epochs", "1", "--quiet"])
+    fails_with(capsys, rc, "seed1 ran 3 epochs, more than --epochs 1")
+
+
+def test_nested_multi_seed_path_name_runs_and_resumes(tmp_path):
+    _, parent = seeds_run(tmp_path, name="group/exp1")
+    assert sorted(p.name for p in parent.iterdir() if p.is_dir()) == ["seed1", "seed2"]
+    assert M.main(["--resume", str(parent), "--epochs", "3", "--quiet", "--threads", "1"]) == 0
+    assert json.loads((parent / "seed2" / "metrics.json").read_text())["last_epoch"] == 3
+
+
+def test_resumed_run_has_no_stale_metrics_json_until_it_ends(tmp_path):
+    run_dir = finished_run(tmp_path)
+    proc = spawn(["--resume", str(run_dir), "--epochs", "4", "--quiet", "--threads", "1"],
+                 {"REFINE_CRASH_AT": "epochs_jsonl:4"})
+    proc.wait(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "metrics.json").exists()  # epoch 3 happened: the old one is gone
+
+
+@pytest.mark.parametrize("name", ["/tmp/elsewhere", "../escape", "a/../../b", "."])
+def test_path_name_stays_inside_the_result_folder(tmp_path, capsys, name):
+    data = synth(tmp_path)
+    rc = M.main([*train_args(data), "--result_dir", str(tmp_path / "result"), "--path_name",
+                 name, "--quiet"])
+    fails_with(capsys, rc, "--path_name", "without '..'")
+    assert not (tmp_path / "result").exists()
+
+
+@shared_dataset("ML-100K")
+def test_symlinked_published_data_is_still_published(tmp_path):
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "ML-100K").symlink_to(SHARED_DATASETS / "ML-100K")
+    data = dataloader.load_dataset(linked, "ML-100K", warn=lambda _: None)
+    from data.provenance import record_file
+    records = [record_file(role, path, linked) for role, path in data.files]
+    assert [r.path for r in records][0] == "ML-100K/ML-100K_train_augment.csv"
+    assert all(r.published for r in records)
+
+
+def test_compare_counts_unvalidated_epochs_too(tmp_path):
+    run_dir = finished_run(tmp_path, "--evaluation_step", "2", epochs=4)
+    entry = compare.load(run_dir)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert entry.rows["epochs run"][0] == 4 == metrics["last_epoch"]
+    assert entry.rows["seconds/epoch"][0] == pytest.approx(metrics["seconds_per_epoch"])
+
+
+def test_some_ids_written_differently_is_refused_not_dropped(tmp_path):
+    train, valid, test = synthetic_rows()
+    test = [(f"{u}.0" if u % 2 else u, i, r) for u, i, r in test]  # odd users as '1.0'
+    data = synth(tmp_path, rows=(train, valid, test))
+    with pytest.raises(DataError, match="written differently.*'1.0' here, '1' there"):
+        load_dataset(data, "Synth", warn=lambda _: None)
+
+
+def test_damaged_config_json_on_resume_is_one_line(tmp_path, capsys):
+    run_dir = finished_run(tmp_path, epochs=1)
+    for text in ("{bad", "[1, 2]"):
+        (run_dir / "config.json").write_text(text)
+        rc = M.main(["--resume", str(run_dir), "--epochs", "2", "--quiet"])
+        fails_with(capsys, rc, "config.json")
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe{", b'{"input_sha1": 5}', b'{"input_sha1": null}'])
+def test_odd_manifests_are_one_line(tmp_path, capsys, content):
+    data = synth(tmp_path)
+    (data / "Synth" / "Synth_train_augment.manifest.json").write_bytes(content)
+    rc, _ = run_main(train_args(data), tmp_path)
+    fails_with(capsys, rc, "manifest")
+
+
+def test_a_directory_named_like_a_run_file_is_not_removed(tmp_path, capsys):
+    data = synth(tmp_path)
+    (tmp_path / "result" / "Synth" / "run" / "argv.txt").mkdir(parents=True)
+    rc, _ = run_main(train_args(data), tmp_path)
+    fails_with(capsys, rc, "argv.txt", "which no run writes")
+    assert (tmp_path / "result" / "Synth" / "run" / "argv.txt").is_dir()
+
+
+def test_compare_unreadable_numbers_and_odd_plot_names(tmp_path, capsys):
+    log = tmp_path / "odd.log"
+    log.write_text("Epoch: 001, Loss: 1.2.3\n")
+    assert compare.main([str(log)]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+    run_dir = finished_run(tmp_path, epochs=1)
+    for out in (tmp_path / "x.foo", tmp_path):
+        assert compare.main([str(run_dir), "--plot", str(out)]) == 2
+        assert capsys.readouterr().err.startswith("error: --plot")
+
+
+def test_prepare_refuses_empty_splits_and_keeps_older_stale_files(tmp_path, capsys):
+    inter = tmp_path / "mine.inter"
+    write_inter(inter)
+    args = ["prepare", "--inter", str(inter), "--name", "Mine", "--data_dir", str(tmp_path),
+            "--core", "2"]
+    assert dataloader.main([*args, "--positive", "6"]) == 2
+    assert "came out empty" in capsys.readouterr().err
+    assert not (tmp_path / "Mine").exists()
+    assert dataloader.main(args) == 0
+    folder = tmp_path / "Mine"
+    for seed, version in (("7", "first"), ("8", "second")):
+        (folder / "Mine_train_augment.csv").write_text(HEADER + f"{version},1,5\n")
+        assert dataloader.main([*args, "--overwrite", "--seed", seed]) == 0
+    assert (folder / "Mine_train_augment.csv.stale").read_text().endswith("first,1,5\n")
+    assert (folder / "Mine_train_augment.csv.stale2").read_text().endswith("second,1,5\n")
