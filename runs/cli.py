@@ -1,0 +1,23 @@
+"""The one error wrapper of every command-line entry point: a ``UserError`` (bad flag,
+bad data, impossible training, a run folder in use …) becomes one ``error:`` line on
+stderr and exit code 2; Ctrl-C exits with 130 and says how to continue."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from data.schema import UserError
+
+
+def run_cli(fn: Callable[[], int | None], interrupted: str | None = None) -> int:
+    """``fn()``'s exit code (None: 0), or 2 after printing a UserError as one line."""
+    try:
+        return fn() or 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        print(interrupted, file=sys.stderr)
+        return 130

@@ -1,0 +1,357 @@
+"""One training run end to end: check everything, take the run folder, train with
+validation and early stopping, test the best checkpoint, write metrics.json.
+
+Flags, device, data (and its fit with what a resumed run started on), the sampling's
+feasibility and the checkpoint to resume are all checked before anything is written, so a
+bad flag or a missing/broken file leaves no half-made run behind; an error after that also
+goes into train.log. The run folder (runs/run_folder.py) holds argv.txt, config.json,
+train.log, epochs.jsonl, best.pt, last.pt and metrics.json; docs/training.md describes them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import compare
+import dataloader
+from data import provenance
+from data.schema import UserError
+from dataloader import RecData
+from recommenders import MODELS
+from recommenders.base import Graphs, Recommender, TrainingError, build_graphs
+from runs import distributed, run_folder
+from runs.resume import check_resumed_inputs, load_resume_state, rewind_to_checkpoint
+from runs.config import Config, ConfigError
+from runs.files import atomic_save, atomic_write_text, dump_json
+from utils import (RULE, EarlyStopping, RunLogger, command_line, evaluate, fault_point,
+                   format_metrics, resolve_device, rng_state, seed_everything, set_rng_state)
+
+
+@dataclass
+class Checked:
+    """Everything a run needs that was checked before its folder was touched."""
+
+    run_dir: Path
+    state: dict | None  # last.pt of a resumed run
+    data: RecData
+    inputs: list[provenance.FileRecord]
+    recommender: Recommender
+    graphs: Graphs
+    sampling: Any
+    warnings: list[str] = field(default_factory=list)  # for train.log, once it exists
+
+
+def run(config: Config) -> dict | None:
+    """Train (or resume) one run and return its metrics.json content (None on ranks > 0)."""
+    device, shard = setup_device(config)
+    try:
+        checked = check_before_writing(config, device, shard)
+        return train_in_folder(config, device, shard, checked)
+    finally:
+        if shard is not None:
+            distributed.finish()
+
+
+def setup_device(config: Config):
+    """The device (one GPU per process under torchrun), CPU threads, the process group."""
+    world = distributed.world_size_from_env()
+    if world > 1 and not MODELS[config.model].distributed:
+        raise ConfigError(f"torchrun (distributed) training supports --model refine_plus "
+                          f"only, not {config.model}")
+    if world > 1 and config.impl != "fast":
+        raise ConfigError("torchrun (distributed) training needs --impl fast")
+    try:
+        device = resolve_device(config.device, config.gpu_id)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", distributed.local_rank())
+        torch.cuda.set_device(device)
+    if device.type == "cpu":
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(config.threads
+                              or max(1, len(os.sched_getaffinity(0)) // local_world))
+        # Subnormal floats (|x| < 1.2e-38, e.g. from saturated AE sigmoids) made CPU steps
+        # 3.5x slower late in training; flushing them to zero changes no printed digit.
+        torch.set_flush_denormal(config.flush_denormal)
+    return device, distributed.init(device) if world > 1 else None
+
+
+def check_before_writing(config: Config, device, shard) -> Checked:
+    is_main = shard is None or shard.rank == 0
+    resuming = config.resume is not None
+    run_dir = Path(config.resume) if resuming else (
+        Path(config.result_dir) / config.dataset / (config.path_name or run_folder.default_name()))
+    state = load_resume_state(run_dir, device) if resuming else None
+    if not resuming:
+        run_folder.check_result_dir(config.result_dir)
+    data_dir = dataloader.resolve_data_dir(config.data_dir)
+    warnings: list[str] = []
+
+    def prepare_data():  # rank 0 first: only it downloads
+        splits = [f"train_{config.dataset_augment}", "validation", "test"]
+        dataloader.ensure_split_files(data_dir, config.dataset, splits,
+                                      download=config.download and is_main,
+                                      base_url=config.base_url,
+                                      log=(lambda line: None) if config.quiet else print)
+        return dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
+                                       warn=warnings.append,
+                                       allow_overlap=config.allow_split_overlap)
+    data = main_rank_first(prepare_data, shard, device)
+    if config.top_k[-1] > data.num_items:
+        raise ConfigError(f"--top_k {config.top_k[-1]}: the dataset has only "
+                          f"{data.num_items} items")
+    recommender = MODELS[config.model]
+    graphs = build_graphs(data, device, recommender.positives_graph)
+    sampling = recommender.prepare(graphs, config)  # raises when sampling is infeasible
+    inputs = [provenance.record_file(role, path, data_dir)
+              for role, path in [*data.files, *getattr(sampling, "inputs", [])]]
+    if resuming:
+        check_resumed_inputs(run_dir, inputs)
+    return Checked(run_dir, state, data, inputs, recommender, graphs, sampling, warnings)
+
+
+def main_rank_first(fn, shard, device):
+    """fn() on rank 0, then on the other ranks; an error on rank 0 stops every rank."""
+    if shard is None:
+        return fn()
+    result, error = None, None
+    if shard.rank == 0:
+        try:
+            result = fn()
+        except Exception as err:  # noqa: BLE001 - re-raised below, after telling the others
+            error = err
+    if not distributed.all_ok(error is None, device):
+        if error is not None:
+            raise error
+        raise TrainingError("rank 0 failed; see its error")
+    return result if shard.rank == 0 else fn()
+
+
+def train_in_folder(config: Config, device, shard, checked: Checked) -> dict | None:
+    """Take the run folder (rank 0), log, train; an error also ends up in train.log."""
+    is_main, run_dir = shard is None or shard.rank == 0, checked.run_dir
+    fault_point("claim")
+
+    def take_folder():  # rank 0 only; an error there stops every rank (no deadlock)
+        if not is_main:
+            return None
+        return run_folder.open_existing(run_dir) if checked.state is not None else \
+            run_folder.claim_new(run_dir)
+    folder = main_rank_first(take_folder, shard, device)
+    try:
+        if checked.state is not None and is_main:
+            rewind_to_checkpoint(run_dir, checked.state)
+            (run_dir / "metrics.json").unlink(missing_ok=True)  # unfinished until it ends
+        if folder is not None and folder.started_over:
+            checked.warnings.insert(0, f"note: {run_dir} held no finished epoch (a run that "
+                                       f"failed early); started over in it")
+        seed_everything(config.random_seed)
+        log = RunLogger(run_dir / "train.log" if is_main else None,
+                        quiet=config.quiet or not is_main)
+        try:
+            return Training(config, device, shard, checked, log).run()
+        except UserError as err:
+            log.to_file(f"error: {err}")
+            raise
+        finally:
+            log.close()
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+# ---------------------------------------------------------------------- the run itself
+
+def header_lines(config: Config, device, inputs: list[provenance.FileRecord]) -> list[str]:
+    """The reference's hyper-parameter block (same names, same order), then ours (the
+    model's own from its file), then one line per input file."""
+    extra_reference, ours = MODELS[config.model].header(config)
+    reference = [("ramdom_seed", config.random_seed), ("gpu_id", config.gpu_id),
+                 ("dataset", config.dataset), ("dataset_augment", config.dataset_augment),
+                 ("batch_size", config.batch_size), ("test_batch_size", config.test_batch_size),
+                 ("embedding_dim", config.embedding_dim), ("layers", config.layers),
+                 ("learning_rate", config.learning_rate),
+                 ("evaluation_step", config.evaluation_step),
+                 ("early_stopping_step", config.early_stopping_step),
+                 ("top_k", list(config.top_k)), ("epochs", config.epochs),
+                 ("real_negative_sampling_probabilities", config.real_neg_samp_prob),
+                 *extra_reference, ("path_name", config.path_name)]
+    ours = [*ours, ("mask_valid_in_test", config.mask_valid_in_test), ("device", device),
+            ("threads", torch.get_num_threads())]
+    if config.allow_split_overlap:
+        ours.append(("allow_split_overlap", True))
+    return [RULE, *(f"{k}: {v}" for k, v in reference + ours),
+            *(r.header_line() for r in inputs), RULE, ""]
+
+
+def data_lines(config: Config, data: RecData) -> list[str]:
+    trained_on = data.positives if MODELS[config.model].positives_graph else data.train
+    return [RULE, "data loading...", f"train set: train_{config.dataset_augment}",
+            f"user: {data.num_users},  item: {data.num_items}",
+            f"train interations: {len(trained_on)}",
+            f"valid interations: {len(data.validation)}",
+            f"test interations: {len(data.test)}", "done!", RULE]
+
+
+def evaluate_model(model: torch.nn.Module, graphs: Graphs, exclude, truth,
+                   config: Config) -> list[tuple[float, float, float]]:
+    """(P, R, NDCG) at every k of the current model on one split (docs/method.md)."""
+    model.eval()
+    with torch.no_grad():
+        e_users, e_items = model(graphs.norm_adj)
+    return evaluate(e_users, e_items, exclude, truth, config.top_k, config.test_batch_size)
+
+
+class Training:
+    """The epochs of one run in its (taken) folder: model, optimizer, early stopping."""
+
+    def __init__(self, config: Config, device, shard, checked: Checked, log: RunLogger):
+        self.config, self.device, self.shard, self.checked, self.log = \
+            config, device, shard, checked, log
+        self.is_main = shard is None or shard.rank == 0
+        self.run_dir, self.graphs = checked.run_dir, checked.graphs
+        self.model = checked.recommender.build(self.graphs, config).to(device)
+        self.optimizer = checked.recommender.make_optimizer(self.model, config)
+        self.stopper = EarlyStopping(config.early_stopping_step)
+        self.epoch, self.train_seconds = 0, 0.0
+
+    def run(self) -> dict | None:
+        self.start()
+        stop = self.stopper.should_stop
+        while self.epoch < self.config.epochs and not stop:
+            self.one_epoch()
+            stop = self.stopper.should_stop
+            if self.shard is not None:  # rank 0's decision for every rank
+                stop = distributed.broadcast_flag(stop, self.device)
+        return self.finish() if self.is_main else None
+
+    def start(self) -> None:
+        config, checked = self.config, self.checked
+        if checked.state is None and self.is_main:
+            atomic_write_text(self.run_dir / "argv.txt", command_line() + "\n")
+            dump_json({**config.to_dict(), "inputs": provenance.as_dicts(checked.inputs)},
+                      self.run_dir / "config.json")
+        for line in header_lines(config, self.device, checked.inputs) + checked.warnings:
+            self.log(line)
+        if self.shard is not None:
+            self.log(f"distributed: {self.shard.world} processes "
+                     f"({torch.distributed.get_backend()}), global batch {config.batch_size}")
+        for line in data_lines(config, checked.data):
+            self.log(line)
+        if checked.state is not None:
+            self.restore(checked.state)
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        set_rng_state(state["rng"])
+        if self.shard is not None and self.device.type == "cuda" and "cuda" in state["rng"]:
+            # every rank continues rank 0's stream (its GPU 0), as they all drew it before
+            torch.cuda.set_rng_state(state["rng"]["cuda"][0].cpu(), self.device)
+        self.epoch, self.train_seconds = state["epoch"], state["train_seconds"]
+        self.log(f"Resumed from {self.run_dir / 'last.pt'} after epoch {state['epoch']}.")
+
+    def one_epoch(self) -> None:
+        config = self.config
+        self.epoch += 1
+        tic = time.perf_counter()
+        self.model.train()
+        quiet = config.quiet or not self.is_main or not sys.stderr.isatty()
+        with tqdm(desc=f"epoch {self.epoch}", unit="batch", file=sys.stderr, leave=False,
+                  disable=quiet, mininterval=1) as progress:
+            loss = self.checked.recommender.train_epoch(
+                self.model, self.optimizer, self.graphs, config, self.epoch,
+                self.checked.sampling, shard=self.shard, progress=progress)
+        train_time = time.perf_counter() - tic
+        if not self.is_main:  # rank 0 evaluates, logs and saves; the others follow it
+            return
+        results = self.validate(loss) if self.epoch % config.evaluation_step == 0 else None
+        epoch_time = time.perf_counter() - tic
+        self.train_seconds += epoch_time
+        with open(self.run_dir / "epochs.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps({"epoch": self.epoch, "loss": loss, "train_s": train_time,
+                                "epoch_s": epoch_time, "valid": results}) + "\n")
+            jsonl_bytes = f.tell()
+        fault_point("epochs_jsonl", self.epoch)  # the window a resume must rewind (tests)
+        # the log sizes let a resume drop what an interrupted later epoch wrote
+        atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "early_stopping": self.stopper.state_dict(), "rng": rng_state(),
+                     "epoch": self.epoch, "train_seconds": self.train_seconds,
+                     "log_bytes": self.log.size(), "jsonl_bytes": jsonl_bytes,
+                     "config": config.to_dict()}, self.run_dir / "last.pt")
+
+    def validate(self, loss: float):
+        results = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user,
+                                 self.graphs.valid_by_user, self.config)
+        self.log(f"\nEpoch: {self.epoch:03d}, Loss: {loss:.4f}")
+        for line in format_metrics(self.config.top_k, results):
+            self.log(line)
+        top_k = self.config.top_k
+        at = top_k.index(20) if 20 in top_k else len(top_k) - 1  # early stopping: Recall@20
+        if self.stopper.step(self.epoch, results[at][1], results):
+            atomic_save({"model": self.model.state_dict(), "config": self.config.to_dict(),
+                         "epoch": self.epoch}, self.run_dir / "best.pt")
+            self.log(f"Save: {self.run_dir / 'best.pt'}")
+        else:
+            self.log(f"EarlyStopping counter: {self.stopper.counter} out of "
+                     f"{self.stopper.patience}")
+        return results
+
+    def finish(self) -> dict:
+        """The best validation block, the test of best.pt, metrics.json."""
+        config, stopper, log = self.config, self.stopper, self.log
+        if stopper.best_epoch == 0:
+            raise TrainingError("no evaluation happened (is --evaluation_step > --epochs?)")
+        if stopper.should_stop:
+            log(f"\nEarly stopping at epoch {stopper.best_epoch}. Best Validation Results:")
+        else:
+            log(f"\nReached --epochs {config.epochs} without early stopping; best epoch "
+                f"{stopper.best_epoch}. Best Validation Results:")
+        for line in format_metrics(config.top_k, stopper.best_metrics):
+            log(line)
+        log(f"\nTraining completed in {self.train_seconds} seconds.")
+        test = self.test_best()
+        log("\n" + RULE)
+        log("Final Test Results")
+        for line in format_metrics(config.top_k, test):
+            log(line)
+        log(provenance.final_line(self.checked.inputs))
+        log(RULE)
+        metrics = self.metrics(test)
+        dump_json(metrics, self.run_dir / "metrics.json")
+        if config.compare_to:
+            for line in compare.compare_lines([*config.compare_to, str(self.run_dir)]):
+                log(line)
+        return metrics
+
+    def test_best(self):
+        best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
+        if best["epoch"] != self.stopper.best_epoch:  # a crash between best.pt and last.pt
+            raise TrainingError(f"best.pt holds epoch {best['epoch']}, the best validation "
+                                f"epoch is {self.stopper.best_epoch}; start the run again")
+        self.model.load_state_dict(best["model"])
+        graphs = self.graphs
+        exclude = graphs.seen_or_valid_by_user if self.config.mask_valid_in_test \
+            else graphs.seen_by_user
+        return evaluate_model(self.model, graphs, exclude, graphs.test_by_user, self.config)
+
+    def metrics(self, test) -> dict:
+        def named(results):
+            return {f"{m}@{k}": v for k, r in zip(self.config.top_k, results)
+                    for m, v in zip(("precision", "recall", "ndcg"), r)}
+        return {"dataset": self.config.dataset, "best_epoch": self.stopper.best_epoch,
+                "last_epoch": self.epoch, "early_stopped": self.stopper.should_stop,
+                "best_validation": named(self.stopper.best_metrics), "test": named(test),
+                "train_seconds": self.train_seconds,
+                "seconds_per_epoch": self.train_seconds / max(self.epoch, 1),
+                "inputs": provenance.as_dicts(self.checked.inputs)}
