@@ -1,10 +1,10 @@
 """Reading the published split files and building the graphs ReFINe++ trains on.
 
-File layout (SPEC.md §1): ``<data_dir>/<DATASET>/<DATASET>_{train_augment,train_original,
+File layout (docs/datasets.md): ``<data_dir>/<DATASET>/<DATASET>_{train_augment,train_original,
 validation,test}.csv`` with the RecBole-style columns ``user_id:token``, ``item_id:token``,
 ``rating:float``.
 
-Rating classes in the train file (SPEC.md §4): positive r >= 4, confirmed negative r <= 1,
+Rating classes in the train file (docs/method.md): positive r >= 4, confirmed negative r <= 1,
 neutral r in {2, 3}. T = positive ∪ confirmed negative. Users and items are re-indexed by
 the sorted unique ids occurring in T; graph node ids are users 0..U-1, items U..U+I-1.
 """
@@ -248,7 +248,7 @@ def build_parser():
     p.add_argument("--raw_dir", help="raw folder (default <data_dir>/raw)")
 
     p = sub.add_parser("prepare", parents=[common], help="write train_original/validation/test "
-                       "from raw RecBole files (SPEC.md §2)")
+                       "from raw RecBole files (docs/datasets.md)")
     p.add_argument("--dataset", choices=DATASETS, help="a published dataset")
     p.add_argument("--raw_dir", help="folder of its raw files (default <data_dir>/raw/<stem>)")
     p.add_argument("--inter", help="your own .inter file (user_id:token, item_id:token, "

@@ -1,4 +1,4 @@
-"""LLM relabeling of low ratings: train_original -> train_augment (SPEC.md §3).
+"""LLM relabeling of low ratings: train_original -> train_augment (docs/llm.md).
 
 For every user (ascending id order) the 2/3-star rows are split into chunks of 5
 candidates; an LLM (or the CPU ``embedding`` refiner) says which of them the user rated

@@ -54,7 +54,7 @@ def seconds_per_epoch(data, impl: str, epochs: int, device,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data_dir", default=None, help="split folder (default $REFINE_DATA_DIR, "
-                                                    "then ../shared/datasets, then dataset/)")
+                                                    "then dataset/)")
     p.add_argument("--datasets", nargs="+", default=["ML-100K", "Amazon_Digital_Music"])
     p.add_argument("--large", nargs="*", default=["ML-1M"],
                    help="fast path only, train_original (default ML-1M)")
@@ -70,9 +70,7 @@ def main() -> None:
         torch.set_flush_denormal(True)  # as main.py does on CPU
         if args.threads:
             torch.set_num_threads(args.threads)
-    shared = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-    data_dir = Path(args.data_dir) if args.data_dir else (
-        shared if shared.is_dir() else dataloader.resolve_data_dir())
+    data_dir = dataloader.resolve_data_dir(args.data_dir)
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"data {os.path.relpath(data_dir)}, --negatives {args.negatives}")
     print(f"{'dataset':<22}{'train file':<16}{'fast s/epoch':>13}{'slow s/epoch':>14}{'speed-up':>10}")

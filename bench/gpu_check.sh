@@ -3,7 +3,7 @@
 # (fast path and the reference-equivalent slow path, same process), ML-1M and the
 # Amazon_Books shape (synthetic, generated here).
 #
-#   bash bench/gpu_check.sh --prepare ../shared/datasets   # on this machine: copy ML-100K
+#   bash bench/gpu_check.sh --prepare DATA_DIR   # copy ML-100K from a split folder
 #                                                          # and ML-1M into device_data/
 #   bash bench/gpu_check.sh                                # on the GPU machine
 #

@@ -5,7 +5,7 @@ Each shape runs in its own child process (so the peak RSS is that shape's).
     python bench/scale.py --threads 1                          # all three shapes
     python bench/scale.py --shapes Amazon_Books --batches 5 --threads 1
 
-ML-1M is the real train_original (../shared/datasets, as bench/epoch_time.py finds it);
+ML-1M is the real train_original (--data_dir, else $REFINE_DATA_DIR);
 Netflix-1M and Amazon_Books are synthetic datasets of their shape (bench/synthetic.py),
 written into dataset/synthetic/ when missing. Each child loads the data, builds graphs,
 model and optimizer as bench/epoch_time.py does for the fast path (K = 2 for
@@ -40,15 +40,9 @@ RESULT_TAG = "RESULT "
 
 
 def real_data_dir(data_dir: str | None) -> Path:
-    """--data_dir, else ../shared/datasets beside the repository, else dataloader's default
-    (the lookup of bench/epoch_time.py). Called in the child: it imports torch."""
-    if data_dir:
-        return Path(data_dir)
-    shared = REPO.parent / "shared" / "datasets"
-    if shared.is_dir():
-        return shared
-    import dataloader
-    return dataloader.resolve_data_dir()
+    """--data_dir, else $REFINE_DATA_DIR, else dataset/ (data.splits.resolve_data_dir)."""
+    from data.splits import resolve_data_dir
+    return resolve_data_dir(data_dir)
 
 
 def ensure_synthetic(shape: str, out_dir: Path, seed: int) -> str:
@@ -211,7 +205,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--negatives", choices=("shared", "per_user"), default="shared",
                    help="main.py's --negatives (default shared, the reference's)")
-    p.add_argument("--data_dir", help="folder holding ML-1M/ (default ../shared/datasets, "
+    p.add_argument("--data_dir", help="folder holding ML-1M/ (default $REFINE_DATA_DIR, "
                                       "then $REFINE_DATA_DIR or dataset/)")
     p.add_argument("--synthetic_dir", default=str(REPO / "dataset" / "synthetic"),
                    help="folder of the synthetic datasets (default dataset/synthetic)")

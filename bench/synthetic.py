@@ -5,7 +5,7 @@
     python bench/synthetic.py --shape Netflix-1M --scale 0.05 --seed 1 --out /tmp/syn
 
 The folder ``<out>/<SHAPE>-synthetic/`` holds the four files of the published format
-(SPEC.md §1) with integer ids. ``dataloader.load_dataset(out, "<SHAPE>-synthetic")``
+(docs/datasets.md) with integer ids. ``dataloader.load_dataset(out, "<SHAPE>-synthetic")``
 reports exactly the shape's U, I and |T| (T = rows rated >= 4 or <= 1 of train_augment):
 every user and item occurs in T. The numbers are not a model of anybody's taste; only the
 shape is realistic:
@@ -83,7 +83,7 @@ class Shape:
     real_valid_user_top10: float  # ... from the top 10% users
 
 
-# Counts: SPEC/issue figures; validation/test sizes of the real files in ../shared/datasets
+# Counts: the published datasets' figures; validation/test sizes of the real files
 # (Amazon_Books: no test file there, twice its validation). The real top-10% shares were
 # measured on those validation files with the shape's U and I as denominators.
 SHAPES = {
@@ -402,9 +402,10 @@ def skew_report(data: Synthetic, reference_train: Path | None = None) -> list[st
 
 
 def shared_train_original(dataset: str = "ML-1M") -> Path:
-    """../shared/datasets/<dataset>/<dataset>_train_original.csv beside the repository."""
-    return (Path(__file__).resolve().parents[2] / "shared" / "datasets" / dataset
-            / f"{dataset}_train_original.csv")
+    """<$REFINE_DATA_DIR or dataset/>/<dataset>/<dataset>_train_original.csv."""
+    import os
+    root = Path(os.environ.get("REFINE_DATA_DIR") or "dataset")
+    return root / dataset / f"{dataset}_train_original.csv"
 
 
 def make(shape: str, out_dir: str | Path = "dataset/synthetic", seed: int = 0,
@@ -435,7 +436,7 @@ def main(argv=None) -> int:
                    help="multiply U, I, |T|, validation and test rows (round half up)")
     p.add_argument("--reference", type=Path, default=shared_train_original(),
                    help="a real train file whose skew is printed for comparison (default "
-                        "../shared/datasets/ML-1M/ML-1M_train_original.csv, when present)")
+                        "$REFINE_DATA_DIR/ML-1M/ML-1M_train_original.csv, when present)")
     args = p.parse_args(argv)
     if not 0 < args.scale <= 1:
         p.error("--scale must be in (0, 1]")

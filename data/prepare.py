@@ -1,8 +1,8 @@
-"""Preparing split files from raw RecBole atomic files exactly as the paper did (SPEC.md §2),
+"""Preparing split files from raw RecBole atomic files exactly as the paper did (docs/datasets.md),
 and their statistics. ``python dataloader.py prepare|download|stats`` is the CLI;
 data/fetch.py downloads.
 
-Preparation (SPEC.md §2), for every dataset alike:
+Preparation (docs/datasets.md), for every dataset alike:
   1. left-join the item text columns onto the interactions, drop rows missing user, item,
      rating or any text field (Netflix: first keep 5,000 drawn users);
   2. repeat until the row count is stable: pos = rating >= 4, neg = the rest; 5-core pos
@@ -35,7 +35,7 @@ RAW_FORMATS = {name: d.raw for name, d in DATASETS.items()}
 
 @dataclass(frozen=True)
 class SplitProtocol:
-    """The thresholds of SPEC.md §2 (defaults = the paper's)."""
+    """The thresholds of docs/datasets.md (defaults = the paper's)."""
 
     positive: float = 4.0      # pos = rating >= positive
     core: int = 5              # k-core on pos, then on pos + neg
@@ -164,7 +164,7 @@ def _core(df: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def split_interactions(df: pd.DataFrame, protocol: SplitProtocol = SplitProtocol()):
-    """SPEC.md §2 steps 2–5 on the joined, cleaned rows (ids already typed by ``_as_ids``).
+    """docs/datasets.md on the joined, cleaned rows (ids already typed by ``_as_ids``).
     Returns (train_original, validation, test) with the three output columns."""
     while True:
         size = len(df)
@@ -272,7 +272,7 @@ def retire_stale_augment(augment: Path, original: Path, log=print) -> None:
 
 def prepare_dataset(dataset: str, raw_dir, out_dir, protocol: SplitProtocol = SplitProtocol(),
                     log=print, overwrite: bool = False) -> list[Path]:
-    """Prepare a published dataset from its raw files in ``raw_dir`` (SPEC.md §2)."""
+    """Prepare a published dataset from its raw files in ``raw_dir`` (docs/datasets.md)."""
     fmt = raw_format(dataset)
     refuse_overwrite(out_dir, dataset, overwrite)
     raw_dir = Path(raw_dir)

@@ -1,4 +1,4 @@
-"""The SPEC.md §3 procedure as pure steps: item text, candidate selection, chunk prompts,
+"""The docs/llm.md procedure as pure steps: item text, candidate selection, chunk prompts,
 reading decisions off answers or a train_augment, the relabel rule, agreement.
 
 refine_llm.py drives these steps (backends, cache, files); everything here is
@@ -30,7 +30,7 @@ def sorted_users(users: pd.Series) -> list[str]:
 
 @dataclass
 class UserPlan:
-    """What SPEC §3 steps 1-3 make of one user; lists hold item ids."""
+    """What docs/llm.md make of one user; lists hold item ids."""
 
     user: str
     mean: float
@@ -42,7 +42,7 @@ class UserPlan:
 
 
 def plan_users(train: pd.DataFrame, texts: dict, seed: int) -> list[UserPlan]:
-    """SPEC §3 steps 1-3 for every user, in ascending user order.
+    """docs/llm.md for every user, in ascending user order.
 
     Rows are ordered by item popularity (train rows per item), descending, ties in file
     order; mean >= 3: examples = r4 + r2 + r1, candidates = r3; else examples = r4 + r1,
@@ -121,7 +121,7 @@ def build_requests(plans: list[UserPlan], texts: dict, cfg) -> list[Request]:
 # ----------------------------------------------------------------------------- decisions
 
 def decisions_from_records(records, train: pd.DataFrame, texts: dict) -> dict[str, set[str]]:
-    """Refined user -> selected item ids, from cache records (SPEC §3 step 6).
+    """Refined user -> selected item ids, from cache records (docs/llm.md).
 
     A user with at least one answered line starting with "[" is refined; each of the
     user's 2/3 rows whose title text is among the parsed titles is selected.
@@ -161,7 +161,7 @@ def decisions_from_augment(train: pd.DataFrame, augment_path: Path) -> dict[str,
 
 def relabel(train: pd.DataFrame, decisions: dict[str, set[str]], texts: dict | None = None,
             scope: set[str] | None = None) -> tuple[np.ndarray, dict]:
-    """New ratings (SPEC §3 step 6): refined users' 2/3 rows -> 4.5 if selected else 0.5;
+    """New ratings (docs/llm.md): refined users' 2/3 rows -> 4.5 if selected else 0.5;
     everything else unchanged. With ``texts``, 2/3 rows of items without text keep their
     rating (they were never asked). Counts cover the users in ``scope`` (default: all)."""
     ratings = train[RATING_COL].to_numpy().copy()

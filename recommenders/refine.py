@@ -39,7 +39,7 @@ class Settings:
 def similarity_sampling_weights(base: Tensor, item_emb: Tensor, pos_users: Tensor,
                                 pos_items: Tensor, neg_users: Tensor, neg_items: Tensor,
                                 p: float, q: float, r: int, s: int) -> Tensor:
-    """ReFINe's re-weighted negative-sampling weights of one epoch (SPEC §7).
+    """ReFINe's re-weighted negative-sampling weights of one epoch (docs/baselines.md).
 
     S = E_I E_I^T with the diagonal at -inf. Starting from a copy of ``base`` (U x I):
     for every positive (u, i), each of i's top-s similar items j with w_u(j) = 1 gets q;

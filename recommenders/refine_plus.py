@@ -70,7 +70,7 @@ def header(config: Config) -> tuple[list, list]:
 # --------------------------------------------------------------------------- sampling
 
 def num_negatives(num_items: int) -> int:
-    """n = floor(I / 10) sampled negatives per positive (SPEC §4)."""
+    """n = floor(I / 10) sampled negatives per positive (docs/method.md)."""
     return num_items // 10
 
 

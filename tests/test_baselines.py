@@ -1,4 +1,4 @@
-"""The BPR baselines (LightGCN, ReFINe; SPEC.md §7-§8): hand-computed loss values, ReFINe's
+"""The BPR baselines (LightGCN, ReFINe; docs/baselines.md): hand-computed loss values, ReFINe's
 re-weighting against the obvious sequential loops, and real short runs through main.main()."""
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_bpr_batch_loss_counts_each_node_once():
 
 
 def sequential_reweighting(base, item_emb, pos, neg, p, q, r, s):
-    """SPEC §7 read literally: loops over the rows, checking 'weight 1' as they go."""
+    """docs/baselines.md read literally: loops over the rows, checking 'weight 1' as they go."""
     sim = item_emb @ item_emb.t()
     sim.fill_diagonal_(float("-inf"))
     w = base.clone()

@@ -12,14 +12,14 @@ import main as M
 from runs import seeds
 from conftest import SHARED_REFERENCE, needs_reference_logs, write_split_folder
 from conftest import fails_with, run_main, synthetic_rows
-from test_parser import SPEC_NUMBERS
+from test_parser import REFERENCE_NUMBERS
 
 
 @needs_reference_logs
-@pytest.mark.parametrize("name", sorted(SPEC_NUMBERS))
+@pytest.mark.parametrize("name", sorted(REFERENCE_NUMBERS))
 def test_table_carries_the_spec_numbers(name):
     entry = compare.load(SHARED_REFERENCE / "refine_plus" / name)
-    recall, ndcg, seconds = SPEC_NUMBERS[name]
+    recall, ndcg, seconds = REFERENCE_NUMBERS[name]
     assert entry.rows["test R@20"] == (recall, None)
     assert entry.rows["test NDCG@20"] == (ndcg, None)
     assert round(entry.rows["train seconds"][0]) == seconds
@@ -33,7 +33,7 @@ def test_table_side_by_side_with_differences():
                                    SHARED_REFERENCE / "refine_plus" / "ML-100K.log"])
     assert lines[0].split() == ["ReFINe_ML-100K", "ML-100K"]
     rows = {line.split()[0] + " " + line.split()[1]: line.split()[2:] for line in lines[1:]}
-    # ReFINe 0.4296 vs ReFINe++ 0.4420 (SPEC §6 and the reference ReFINe log)
+    # ReFINe 0.4296 vs ReFINe++ 0.4420 (docs/results.md and the reference ReFINe log)
     assert rows["test R@20"] == ["0.4296", "0.4420", "(+0.0124)"]
     assert rows["best epoch"] == ["421", "400", "(-21)"]
 

@@ -521,5 +521,5 @@ def test_cli_stats_table_and_exit_code_2(tmp_path, capsys):
 def test_stats_of_published_ml100k_match_the_spec():
     stats = prep.dataset_stats(DATASETS_DIR, "ML-100K")
     aug = stats.loc["train_augment"]
-    assert (aug["r=4.5"], aug["r=0.5"]) == (14103, 7957)  # SPEC.md §3: 22,060 refined
+    assert (aug["r=4.5"], aug["r=0.5"]) == (14103, 7957)  # docs/llm.md: 22,060 refined
     assert stats.loc["train_original", "rows"] == 79683

@@ -1,4 +1,4 @@
-"""End-to-end runs through main.main(): real 2-epoch runs on ../shared ML-100K and
+"""End-to-end runs through main.main(): real 2-epoch runs on the published ML-100K and
 Amazon_Digital_Music, exact resume, and every bad input ending in one line + exit code 2."""
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ REFERENCE_LOG = {"ML-100K": "ML-100K.log", "Amazon_Digital_Music": "Amazon-Music
 @pytest.mark.parametrize("dataset", ["ML-100K", "Amazon_Digital_Music"])
 def test_two_epochs_on_real_data(dataset, tmp_path):
     if not (SHARED_DATASETS / dataset).is_dir():
-        pytest.skip(f"../shared/datasets/{dataset} is not present")
+        pytest.skip(f"$REFINE_DATA_DIR/{dataset} is not present")
     rc, result = run_main(["--dataset", dataset, "--data_dir", str(SHARED_DATASETS),
                            "--epochs", "2"], tmp_path)
     assert rc == 0
@@ -179,3 +179,44 @@ def test_cuda_requested_without_cuda(tmp_path, capsys):
                            "--device", "cuda:1"], tmp_path)
     fails_with(capsys, rc, "--device cuda:1", "CUDA is not available")
     assert not result.exists()
+
+
+def test_progress_bar_on_a_terminal_never_in_train_log(tmp_path):
+    """On a terminal (a pty of 120 columns) each epoch shows a bar with the batch count and
+    ETA on stderr; train.log keeps the reference's lines only; --quiet has no bar."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+    from pathlib import Path
+    write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+    repo = Path(__file__).resolve().parents[1]
+
+    def stderr_on_a_tty(*extra):
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        proc = subprocess.Popen(
+            [sys.executable, str(repo / "main.py"), "--dataset", "Synth", "--data_dir",
+             str(tmp_path / "data"), "--epochs", "2", "--batch_size", "16", "--threads", "1",
+             "--result_dir", str(tmp_path / "result"), *extra],
+            cwd=repo, stdin=slave, stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the pty
+                break
+            if not chunk:
+                break
+            out += chunk
+        assert proc.wait() == 0
+        return out.decode(errors="replace")
+
+    shown = stderr_on_a_tty("--path_name", "bar")
+    assert "epoch 1:" in shown and "/21 [" in shown  # 330 rows of T in batches of 16
+    assert "batch/s" not in (tmp_path / "result" / "Synth" / "bar" / "train.log").read_text()
+    assert "epoch 1:" not in stderr_on_a_tty("--path_name", "quiet", "--quiet")

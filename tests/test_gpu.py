@@ -1,7 +1,7 @@
 """The CUDA path computes what the CPU path computes (run by bench/gpu_check.sh).
 
 Skipped without a CUDA device. Data: ML-100K from $REFINE_DATA_DIR (the GPU machine gets a
-copy, see bench/gpu_check.sh) or ../shared/datasets.
+copy, see bench/gpu_check.sh).
 """
 from __future__ import annotations
 

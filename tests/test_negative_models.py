@@ -1,6 +1,6 @@
 """pngnn, siren and semantic_neg (recommenders/pngnn.py, siren.py, signed.py, semantic_neg.py): hand-computed
 losses, attention weights, the samplers' distributions, the text-embedding cache, and 2-epoch
-runs on ../shared ML-100K through main.main()."""
+runs on the published ML-100K through main.main()."""
 from __future__ import annotations
 
 import importlib.util

@@ -6,8 +6,8 @@ import pytest
 from conftest import SHARED_REFERENCE, needs_reference_logs
 from utils import format_metrics, parse_log
 
-# SPEC.md §6: final test Recall@20 / NDCG@20 and training seconds of the reference runs
-SPEC_NUMBERS = {
+# docs/results.md: final test Recall@20 / NDCG@20 and training seconds of the reference runs
+REFERENCE_NUMBERS = {
     "ML-100K.log": (0.4420, 0.3783, 470),
     "ML-1M.log": (0.3228, 0.3376, 6916),
     "Netflix-1M.log": (0.2593, 0.2863, 6577),
@@ -17,10 +17,10 @@ SPEC_NUMBERS = {
 
 
 @needs_reference_logs
-@pytest.mark.parametrize("name", sorted(SPEC_NUMBERS))
+@pytest.mark.parametrize("name", sorted(REFERENCE_NUMBERS))
 def test_reference_refine_plus_logs(name):
     log = parse_log(SHARED_REFERENCE / "refine_plus" / name)
-    recall, ndcg, seconds = SPEC_NUMBERS[name]
+    recall, ndcg, seconds = REFERENCE_NUMBERS[name]
     assert log["test"][20][1] == recall and log["test"][20][2] == ndcg
     assert round(log["train_seconds"]) == seconds
     epochs = log["epochs"]

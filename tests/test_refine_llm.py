@@ -1,4 +1,4 @@
-"""refine_llm.py: SPEC §3 procedure by hand, replay byte identity, cache/resume, CLI errors,
+"""refine_llm.py: docs/llm.md procedure by hand, replay byte identity, cache/resume, CLI errors,
 and the openai backend against a loopback fault injector."""
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def texts_of(root: Path):
     return item_texts(toy_train(root), root / "ML-100K" / "ml-100k.item")
 
 
-# ----------------------------------------------------------------------------- SPEC §3 by hand
+# ----------------------------------------------------------------------------- docs/llm.md by hand
 
 def test_plan_matches_spec_by_hand(tmp_path):
     write_toy(tmp_path)

@@ -1,6 +1,6 @@
 """Negative sampling: Gumbel-top-k draws the same distribution as torch.multinomial without
 replacement (a statistical test with a fixed seed and a tolerance that a wrong sampler
-fails), and the sampling weights of SPEC §4 (0 on T, gamma on confirmed negatives)."""
+fails), and the sampling weights of docs/method.md (0 on T, gamma on confirmed negatives)."""
 from __future__ import annotations
 
 import math
