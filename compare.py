@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data import provenance
+from data.schema import UserError
+from runs.cli import run_cli
 from utils import parse_log
 
 METRICS = ("precision", "recall", "ndcg")
 SHORT = {"precision": "P", "recall": "R", "ndcg": "NDCG"}
 
 
-class CompareError(ValueError):
-    """A path that is not a training log, run folder or multi-seed run folder (exit code 2)."""
+class CompareError(UserError, ValueError):
+    """A path that is not a training log, run folder or multi-seed run folder."""
 
 
 @dataclass
@@ -143,6 +145,8 @@ def load(path: str | Path, label: str | None = None) -> Entry:
     CompareError (one line) for anything that cannot be read as one."""
     try:
         return _load(Path(path), label)
+    except OSError as err:
+        raise CompareError(f"{path}: cannot be read ({err.strerror or err})") from None
     except (ValueError, TypeError, KeyError, AttributeError) as err:  # JSONDecodeError too
         if isinstance(err, CompareError):
             raise
@@ -269,22 +273,18 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="+", help="column names (default: file/folder names)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the curves into this file")
     args = parser.parse_args(argv)
-    problem = plot_problem(args.plot) if args.plot else None
+    return run_cli(lambda: show(args.paths, args.labels or [], args.plot))
+
+
+def show(paths, labels, plot_to: str | None) -> None:
+    problem = plot_problem(plot_to) if plot_to else None
     if problem:
-        print(f"error: --plot {args.plot}: {problem}", file=sys.stderr)
-        return 2
-    try:
-        labels = args.labels or []
-        entries = [load(p, labels[i] if i < len(labels) else None)
-                   for i, p in enumerate(args.paths)]
-    except (CompareError, OSError, json.JSONDecodeError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise CompareError(f"--plot {plot_to}: {problem}")
+    entries = [load(p, labels[i] if i < len(labels) else None) for i, p in enumerate(paths)]
     print("\n".join(table_lines(entries)))
-    if args.plot:
-        plot(entries, args.plot)
-        print(f"plot: {args.plot}")
-    return 0
+    if plot_to:
+        plot(entries, plot_to)
+        print(f"plot: {plot_to}")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from llm.backends import BACKENDS, make_backend
 from llm.procedure import (agreement, build_requests, decisions_from_records, plan_users,
                            relabel, sorted_users)
 from llm.prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate
+from runs.cli import run_cli
 from runs.files import atomic_write_text
 
 @dataclass
@@ -276,12 +277,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    try:
-        run(parse_args(argv))
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run(parse_args(argv)))
 
 
 if __name__ == "__main__":

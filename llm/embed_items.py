@@ -19,6 +19,7 @@ from data import items
 from data.schema import DataError
 from data.splits import resolve_data_dir, split_path
 from llm import text_encoder
+from runs.cli import run_cli
 from runs.files import atomic_write
 
 
@@ -55,13 +56,9 @@ def main(argv=None) -> int:
     p.add_argument("--text_cache_dir", help="default <result_dir>/text_cache")
     p.add_argument("--result_dir", default="result")
     args = p.parse_args(argv)
-    try:
-        embed_items(args.dataset, args.data_dir, args.dataset_augment, args.item_file,
-                    args.text_model, args.text_cache_dir or Path(args.result_dir) / "text_cache")
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: embed_items(
+        args.dataset, args.data_dir, args.dataset_augment, args.item_file, args.text_model,
+        args.text_cache_dir or Path(args.result_dir) / "text_cache"))
 
 
 if __name__ == "__main__":

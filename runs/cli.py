@@ -9,10 +9,12 @@ from typing import Callable
 from data.schema import UserError
 
 
-def run_cli(fn: Callable[[], int | None], interrupted: str | None = None) -> int:
-    """``fn()``'s exit code (None: 0), or 2 after printing a UserError as one line."""
+def run_cli(fn: Callable[[], object], interrupted: str | None = None) -> int:
+    """``fn()``'s exit code when it returns an int (anything else: 0), or 2 after printing
+    a UserError as one line."""
     try:
-        return fn() or 0
+        rc = fn()
+        return rc if isinstance(rc, int) else 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

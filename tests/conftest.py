@@ -62,6 +62,21 @@ def interrupt_second_epoch(monkeypatch) -> None:
     monkeypatch.setitem(MODELS, "refine_plus", replace(spec, train_epoch=interrupted))
 
 
+def poison_batch_loss(monkeypatch, at_call: int) -> None:
+    """Make ReFINe++'s ``at_call``-th batch loss (counting from 1) NaN."""
+    from recommenders import refine_plus
+    real_batch_loss, calls = refine_plus.batch_loss, []
+
+    def poisoned(*a, **kw):
+        loss, value, num_pos = real_batch_loss(*a, **kw)
+        calls.append(1)
+        if len(calls) == at_call:
+            loss, value = loss * float("nan"), value * float("nan")
+        return loss, value, num_pos
+
+    monkeypatch.setattr(refine_plus, "batch_loss", poisoned)
+
+
 def run_main(args, tmp_path, name="run"):
     import main as M
     argv = [*args, "--result_dir", str(tmp_path / "result"), "--path_name", name, "--quiet",

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import main as M
-from recommenders import refine_plus
 from conftest import (SHARED_DATASETS, SHARED_REFERENCE, fails_with, interrupt_second_epoch,
+                      poison_batch_loss,
                       run_main, shared_dataset, synthetic_rows, write_split_folder)
 from utils import parse_log
 
@@ -138,16 +138,7 @@ def test_shared_mode_batch_with_one_positive(tmp_path, capsys):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
-    real_batch_loss, calls = refine_plus.batch_loss, []
-
-    def poisoned(*a, **kw):  # |T| = 330: 6 batches of 64 per epoch; poison epoch 2, batch 2
-        loss, value, num_pos = real_batch_loss(*a, **kw)
-        calls.append(1)
-        if len(calls) == 8:
-            loss, value = loss * float("nan"), value * float("nan")
-        return loss, value, num_pos
-
-    monkeypatch.setattr(refine_plus, "batch_loss", poisoned)
+    poison_batch_loss(monkeypatch, 8)  # |T| = 330: 6 batches of 64 per epoch; epoch 2, batch 2
     rc, result = run_main(["--dataset", "Synth", "--data_dir", str(tmp_path / "data"),
                            "--epochs", "5", "--batch_size", "64"], tmp_path)
     fails_with(capsys, rc, "non-finite loss at epoch 2, batch 2")

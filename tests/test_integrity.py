@@ -20,9 +20,8 @@ import compare
 import dataloader
 import main as M
 import refine_llm
-from recommenders import refine_plus
-from conftest import (SHARED, SHARED_DATASETS, fails_with, run_main, shared_dataset,
-                      synthetic_rows, write_split_folder)
+from conftest import (SHARED, SHARED_DATASETS, fails_with, poison_batch_loss, run_main,
+                      shared_dataset, synthetic_rows, write_split_folder)
 from dataloader import DataError, load_dataset
 from data.registry import PUBLISHED_BLOBS
 from utils import parse_log
@@ -330,23 +329,10 @@ def test_compare_plot_into_a_missing_folder(tmp_path, capsys):
     fails_with(capsys, rc, "--plot", "missing_dir")
 
 
-def poison_epoch_two(monkeypatch):
-    real_batch_loss, calls = refine_plus.batch_loss, []
-
-    def poisoned(*a, **kw):  # 6 batches of 64 per epoch: poison the first of epoch 2
-        loss, value, num_pos = real_batch_loss(*a, **kw)
-        calls.append(1)
-        if len(calls) == 1:
-            loss, value = loss * float("nan"), value * float("nan")
-        return loss, value, num_pos
-
-    monkeypatch.setattr(refine_plus, "batch_loss", poisoned)
-
-
 def test_a_later_error_is_in_train_log_and_the_folder_can_be_rerun(tmp_path, capsys,
                                                                      monkeypatch):
     data = synth(tmp_path)
-    poison_epoch_two(monkeypatch)
+    poison_batch_loss(monkeypatch, 1)  # the first batch: no epoch finishes
     rc, result = run_main(train_args(data), tmp_path)
     fails_with(capsys, rc, "non-finite loss at epoch 1")
     run_dir = result / "Synth" / "run"
