@@ -129,3 +129,23 @@ def test_compare_to_prints_the_table_into_the_log(tmp_path, capsys):
     assert len(row.split()) == 5 and row.split()[4].startswith("(")  # value, value (diff)
     rc, _ = run_main([*base, "--compare_to", str(tmp_path / "nothing.log")], tmp_path, "third")
     fails_with(capsys, rc, "--compare_to", "nothing.log")
+
+
+def test_every_committed_run_config_still_loads():
+    """The flat config.json of each run in results4comparison/ (written before the model
+    settings moved into their files) still builds a Config with the same values."""
+    from pathlib import Path
+
+    from recommenders import make_config
+    configs = sorted((Path(__file__).resolve().parents[1] / "results4comparison").rglob(
+        "config.json"))
+    assert len(configs) >= 40
+    for path in configs:
+        saved = json.loads(path.read_text())
+        config = make_config(strict=False, **{k: v for k, v in saved.items() if k != "inputs"})
+        flat = config.to_dict()
+        assert flat["model"] == saved.get("model", "refine_plus")  # the oldest had no --model
+        for key in ("dataset", "learning_rate", "layers", "batch_size", "epochs",
+                    *config.settings.__dataclass_fields__):
+            if key in saved:
+                assert flat[key] == saved[key], (path, key)
