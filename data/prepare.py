@@ -28,6 +28,7 @@ from data.registry import DATASETS, NETFLIX_GENRES, NETFLIX_TITLES, SPLITS, RawF
 from data.schema import (ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_COL, DataError,
                          canonical_int_ids, sorted_ids)
 from data.splits import read_split, split_path
+from runs.files import atomic_write
 
 PREPARED_SPLITS = ("train_original", "validation", "test")
 RAW_FORMATS = {name: d.raw for name, d in DATASETS.items()}
@@ -223,7 +224,7 @@ def refuse_overwrite(out_dir, name: str, overwrite: bool) -> None:
 
 def write_splits(out_dir, name: str, frames, log=print, core: int = 5) -> list[Path]:
     """Write train_original/validation/test exactly as ``to_csv(index=False)`` does (LF line
-    ends on every OS); temp file + rename so a crash leaves no half file. An empty split is
+    ends on every OS), atomically (runs.files.atomic_write: a crash leaves no half file). An empty split is
     an error before anything is written. A train_augment there that no longer relabels the
     new train_original is renamed ``*.stale`` (with its manifest), so nothing trains on it."""
     empty = [split for split, frame in zip(PREPARED_SPLITS, frames) if len(frame) == 0]
@@ -235,9 +236,8 @@ def write_splits(out_dir, name: str, frames, log=print, core: int = 5) -> list[P
     for split, frame in zip(PREPARED_SPLITS, frames):
         dest = split_path(out_dir, name, split)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part")
-        frame.to_csv(tmp, index=False, lineterminator="\n")
-        os.replace(tmp, dest)
+        atomic_write(dest, lambda f, frame=frame: frame.to_csv(f, index=False,
+                                                              lineterminator="\n"))
         log(f"wrote {dest}: {len(frame):,} rows")
         paths.append(dest)
     retire_stale_augment(split_path(out_dir, name, "train_augment"), paths[0], log)
