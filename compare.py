@@ -118,7 +118,7 @@ def entry_from_log(log: dict, label: str) -> Entry:
 
 
 def entry_from_summary(folder: Path, label: str) -> Entry:
-    """Mean ± std rows of a multi-seed run (seeds.py's summary.json) and its seeds' logs."""
+    """Mean ± std rows of a multi-seed run (runs/seeds.py's summary.json) and its seeds' logs."""
     summary = json.loads((folder / "summary.json").read_text())
     entry = Entry(f"{label} ({summary['num_seeds']} seeds)")
     rows = entry.rows

@@ -47,8 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     a("--early_stopping_step", type=int, help="patience on validation Recall@20 (default 50)")
     a("--top_k", type=int, nargs="+", help="cut-offs (default 5 10 15 20)")
     a("--epochs", type=int, help="maximum epochs (default 1000); with --resume: new maximum")
-    a("--real_neg_samp_prob", type=float, help="gamma, sampling weight of confirmed negatives "
-                                               "(1.5; refine_plus, refine)")
     a("--mask_valid_in_test", action="store_true",
       help="also mask validation rows when scoring the test split (reference: not masked)")
     a("--allow_split_overlap", action="store_true",
@@ -105,7 +103,7 @@ def read_saved_config(path: Path) -> dict:
     """A run's config.json / seeds.json as a dict; ConfigError when it is damaged."""
     try:
         saved = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"--resume: {path} is damaged ({err}); the run cannot be "
                           f"continued exactly") from None
     if not isinstance(saved, dict):

@@ -277,7 +277,9 @@ def run(cfg: RefineConfig, log=print) -> dict:
 
 
 def main(argv=None) -> int:
-    return run_cli(lambda: run(parse_args(argv)))
+    return run_cli(lambda: run(parse_args(argv)),
+                   interrupted="interrupted: run the same command again; the answer cache "
+                               "keeps every chunk answered so far")
 
 
 if __name__ == "__main__":

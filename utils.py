@@ -192,9 +192,13 @@ class RunLogger:
             self.file.write(line + "\n")
             self.file.flush()
 
-    def size(self) -> int:
-        """Bytes written to train.log so far (what a resume truncates it back to)."""
-        return os.fstat(self.file.fileno()).st_size if self.file else 0
+    def sync(self) -> int:
+        """Flush train.log to disk; its size in bytes (what a resume truncates it back to)."""
+        if not self.file:
+            return 0
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        return os.fstat(self.file.fileno()).st_size
 
     def close(self) -> None:
         if self.file:

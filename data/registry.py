@@ -85,8 +85,13 @@ DATASETS = {d.name: d for d in (
             "books", layers=2),
 )}
 
-# "<dataset>/<dataset>_<split>.csv" -> git blob SHA-1: the key of a file inside a data folder
-PUBLISHED_BLOBS = {f"{d.name}/{d.name}_{split}.csv": blob
+def published_key(dataset: str, split: str) -> str:
+    """A split file's path inside a data folder: "<dataset>/<dataset>_<split>.csv"."""
+    return f"{dataset}/{dataset}_{split}.csv"
+
+
+# published_key -> git blob SHA-1 of the published file
+PUBLISHED_BLOBS = {published_key(d.name, split): blob
                    for d in DATASETS.values() for split, blob in d.blobs.items()}
 
 

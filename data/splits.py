@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.registry import published_key
 from data.schema import EVAL_RATINGS, ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_COL, DataError
 
 DATA_DIR_ENV = "REFINE_DATA_DIR"
@@ -25,7 +26,7 @@ def resolve_data_dir(data_dir: str | None = None) -> Path:
 
 def split_path(data_dir: str | Path, dataset: str, split: str) -> Path:
     """Path of one split file; ``split`` is train_augment, train_original, validation or test."""
-    return Path(data_dir) / dataset / f"{dataset}_{split}.csv"
+    return Path(data_dir) / published_key(dataset, split)
 
 
 def read_split(path: Path, *, is_train: bool, warn=print) -> pd.DataFrame:

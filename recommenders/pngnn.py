@@ -63,7 +63,7 @@ def dual_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, b: flo
 class Settings:
     lambda_reg: float = lambda_reg(0.05)
     num_negatives: int = num_negatives(40)
-    b: float = setting(2.0, "pngnn: Dual-BPR scale of a negative-graph row's score (>= 1; 2)")
+    b: float = setting(2.0, "Dual-BPR scale of a negative-graph row's score (>= 1; 2)")
 
     def __post_init__(self):
         require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"),

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from data.registry import DATASETS
-from recommenders.base import Graphs, Recommender, TrainingError, adam, build_gcn, lambda_reg, \
-    setting
+from recommenders.base import (Graphs, Recommender, TrainingError, adam, build_gcn, gamma,
+                               lambda_reg, setting)
 from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling, check_candidates
 from recommenders.refine_plus import dense_sampling_weights
 from runs.config import ConfigError
@@ -24,16 +24,19 @@ if TYPE_CHECKING:
 @dataclass
 class Settings:
     lambda_reg: float = lambda_reg(1e-4)
-    p: float = setting(1.5, "refine: weight of items similar to a confirmed negative (1.5)")
-    q: float = setting(0.75, "refine: weight of items similar to a positive (0.75)")
-    r: int = setting(100, "refine: similar items per confirmed negative (100; ML-1M 250, "
+    real_neg_samp_prob: float = gamma()
+    p: float = setting(1.5, "weight of items similar to a confirmed negative (1.5)")
+    q: float = setting(0.75, "weight of items similar to a positive (0.75)")
+    r: int = setting(100, "similar items per confirmed negative (100; ML-1M 250, "
                           "Netflix-1M 300)")
-    s: int = setting(5, "refine: similar items per positive (5)")
-    t: int = setting(50, "refine: first epoch of the similarity re-weighting (50)")
+    s: int = setting(5, "similar items per positive (5)")
+    t: int = setting(50, "first epoch of the similarity re-weighting (50)")
 
     def __post_init__(self):
         if min(self.p, self.q, self.lambda_reg) < 0 or min(self.r, self.s, self.t) < 1:
             raise ConfigError("--p, --q, --lambda_reg must be >= 0 and --r, --s, --t >= 1")
+        if self.real_neg_samp_prob <= 0:
+            raise ConfigError("--real_neg_samp_prob must be > 0")
 
 
 def similarity_sampling_weights(base: Tensor, item_emb: Tensor, pos_users: Tensor,
@@ -99,7 +102,8 @@ def epoch_weights(model: nn.Module, graphs: Graphs, config: Config,
 
 def header(config: Config) -> tuple[list, list]:
     """p, q, r, s, t sit in the reference's own block (ReFINe's reference logs them)."""
-    return ([(k, getattr(config, k)) for k in "pqrst"],
+    return ([("real_negative_sampling_probabilities", config.real_neg_samp_prob),
+             *((k, getattr(config, k)) for k in "pqrst")],
             [("model", "refine"), ("lambda_reg", config.lambda_reg)])
 
 

@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from model import (ReFINePlus, ae_terms_dense, ae_terms_sparse, alignment_loss, gumbel_topk,
                    half_l2, multinomial_without_replacement, per_row_scores,
                    sampled_softmax_loss)
-from recommenders.base import Graphs, Recommender, TrainingError, batches, epoch_loss, setting
-from runs.config import ConfigError
+from recommenders.base import (Graphs, Recommender, TrainingError, batches, epoch_loss, gamma,
+                               setting)
+from runs.config import ConfigError, require
 
 if TYPE_CHECKING:
     from runs.config import Config
@@ -43,15 +44,15 @@ class Settings:
     lambda2: float = setting(1e-5, "L2 weight on the autoencoders (default 1e-5)")
     impl: str = setting("fast", "fast (default) or the reference-equivalent slow path "
                         "(benchmarks, oracles)", choices=("fast", "reference"))
+    real_neg_samp_prob: float = gamma()
 
     def __post_init__(self):
-        if self.lambda1 < 0 or self.lambda2 < 0:
-            raise ConfigError("--lambda1 and --lambda2 must be >= 0")
-        for name, allowed in (("negatives", ("shared", "per_user")),
-                              ("ae_input", ("batch", "user_negatives")),
-                              ("impl", ("fast", "reference"))):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"--{name} must be {' or '.join(allowed)}")
+        require((self.lambda1 >= 0 and self.lambda2 >= 0, "--lambda1 and --lambda2 must be >= 0"),
+                (self.real_neg_samp_prob > 0, "--real_neg_samp_prob must be > 0"),
+                *((getattr(self, name) in allowed, f"--{name} must be {' or '.join(allowed)}")
+                  for name, allowed in (("negatives", ("shared", "per_user")),
+                                        ("ae_input", ("batch", "user_negatives")),
+                                        ("impl", ("fast", "reference")))))
 
 
 def check(config: Config) -> None:
@@ -62,7 +63,8 @@ def check(config: Config) -> None:
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "refine_plus"), ("negatives", config.negatives),
+    return [("real_negative_sampling_probabilities", config.real_neg_samp_prob)], [
+                ("model", "refine_plus"), ("negatives", config.negatives),
                 ("ae_input", config.ae_input), ("lambda1", config.lambda1),
                 ("lambda2", config.lambda2), ("impl", config.impl)]
 

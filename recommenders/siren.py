@@ -68,8 +68,8 @@ def sign_aware_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor,
 class Settings:
     lambda_reg: float = lambda_reg(0.05)
     num_negatives: int = num_negatives(40)
-    c_neg: float = setting(2.0, "siren: a negative row's observed score weighs -c_neg (2)")
-    dropout: float = setting(0.5, "siren: dropout in the MLP and the attention (0.5)")
+    c_neg: float = setting(2.0, "a negative row's observed score weighs -c_neg (2)")
+    dropout: float = setting(0.5, "dropout in the MLP and the attention (0.5)")
 
     def __post_init__(self):
         require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"),

@@ -56,7 +56,6 @@ class Config:
     early_stopping_step: int = 50
     top_k: tuple[int, ...] = (5, 10, 15, 20)
     epochs: int = 1000
-    real_neg_samp_prob: float = 1.5  # gamma, the reference's flag (refine_plus, refine)
     mask_valid_in_test: bool = False
     allow_split_overlap: bool = False  # a (user, item) pair in two splits: warn, not refuse
     device: str = "auto"
@@ -88,7 +87,6 @@ class Config:
              "--epochs and --evaluation_step must be > 0"),
             (self.early_stopping_step > 0, "--early_stopping_step must be > 0"),
             (self.learning_rate > 0, "--learning_rate must be > 0"),
-            (self.real_neg_samp_prob > 0, "--real_neg_samp_prob must be > 0"),
             (len(self.top_k) > 0 and self.top_k[0] > 0, "--top_k needs positive values"),
             (self.threads >= 0, "--threads must be >= 0 (0: every core available)"),
             (0 <= self.random_seed <= MAX_SEED, f"--random_seed must be in 0..{MAX_SEED}"),

@@ -15,6 +15,8 @@ from data import provenance
 from runs.config import ConfigError
 from runs.files import atomic_write_text
 
+BEST_NEXT = "best.next.pt"  # a new best model, until the epoch's last.pt is written
+
 
 def load_resume_state(run_dir: Path, device) -> dict:
     """last.pt of the run to continue, after checking it and best.pt can be used; raises
@@ -27,13 +29,26 @@ def load_resume_state(run_dir: Path, device) -> dict:
         raise ConfigError(f"--resume {run_dir}: last.pt cannot be read "
                           f"({str(err).splitlines()[0][:120]}); it is damaged, so the run "
                           f"cannot continue exactly — start it again") from None
-    best = run_dir / "best.pt"
-    if state["early_stopping"]["best_epoch"] > 0 and not zipfile.is_zipfile(best):
-        what = "damaged" if best.is_file() else "missing"
-        raise ConfigError(f"--resume {run_dir}: best.pt is {what} (epoch "
-                          f"{state['early_stopping']['best_epoch']} was the best so far); "
-                          f"the final test needs it — restore it or start the run again")
+    if not isinstance(state, dict) or not {"epoch", "model", "early_stopping"} <= set(state):
+        raise ConfigError(f"--resume {run_dir}: last.pt is not a checkpoint of a run")
+    best_epoch = state["early_stopping"]["best_epoch"]
+    if best_epoch > 0 and saved_epoch(run_dir / "best.pt") != best_epoch \
+            and saved_epoch(run_dir / BEST_NEXT) != best_epoch:
+        what = "damaged or of another epoch" if (run_dir / "best.pt").is_file() else "missing"
+        raise ConfigError(f"--resume {run_dir}: best.pt is {what} (epoch {best_epoch} was the "
+                          f"best so far); the final test needs it — restore it or start the "
+                          f"run again")
     return state
+
+
+def saved_epoch(path: Path) -> int | None:
+    """The epoch a best.pt holds, or None when the file is missing or unreadable."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)["epoch"]
+    except Exception:  # noqa: BLE001 - any damage means: not usable
+        return None
 
 
 def no_finished_epoch(run_dir: Path) -> str:
@@ -57,12 +72,21 @@ def check_resumed_inputs(run_dir: Path, inputs: list[provenance.FileRecord]) -> 
 
 def rewind_to_checkpoint(run_dir: Path, state: dict) -> None:
     """Cut train.log and epochs.jsonl back to what they held when last.pt was written, so an
-    epoch a kill interrupted after its lines were written is logged once, when it re-runs."""
+    epoch a kill interrupted after its lines were written is logged once, when it re-runs;
+    settle a best.next.pt (the new best model is renamed to best.pt after last.pt is
+    written): kept when last.pt counts it as the best, else dropped (its epoch re-runs)."""
+    pending = run_dir / BEST_NEXT
+    if pending.is_file():
+        if saved_epoch(pending) == state["early_stopping"]["best_epoch"]:
+            os.replace(pending, run_dir / "best.pt")
+        else:
+            pending.unlink()
     for name, key in (("train.log", "log_bytes"), ("epochs.jsonl", "jsonl_bytes")):
         path = run_dir / name
         if key in state and path.is_file():
             os.truncate(path, state[key])
         elif name == "epochs.jsonl" and path.is_file():  # a last.pt of before the sizes
             rows = [r for r in path.read_text().splitlines(keepends=True)
-                    if json.loads(r)["epoch"] <= state["epoch"]]
+                    if r.strip().startswith("{") and r.endswith("\n")
+                    and json.loads(r)["epoch"] <= state["epoch"]]
             atomic_write_text(path, "".join(rows))

@@ -24,7 +24,8 @@ from data.schema import UserError
 from runs.files import is_temp
 
 LOCK_FILE = ".lock"
-RUN_FILES = ("argv.txt", "config.json", "train.log", "epochs.jsonl", "best.pt", "last.pt",
+RUN_FILES = ("argv.txt", "config.json", "train.log", "epochs.jsonl", "best.pt", "best.next.pt",
+             "last.pt",
              "metrics.json")
 FINISHED = ("last.pt", "metrics.json")  # a folder with one of these holds a finished epoch
 _names_given: set[str] = set()
@@ -82,9 +83,17 @@ def claim_new(run_dir: Path, finished=FINISHED, known=RUN_FILES) -> RunFolder:
     """Create ``run_dir`` for this process, or take over one left without a finished epoch;
     RunFolderError when it is in use, finished (continue it with --resume) or not a run's."""
     run_dir = Path(run_dir)
-    run_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = run_dir.parent / f".{run_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.new"
-    staging.mkdir()
+    try:
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_staging(run_dir)
+        staging = run_dir.parent / f".{run_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.new"
+        staging.mkdir()
+    except (FileExistsError, NotADirectoryError):
+        raise RunFolderError(f"cannot make {run_dir}: a part of its path is a file, not a "
+                             f"folder") from None
+    except PermissionError:
+        raise RunFolderError(f"cannot make {run_dir}: {run_dir.parent} is not writable") \
+            from None
     fd = _try_lock(staging)
     try:
         os.rename(staging, run_dir)  # atomic; fails when run_dir is a non-empty folder
@@ -95,6 +104,14 @@ def claim_new(run_dir: Path, finished=FINISHED, known=RUN_FILES) -> RunFolder:
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir} exists and is not a folder; choose another --path_name")
     return _take_over(run_dir, finished, known)
+
+
+def remove_dead_staging(run_dir: Path) -> None:
+    """Staging folders of ``run_dir`` that a killed process left (its pid is gone)."""
+    for staging in run_dir.parent.glob(f".{run_dir.name}.*.new"):
+        pid = staging.name[len(run_dir.name) + 2:].split(".")[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def _take_over(run_dir: Path, finished, known) -> RunFolder:

@@ -125,6 +125,8 @@ def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
             metrics = finished_seed(parent / f"seed{seed}", seed, config)
             if metrics is not None:
                 per_seed[seed] = metrics
+        for stale in (SUMMARY_FILE, "summary.txt"):  # rewritten when every seed is done
+            (parent / stale).unlink(missing_ok=True)
         dump_json({**config.to_dict(), "resume": None, "path_name": name}, parent / SEEDS_FILE)
         return _run_seeds(config, run_one, parent, name, result_dir, per_seed)
     finally:
@@ -138,13 +140,18 @@ def finished_seed(seed_dir: Path, seed: int, config: Config) -> dict | None:
     path = seed_dir / "metrics.json"
     if not path.is_file():
         return None
-    metrics = json.loads(path.read_text())
+    try:
+        metrics = json.loads(path.read_text())
+        metrics["last_epoch"], metrics["early_stopped"]  # noqa: B018 - the keys used below
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise SeedsError(f"{path} is damaged; delete it (the seed then continues from its "
+                         f"last.pt) or start a new multi-seed run") from None
     saved = metrics.get("inputs")
     if saved is not None:
-        from data.provenance import first_change, record_file
+        from data.provenance import first_change, located, record_file
         from data.splits import resolve_data_dir
         data_dir = resolve_data_dir(config.data_dir)
-        files = [(r["role"], data_dir / r["path"]) for r in saved]
+        files = [(r["role"], located(r, data_dir)) for r in saved]
         missing = next((p for _, p in files if not p.is_file()), None)
         change = f"{missing} no longer exists" if missing else first_change(
             saved, [record_file(role, p, data_dir) for role, p in files])

@@ -28,7 +28,8 @@ from dataloader import RecData
 from recommenders import MODELS
 from recommenders.base import Graphs, Recommender, TrainingError, build_graphs
 from runs import distributed, run_folder
-from runs.resume import check_resumed_inputs, load_resume_state, rewind_to_checkpoint
+from runs.resume import (BEST_NEXT, check_resumed_inputs, load_resume_state,
+                         rewind_to_checkpoint)
 from runs.config import Config, ConfigError
 from runs.files import atomic_save, atomic_write_text, dump_json
 from utils import (RULE, EarlyStopping, RunLogger, command_line, evaluate, fault_point,
@@ -47,6 +48,7 @@ class Checked:
     graphs: Graphs
     sampling: Any
     warnings: list[str] = field(default_factory=list)  # for train.log, once it exists
+    last_stamp: tuple | None = None  # (mtime, size) of the last.pt that ``state`` came from
 
 
 def run(config: Config) -> dict | None:
@@ -91,6 +93,7 @@ def check_before_writing(config: Config, device, shard) -> Checked:
     run_dir = Path(config.resume) if resuming else (
         Path(config.result_dir) / config.dataset / (config.path_name or run_folder.default_name()))
     state = load_resume_state(run_dir, device) if resuming else None
+    stamp = file_stamp(run_dir / "last.pt") if resuming else None
     if not resuming:
         run_folder.check_result_dir(config.result_dir)
     data_dir = dataloader.resolve_data_dir(config.data_dir)
@@ -116,7 +119,12 @@ def check_before_writing(config: Config, device, shard) -> Checked:
               for role, path in [*data.files, *getattr(sampling, "inputs", [])]]
     if resuming:
         check_resumed_inputs(run_dir, inputs)
-    return Checked(run_dir, state, data, inputs, recommender, graphs, sampling, warnings)
+    return Checked(run_dir, state, data, inputs, recommender, graphs, sampling, warnings, stamp)
+
+
+def file_stamp(path: Path) -> tuple:
+    info = path.stat()
+    return info.st_mtime_ns, info.st_size
 
 
 def main_rank_first(fn, shard, device):
@@ -149,6 +157,10 @@ def train_in_folder(config: Config, device, shard, checked: Checked) -> dict | N
     folder = main_rank_first(take_folder, shard, device)
     try:
         if checked.state is not None and is_main:
+            if file_stamp(run_dir / "last.pt") != checked.last_stamp:
+                raise run_folder.RunFolderError(
+                    f"{run_dir / 'last.pt'} changed while this resume was starting (another "
+                    f"process continued the run); run the command again")
             rewind_to_checkpoint(run_dir, checked.state)
             (run_dir / "metrics.json").unlink(missing_ok=True)  # unfinished until it ends
         if folder is not None and folder.started_over:
@@ -183,7 +195,6 @@ def header_lines(config: Config, device, inputs: list[provenance.FileRecord]) ->
                  ("evaluation_step", config.evaluation_step),
                  ("early_stopping_step", config.early_stopping_step),
                  ("top_k", list(config.top_k)), ("epochs", config.epochs),
-                 ("real_negative_sampling_probabilities", config.real_neg_samp_prob),
                  *extra_reference, ("path_name", config.path_name)]
     ours = [*ours, ("mask_valid_in_test", config.mask_valid_in_test), ("device", device),
             ("threads", torch.get_num_threads())]
@@ -281,14 +292,21 @@ class Training:
         with open(self.run_dir / "epochs.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"epoch": self.epoch, "loss": loss, "train_s": train_time,
                                 "epoch_s": epoch_time, "valid": results}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
             jsonl_bytes = f.tell()
         fault_point("epochs_jsonl", self.epoch)  # the window a resume must rewind (tests)
         # the log sizes let a resume drop what an interrupted later epoch wrote
         atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "early_stopping": self.stopper.state_dict(), "rng": rng_state(),
                      "epoch": self.epoch, "train_seconds": self.train_seconds,
-                     "log_bytes": self.log.size(), "jsonl_bytes": jsonl_bytes,
+                     "log_bytes": self.log.sync(), "jsonl_bytes": jsonl_bytes,
                      "config": config.to_dict()}, self.run_dir / "last.pt")
+        # only now the new best model becomes best.pt: a crash before this point re-runs
+        # the epoch from last.pt, and best.pt still matches last.pt's early stopping
+        if (self.run_dir / BEST_NEXT).is_file():
+            fault_point("best_rename", self.epoch)  # tests: last.pt written, best.pt not yet
+            os.replace(self.run_dir / BEST_NEXT, self.run_dir / "best.pt")
 
     def validate(self, loss: float):
         results = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user,
@@ -300,7 +318,7 @@ class Training:
         at = top_k.index(20) if 20 in top_k else len(top_k) - 1  # early stopping: Recall@20
         if self.stopper.step(self.epoch, results[at][1], results):
             atomic_save({"model": self.model.state_dict(), "config": self.config.to_dict(),
-                         "epoch": self.epoch}, self.run_dir / "best.pt")
+                         "epoch": self.epoch}, self.run_dir / BEST_NEXT)
             self.log(f"Save: {self.run_dir / 'best.pt'}")
         else:
             self.log(f"EarlyStopping counter: {self.stopper.counter} out of "
@@ -311,7 +329,7 @@ class Training:
         """The best validation block, the test of best.pt, metrics.json."""
         config, stopper, log = self.config, self.stopper, self.log
         if stopper.best_epoch == 0:
-            raise TrainingError("no evaluation happened (is --evaluation_step > --epochs?)")
+            raise TrainingError("no evaluation happened")
         if stopper.should_stop:
             log(f"\nEarly stopping at epoch {stopper.best_epoch}. Best Validation Results:")
         else:
@@ -336,7 +354,7 @@ class Training:
 
     def test_best(self):
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
-        if best["epoch"] != self.stopper.best_epoch:  # a crash between best.pt and last.pt
+        if best["epoch"] != self.stopper.best_epoch:  # best.pt edited or replaced by hand
             raise TrainingError(f"best.pt holds epoch {best['epoch']}, the best validation "
                                 f"epoch is {self.stopper.best_epoch}; start the run again")
         self.model.load_state_dict(best["model"])

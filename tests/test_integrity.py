@@ -76,7 +76,7 @@ def test_published_and_modified_ml100k_runs_say_which_files_they_read(tmp_path):
         assert inputs[0] == {"role": "train_augment",
                              "path": "ML-100K/ML-100K_train_augment.csv",
                              "bytes": (SHARED_DATASETS / inputs[0]["path"]).stat().st_size,
-                             "git_blob": blob, "published": True}
+                             "git_blob": blob, "published": True, "in_data_dir": True}
 
     # the same run on a train file one relabeling away from the published one
     data = tmp_path / "data"
@@ -400,6 +400,7 @@ def test_kill_between_epochs_jsonl_and_last_pt_then_resume(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     run_dir = result / "Synth" / "killed"
     assert torch.load(run_dir / "last.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(run_dir / "best.pt", weights_only=False)["epoch"] == 1  # matches last.pt
     assert [json.loads(r)["epoch"] for r in (run_dir / "epochs.jsonl").open()] == [1, 2]
     assert M.main(["--resume", str(run_dir), "--quiet", "--threads", "1"]) == 0
     assert [json.loads(r)["epoch"] for r in (run_dir / "epochs.jsonl").open()] == [1, 2, 3, 4]
@@ -618,3 +619,53 @@ def test_prepare_refuses_empty_splits_and_keeps_older_stale_files(tmp_path, caps
         assert dataloader.main([*args, "--overwrite", "--seed", seed]) == 0
     assert (folder / "Mine_train_augment.csv.stale").read_text().endswith("first,1,5\n")
     assert (folder / "Mine_train_augment.csv.stale2").read_text().endswith("second,1,5\n")
+
+
+def test_kill_after_last_pt_before_the_new_best_is_renamed(tmp_path):
+    data = synth(tmp_path)
+    result = tmp_path / "result"
+    args = [*train_args(data, epochs=3), "--result_dir", str(result), "--path_name", "k",
+            "--quiet", "--threads", "1"]
+    assert run_main(train_args(data, epochs=3), tmp_path, "straight")[0] == 0
+    proc = spawn(args, {"REFINE_CRASH_AT": "best_rename:2"})
+    proc.wait(timeout=300)
+    run_dir = result / "Synth" / "k"
+    if proc.returncode == 0:
+        pytest.skip("epoch 2 was not a new best here: nothing to rename")
+    assert proc.returncode == -signal.SIGKILL and (run_dir / "best.next.pt").is_file()
+    assert M.main(["--resume", str(run_dir), "--quiet", "--threads", "1"]) == 0
+    assert not (run_dir / "best.next.pt").exists()
+    straight = json.loads((result / "Synth" / "straight" / "metrics.json").read_text())
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert (resumed["best_epoch"], resumed["test"]) == (straight["best_epoch"], straight["test"])
+
+
+def test_resume_after_train_original_appears(tmp_path):
+    data = synth(tmp_path, original=False)
+    assert run_main(train_args(data), tmp_path)[0] == 0
+    synth(tmp_path)  # now with the train_original that the augment file relabels
+    run_dir = tmp_path / "result" / "Synth" / "run"
+    assert M.main(["--resume", str(run_dir), "--epochs", "3", "--quiet", "--threads", "1"]) == 0
+
+
+def test_inputs_outside_the_data_folder_are_found_again(tmp_path):
+    from dataclasses import asdict
+
+    from data.provenance import located, record_file
+    outside = tmp_path / "elsewhere.item"
+    outside.write_text("x")
+    record = asdict(record_file("item_texts", outside, tmp_path / "data"))
+    assert record["in_data_dir"] is False and located(record, tmp_path / "data") == outside
+
+
+def test_a_result_path_through_a_file_and_a_damaged_seed_are_one_line(tmp_path, capsys):
+    data = synth(tmp_path)
+    (tmp_path / "result").mkdir()
+    (tmp_path / "result" / "Synth").write_text("not a folder")
+    rc, _ = run_main(train_args(data), tmp_path)
+    fails_with(capsys, rc, "is a file, not a folder")
+    (tmp_path / "result" / "Synth").unlink()
+    _, parent = seeds_run(tmp_path)
+    (parent / "seed2" / "metrics.json").write_text("{torn")
+    rc = M.main(["--resume", str(parent), "--quiet"])
+    fails_with(capsys, rc, "metrics.json is damaged")

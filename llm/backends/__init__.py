@@ -24,7 +24,7 @@ def make_backend(cfg, texts: dict):
     return backend(cfg, texts) if cfg.backend == "embedding" else backend(cfg)
 
 
-def _local_path(name: str) -> bool:
+def local_path(name: str) -> bool:
     """A path rather than a hub id ("org/name")."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.schema import DataError
-from llm.backends import _local_path
+from llm.backends import local_path
 from llm.prompts import SEPARATOR
 
 
@@ -23,7 +23,7 @@ class HFBackend:
             model, gguf = str(Path(gguf).parent), Path(gguf).name
         if not model:
             raise DataError("--backend hf needs --model (a local folder or hub id)")
-        if _local_path(model) and not Path(model).exists():
+        if local_path(model) and not Path(model).exists():
             raise DataError(f"model path {model} does not exist")
         if gguf and Path(model).is_dir() and not (Path(model) / gguf).is_file():
             raise DataError(f"GGUF file {gguf} not found in {model}")
