@@ -56,6 +56,7 @@ class RecData:
     validation: Interactions
     test: Interactions
     files: list[tuple[str, Path]] = field(default_factory=list)  # (role, path) of every file read
+    augmented: object = None  # an LLM augmentation's triples (recommenders/augmentation.py)
 
     @property
     def positives(self) -> Interactions:

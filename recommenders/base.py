@@ -50,6 +50,8 @@ class Recommender:
     header: Callable[[Config], tuple[list, list]]
     defaults: Callable[[str], dict] = lambda dataset: {}
     check: Callable[[Config], None] = lambda config: None  # cross-setting checks
+    # (data, config, warn) -> data, before the graphs are built (an LLM augmentation)
+    transform: Callable[..., RecData] = lambda data, config, warn: data
     distributed: bool = False
 
 
@@ -78,6 +80,7 @@ class Graphs:
     num_users: int
     num_items: int
     item_ids: np.ndarray | None = None  # the dataset's item id of each item index
+    augmented: Any = None  # an LLM augmentation's triples, when the run has one
 
 
 def build_graphs(data: RecData, device, positives_graph: bool = False) -> Graphs:
@@ -99,7 +102,8 @@ def build_graphs(data: RecData, device, positives_graph: bool = False) -> Graphs
                                    torch.cat([seen_items, data.validation.items]), U),
         valid_by_user=rows(data.validation.users, data.validation.items, U),
         test_by_user=rows(data.test.users, data.test.items, U),
-        num_users=U, num_items=I, item_ids=data.item_ids)
+        num_users=U, num_items=I, item_ids=data.item_ids,
+        augmented=data.augmented)
 
 
 # ------------------------------------------------------------------------------ epochs

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model import batch_l2, bpr_loss, categorical_sample
+from recommenders.augmentation import HARD_NEGATIVE_RATE, sample_rows
 from recommenders.base import Graphs, TrainingError, minibatch_epoch, no_shard
 
 if TYPE_CHECKING:
@@ -26,6 +28,9 @@ class BPRSampling:
     neg_users: Tensor  # confirmed negatives: ReFINe's re-weighting reads them
     neg_items: Tensor
     reweight: Callable[[nn.Module, int], Tensor | None] | None = None
+    augment_rows: object = None  # rows mode: the triples batches draw extra rows from
+    augment_weight: float = 1.0
+    hard_negative: Tensor | None = None  # edges mode: (U,) the LLM's i- per user, -1: none
 
 
 def check_candidates(weights: Tensor, users: Tensor, what: str) -> None:
@@ -45,17 +50,21 @@ def bpr_sampling(graphs: Graphs, base_weights: Tensor, what: str) -> BPRSampling
 
 
 def bpr_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Tensor,
-                   negatives: Tensor, lambda_reg: float) -> Tensor:
+                   negatives: Tensor, lambda_reg: float, row_weight: Tensor | None = None
+                   ) -> Tensor:
     """L_bpr over the batch's positives (u, i) with their negatives j, plus
-    lambda_reg * ||E0[distinct users, items i, items j]||^2 / batch size."""
+    lambda_reg * ||E0[distinct users, items i, items j]||^2 / batch size. ``row_weight``:
+    each row's weight in sum(w_b l_b) / B (None: the plain mean)."""
     e_users, e_items = model(graphs.norm_adj)
     u = e_users[users]  # (B, d)
     pos_scores = (u * e_items[items]).sum(1)
     neg_scores = (u * e_items[negatives]).sum(1)
     U = graphs.num_users
     nodes = torch.unique(torch.cat([users, items + U, negatives + U]))
-    return bpr_loss(pos_scores, neg_scores) + batch_l2(model.gcn.embedding.weight[nodes],
-                                                       users.numel(), lambda_reg)
+    l2 = batch_l2(model.gcn.embedding.weight[nodes], users.numel(), lambda_reg)
+    if row_weight is None:
+        return bpr_loss(pos_scores, neg_scores) + l2
+    return (row_weight * F.softplus(neg_scores - pos_scores)).sum() / users.numel() + l2
 
 
 def bpr_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
@@ -69,6 +78,19 @@ def bpr_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
     def step_loss(batch: Tensor) -> Tensor:
         users, items = state.pos_users[batch], state.pos_items[batch]
         negatives = categorical_sample(weights[users])  # (B,): one per positive
-        return bpr_batch_loss(model, graphs, users, items, negatives, config.lambda_reg)
+        if state.hard_negative is not None:  # edges mode: sometimes the LLM's i-
+            hard = state.hard_negative[users]
+            use = (hard >= 0) & (torch.rand(users.shape, device=users.device)
+                                 < HARD_NEGATIVE_RATE)
+            negatives = torch.where(use, hard, negatives)
+        extra = sample_rows(state.augment_rows, batch.numel(), users.device)
+        if extra is None:
+            return bpr_batch_loss(model, graphs, users, items, negatives, config.lambda_reg)
+        row_weight = torch.cat([torch.ones(users.numel(), device=users.device),
+                                torch.full((len(extra),), state.augment_weight,
+                                           device=users.device)])
+        return bpr_batch_loss(model, graphs, torch.cat([users, extra.users]),
+                              torch.cat([items, extra.pos]), torch.cat([negatives, extra.neg]),
+                              config.lambda_reg, row_weight)
     return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
                            weights.device, step_loss, progress)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+import recommenders.augmentation as augmentation
 from recommenders.base import Graphs, Recommender, adam, build_gcn, lambda_reg
 from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling
 from runs.config import require
@@ -19,9 +20,13 @@ if TYPE_CHECKING:
 @dataclass
 class Settings:
     lambda_reg: float = lambda_reg(1e-4)
+    augment_file: str | None = augmentation.file_setting()
+    augment_mode: str = augmentation.mode_setting("rows")
+    augment_weight: float = augmentation.weight_setting()
 
     def __post_init__(self):
         require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"))
+        augmentation.check_settings(self)
 
 
 def prepare(graphs: Graphs, config: Config) -> BPRSampling:
@@ -29,13 +34,22 @@ def prepare(graphs: Graphs, config: Config) -> BPRSampling:
     owner, cols = graphs.seen_by_user.gather(torch.arange(graphs.num_users,
                                                           device=weights.device))
     weights[owner, cols] = 0.0
-    return bpr_sampling(graphs, weights, "every item has a training row")
+    state = bpr_sampling(graphs, weights, "every item has a training row")
+    triples = graphs.augmented
+    if triples is not None and config.augment_mode == "rows":
+        state.augment_rows, state.augment_weight = triples, config.augment_weight
+    elif triples is not None:  # edges: i- is the user's fixed hard negative
+        state.hard_negative = torch.full((graphs.num_users,), -1, dtype=torch.long,
+                                         device=weights.device)
+        state.hard_negative[triples.users.to(weights.device)] = triples.neg.to(weights.device)
+    return state
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "lightgcn"), ("lambda_reg", config.lambda_reg)]
+    return [], [("model", "lightgcn"), ("lambda_reg", config.lambda_reg),
+                *augmentation.header(config)]
 
 
 RECOMMENDER = Recommender("lightgcn", Settings, positives_graph=True, build=build_gcn,
                           make_optimizer=adam, prepare=prepare, train_epoch=bpr_epoch,
-                          header=header)
+                          header=header, transform=augmentation.transform)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import dataloader
+import recommenders.augmentation as augmentation
 from model import LightGCN
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting
 from recommenders.signed import (ViewAttention, negative_graph_header, negative_graph_rows,
@@ -64,8 +65,14 @@ class Settings:
     lambda_reg: float = lambda_reg(0.05)
     num_negatives: int = num_negatives(40)
     b: float = setting(2.0, "Dual-BPR scale of a negative-graph row's score (>= 1; 2)")
+    augment_file: str | None = augmentation.file_setting()
+    augment_mode: str = augmentation.mode_setting("edges")
+    augment_weight: float = augmentation.weight_setting()
 
     def __post_init__(self):
+        augmentation.check_settings(self)
+        require((self.augment_weight == 1.0, "pngnn: --augment_weight must be 1 (its Dual-BPR "
+                                             "rows carry no weights)"))
         require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"),
                 (self.num_negatives >= 1, "--num_negatives must be >= 1"),
                 (self.b >= 1, "--b must be >= 1"))
@@ -98,10 +105,11 @@ def loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, config: Config)
 
 def header(config: Config) -> tuple[list, list]:
     return [], [("model", "pngnn"), ("lambda_reg", config.lambda_reg),
-                *negative_graph_header(config), ("b", config.b)]
+                *negative_graph_header(config), ("b", config.b), *augmentation.header(config)]
 
 
 RECOMMENDER = Recommender(
     "pngnn", Settings, positives_graph=True, build=build, make_optimizer=adam,
     prepare=signed_prepare, train_epoch=signed_epoch(loss), header=header,
-    defaults=lambda dataset: {"learning_rate": 5e-3, "layers": 4})
+    defaults=lambda dataset: {"learning_rate": 5e-3, "layers": 4},
+    transform=augmentation.transform)

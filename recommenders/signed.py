@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from dataloader import Interactions, RowIndex
 from model import categorical_draws, per_row_scores
+from recommenders.augmentation import sample_rows
 from recommenders.base import Graphs, TrainingError, minibatch_epoch, no_shard, setting
 
 if TYPE_CHECKING:
@@ -140,6 +141,7 @@ class SignedRows:
     is_pos: Tensor
     item_weights: Tensor  # deg(j)^0.75
     seen: RowIndex  # S_u: every train-file row
+    augment_rows: object = None  # rows mode: the LLM triples batches draw extra rows from
 
 
 def signed_prepare(graphs: Graphs, config: Config) -> SignedRows:
@@ -150,6 +152,8 @@ def signed_prepare(graphs: Graphs, config: Config) -> SignedRows:
     rows = SignedRows(torch.cat([pos_users, neg.users]), torch.cat([pos_items, neg.items]),
                       is_pos, degree_weights(graphs), graphs.seen_by_user)
     check_degree_sampling(rows.users, rows.item_weights, rows.seen)
+    if graphs.augmented is not None and getattr(config, "augment_mode", None) == "rows":
+        rows.augment_rows = graphs.augmented
     return rows
 
 
@@ -181,8 +185,15 @@ def signed_epoch(loss_fn: Loss):
 
         def step_loss(batch: torch.Tensor) -> torch.Tensor:
             users, items, is_pos = state.users[batch], state.items[batch], state.is_pos[batch]
+            extra = sample_rows(state.augment_rows, batch.numel(), users.device)
+            if extra is not None:  # rows mode: positive rows (u, i+), i- their 1st negative
+                users, items = torch.cat([users, extra.users]), torch.cat([items, extra.pos])
+                is_pos = torch.cat([is_pos, torch.ones(len(extra), dtype=torch.bool,
+                                                       device=users.device)])
             negatives = degree_negatives(users, state.item_weights, state.seen,
                                          config.num_negatives)
+            if extra is not None:
+                negatives[-len(extra):, 0] = extra.neg
             return signed_batch_loss(model, graphs, users, items, is_pos, negatives, config,
                                      loss_fn)
         return minibatch_epoch(optimizer, state.users.numel(), config.batch_size, epoch,

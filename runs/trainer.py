@@ -113,6 +113,7 @@ def check_before_writing(config: Config, device, shard) -> Checked:
         raise ConfigError(f"--top_k {config.top_k[-1]}: the dataset has only "
                           f"{data.num_items} items")
     recommender = MODELS[config.model]
+    data = recommender.transform(data, config, warnings.append)
     graphs = build_graphs(data, device, recommender.positives_graph)
     sampling = recommender.prepare(graphs, config)  # raises when sampling is infeasible
     inputs = [provenance.record_file(role, path, data_dir)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -143,3 +144,84 @@ def test_kill_9_then_resume_gives_the_same_file(base_run, tmp_path):
     assert (tmp_path / "killed.csv").read_bytes() == (tmp_path / "straight.csv").read_bytes()
     manifest = json.loads((tmp_path / "killed.manifest.json").read_text())
     assert manifest["counts"]["asked_now"] == 30 - 7 and manifest["is_llm"] is False
+
+
+# ------------------------------------------------------ training with an augmentation file
+
+def synthetic_triples(tmp_path, n_users=10, with_held_out=True):
+    """Hand-made triples of the synthetic dataset: for users 0..n-1 two items with no
+    training row; user 0's favourite is its validation item when ``with_held_out``."""
+    train, valid, test = synthetic_rows()
+    rows = {}
+    for u, i, _ in train:
+        rows.setdefault(u, set()).add(i)
+    held = {(u, i) for u, i, _ in valid + test}
+    triples = []
+    for u in range(n_users):
+        free = [i for i in range(40) if i not in rows[u] and (u, i) not in held]
+        triples.append((u, free[0], free[1]))
+    if with_held_out:
+        triples[0] = (0, valid[0][1], triples[0][2])
+    path = tmp_path / "aug.csv"
+    path.write_text("user_id:token,pos_item_id:token,neg_item_id:token\n"
+                    + "".join(f"{u},{p},{n}\n" for u, p, n in triples))
+    return path, triples
+
+
+def synth_run(tmp_path, *extra, name="run"):
+    data = tmp_path / "data"
+    write_split_folder(data, "Synth", *synthetic_rows())
+    rc, result = run_main(["--dataset", "Synth", "--data_dir", str(data), "--epochs", "1",
+                           "--batch_size", "64", *extra], tmp_path, name)
+    return rc, result / "Synth" / name
+
+
+@pytest.mark.parametrize("model", ["lightgcn", "pngnn"])
+def test_edges_mode_adds_exactly_the_triples(tmp_path, model):
+    import dataloader
+    from recommenders import MODELS, make_config
+    path, triples = synthetic_triples(tmp_path)
+    data_dir = tmp_path / "data"
+    write_split_folder(data_dir, "Synth", *synthetic_rows())
+    data = dataloader.load_dataset(data_dir, "Synth", warn=lambda _: None)
+    config = make_config(model=model, dataset="Synth", augment_file=str(path),
+                         augment_mode="edges")
+    warnings = []
+    out = MODELS[model].transform(data, config, warnings.append)
+    added = len(out.train) - len(data.train)
+    negatives = int((~out.train_is_pos).sum() - (~data.train_is_pos).sum())
+    assert added == (9 if model == "lightgcn" else 18)  # user 0's held-out triple dropped
+    assert negatives == (0 if model == "lightgcn" else 9)
+    assert warnings == ["warning: aug.csv: dropped 0 triple(s) with ids absent from the "
+                        "training data and 1 naming a validation/test pair"]
+    new = set(zip(out.train.users[len(data.train):].tolist(),
+                  out.train.items[len(data.train):].tolist()))
+    pos_ids = {(int(np.where(data.user_ids == str(u))[0][0]),
+                int(np.where(data.item_ids == str(p))[0][0])) for u, p, _ in triples[1:]}
+    assert pos_ids <= new
+
+
+def test_rows_mode_adds_a_tenth_of_each_batch(tmp_path, monkeypatch):
+    from recommenders import bpr
+    path, _ = synthetic_triples(tmp_path)
+    sizes, real = [], bpr.bpr_batch_loss
+
+    def counted(model, graphs, users, *rest, **kw):
+        sizes.append(users.numel())
+        return real(model, graphs, users, *rest, **kw)
+    monkeypatch.setattr(bpr, "bpr_batch_loss", counted)
+    rc, run_dir = synth_run(tmp_path, "--model", "lightgcn", "--augment_file", str(path))
+    assert rc == 0
+    assert sizes == [64 + 6, 64 + 6, 64 + 6, 48 + 4]  # 240 positive rows, floor(0.1 B) more
+    log = (run_dir / "train.log").read_text()
+    assert "augment_mode: rows" in log and "input augment_file: " in log
+    assert "1 naming a validation/test pair" in log
+
+
+def test_augmentation_flags_belong_to_their_models(tmp_path, capsys):
+    path, _ = synthetic_triples(tmp_path)
+    rc, _ = synth_run(tmp_path, "--model", "siren", "--augment_file", str(path))
+    assert rc == 2 and "--augment_file is a setting of lightgcn, pngnn" in capsys.readouterr().err
+    rc, _ = synth_run(tmp_path, "--model", "pngnn", "--augment_file", str(path),
+                      "--augment_mode", "rows", "--num_negatives", "3", name="pn")
+    assert rc == 0

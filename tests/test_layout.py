@@ -48,8 +48,7 @@ def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
         return name or None
     graph = {}
     for name, path in modules.items():
-        targets = {resolve(n) for n in imported_names(path)} - {None, name}
-        graph[name] = {t for t in targets if not name.startswith(t + ".")}  # a package's own
+        graph[name] = {resolve(n) for n in imported_names(path)} - {None, name}
     return graph
 
 
