@@ -31,36 +31,23 @@ from data.provenance import file_sha1
 from data.schema import RATING_COL, USER_COL, DataError
 from data.splits import resolve_data_dir, split_path
 from llm.answers import AnswerCache, answer_requests, load_decisions, write_decisions
-from llm.backends import BACKENDS, make_backend
+from llm.backends import BACKENDS, BackendSettings, make_backend
 from llm.procedure import (agreement, build_requests, decisions_from_records, plan_users,
                            relabel, sorted_users)
 from llm.prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate
 from runs.cli import run_cli
 from runs.files import atomic_write_text
 
-@dataclass
-class RefineConfig:
-    """Every setting of one relabeling run (filled by ``parse_args``)."""
+@dataclass(kw_only=True)
+class RefineConfig(BackendSettings):
+    """Every setting of one relabeling run (filled by ``parse_args``); the backend's are in
+    ``BackendSettings``."""
 
     dataset: str
     data_dir: str | None = None
-    backend: str = "hf"
-    model: str | None = None
-    gguf_file: str | None = None
-    device: str = "cpu"
-    dtype: str = "auto"
-    batch_size: int = 1
-    chat: bool = False
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = 120.0
-    max_retries: int = 3
-    max_new_tokens: int = 128
     max_prompt_tokens: int = 5000
     chunk_size: int = 5
     seed: int = 2024
-    threads: int | None = None
-    embed_model: str | None = None
     embed_top_k: int = 3
     embed_margin: float = 0.0
     item_file: str | None = None

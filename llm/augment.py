@@ -37,7 +37,7 @@ from data.items import find_item_file, item_texts, read_train
 from data.registry import DATASETS
 from data.schema import DataError
 from llm.answers import AnswerCache
-from llm.backends import AUGMENT_BACKENDS, make_backend
+from llm.backends import AUGMENT_BACKENDS, BackendSettings, make_backend
 from recommenders import MODELS, make_config
 from recommenders.base import build_graphs
 from runs.cli import run_cli
@@ -49,27 +49,15 @@ NOUNS = {"movies": "movies", "music": "music albums", "books": "books"}
 OUTPUT_COLUMNS = ("user_id:token", "pos_item_id:token", "neg_item_id:token")
 
 
-@dataclass
-class AugmentConfig:
-    """One augmentation run; the backend fields are refine_llm.py's, with the same meaning."""
+@dataclass(kw_only=True)
+class AugmentConfig(BackendSettings):
+    """One augmentation run; the backend's settings are refine_llm.py's (BackendSettings)."""
 
     dataset: str
     base_run: str | None = None
     data_dir: str | None = None
     backend: str = "embedding"
-    model: str | None = None
-    gguf_file: str | None = None
-    device: str = "cpu"
-    dtype: str = "auto"
-    batch_size: int = 1
-    chat: bool = False
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    timeout: float = 120.0
-    max_retries: int = 3  # HTTP retries of one request (openai)
     max_new_tokens: int = 16
-    threads: int | None = None
-    embed_model: str | None = None
     item_file: str | None = None
     candidates: int = 10
     history: int = 20

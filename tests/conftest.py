@@ -101,6 +101,16 @@ def synthetic_rows(num_users=30, num_items=40, seed=0):
     return train, valid, test
 
 
+def write_synthetic_with_items(data: Path, name: str = "Synth") -> Path:
+    """``synthetic_rows`` as a split folder plus a RecBole .item file: item i is titled
+    "Item i" with the genre "Genre<i % 3>"."""
+    write_split_folder(data, name, *synthetic_rows())
+    (data / name / f"{name}.item").write_text(
+        "item_id:token\tmovie_title:token_seq\tclass:token_seq\n"
+        + "".join(f"{i}\tItem {i}\tGenre{i % 3}\n" for i in range(40)))
+    return data
+
+
 def fails_with(capsys, rc, *fragments):
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_main, synthetic_rows, write_split_folder
+from conftest import (run_main, synthetic_rows, write_split_folder,
+                      write_synthetic_with_items)
 from llm import augment
 from llm.augment import AugmentConfig, parse_answer
 
@@ -38,11 +39,7 @@ def test_parse_answer_by_hand(text, expected):
 @pytest.fixture
 def base_run(tmp_path):
     """A 1-epoch LightGCN on synthetic data whose items have titles ("Item 7", genre g7%3)."""
-    data = tmp_path / "data"
-    write_split_folder(data, "Synth", *synthetic_rows())
-    (data / "Synth" / "Synth.item").write_text(
-        "item_id:token\tmovie_title:token_seq\tclass:token_seq\n"
-        + "".join(f"{i}\tItem {i}\tGenre{i % 3}\n" for i in range(40)))
+    data = write_synthetic_with_items(tmp_path / "data")
     assert run_main(["--model", "lightgcn", "--dataset", "Synth", "--data_dir", str(data),
                      "--epochs", "1", "--batch_size", "64"], tmp_path, "base")[0] == 0
     return data, tmp_path / "result" / "Synth" / "base"

@@ -205,14 +205,10 @@ def test_augmentation_through_a_real_llama_cpp_server(tmp_path, llama_server):
     """llm/augment.py with SmolLM2 served by llama.cpp: prompts go out, answers come back,
     each is parsed and validated (a tiny model may well answer nothing usable), and the
     manifest counts every user once."""
-    from conftest import run_main, synthetic_rows, write_split_folder
+    from conftest import run_main, write_synthetic_with_items
 
     from llm import augment
-    data = tmp_path / "data"
-    write_split_folder(data, "Synth", *synthetic_rows())
-    (data / "Synth" / "Synth.item").write_text(
-        "item_id:token\tmovie_title:token_seq\tclass:token_seq\n"
-        + "".join(f"{i}\tFilm {i}\tDrama\n" for i in range(40)))
+    data = write_synthetic_with_items(tmp_path / "data")
     assert run_main(["--model", "lightgcn", "--dataset", "Synth", "--data_dir", str(data),
                      "--epochs", "1", "--batch_size", "64"], tmp_path, "base")[0] == 0
     cfg_ = augment.AugmentConfig(dataset="Synth", base_run=str(tmp_path / "result/Synth/base"),

@@ -11,7 +11,28 @@ needs them.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(kw_only=True)
+class BackendSettings:
+    """What a backend reads, the same flags in refine_llm.py and llm/augment.py."""
+
+    backend: str = "hf"
+    model: str | None = None
+    gguf_file: str | None = None
+    device: str = "cpu"
+    dtype: str = "auto"
+    batch_size: int = 1
+    chat: bool = False
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: float = 120.0
+    max_retries: int = 3  # HTTP retries of one request (openai)
+    max_new_tokens: int = 128
+    threads: int | None = None
+    embed_model: str | None = None
 
 BACKENDS = {"hf": "llm.backends.hf:HFBackend", "openai": "llm.backends.openai:OpenAIBackend",
             "embedding": "llm.backends.embedding:EmbeddingBackend"}
