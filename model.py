@@ -291,6 +291,26 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     return F.softplus(neg_scores - pos_scores).mean()
 
 
+def pruned_mean(row_losses: Tensor, drop: float, keep: str = "high_loss",
+                row_weight: Tensor | None = None) -> Tensor:
+    """LLMRec's noise pruning of a batch's rows: keep the N' = floor((1 - drop) N) rows with
+    the highest loss (``keep="high_loss"``, what LLMRec's code does) or the lowest
+    (``"low_loss"``, what its paper describes: drop the unreliable hard rows), and return
+    sum_kept w_r l_r / N'. drop = 0 keeps every row: the plain (weighted) mean; at least
+    one row is always kept (LLMRec's code would average an empty set into NaN).
+
+    row_losses: (N,) the per-row losses l_r; row_weight: (N,) or None (all 1). The ranking
+    uses l_r alone and carries no gradient.
+    """
+    n = row_losses.numel()
+    kept = max(1, int((1.0 - drop) * n))
+    weighted = row_losses if row_weight is None else row_weight * row_losses
+    if kept >= n:
+        return weighted.sum() / n
+    order = torch.topk(row_losses.detach(), kept, largest=keep == "high_loss").indices
+    return weighted[order].sum() / kept
+
+
 def batch_l2(node_embeddings: Tensor, batch_size: int, weight: float) -> Tensor:
     """weight * ||E0[nodes]||^2 / batch_size over the batch's DISTINCT nodes (users, positive
     and negative items), each counted once however often it occurs in the batch."""

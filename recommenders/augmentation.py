@@ -9,6 +9,9 @@
   training interaction — a graph edge; for PN-GNN (u, i-) becomes a negative row (an edge of
   the negative graph); for LightGCN i- is the user's fixed hard negative, replacing the
   drawn negative with probability 0.1.
+- ``--prune_drop p`` (off by default): LLMRec's noise pruning; each batch's loss averages
+  only the floor((1 - p) N) rows of highest loss (``--prune_keep high_loss``, its code) or of
+  lowest loss (``low_loss``, its paper's stated intent), real and augmented rows together.
 
 Triples naming a user or item absent from the training data, or a (user, item) pair of the
 validation or test split (the LLM saw only the training rows masked), are dropped with a
@@ -54,17 +57,34 @@ def weight_setting():
     return setting(1.0, "weight of an augmented BPR row in rows mode (1)")
 
 
+def prune_drop_setting():
+    return setting(0.0, "LLMRec's noise pruning: share of each batch's rows left out of the "
+                        "loss (0: off, the default; 0.71 replicates LLMRec)")
+
+
+def prune_keep_setting():
+    return setting("high_loss", "with --prune_drop > 0, which rows stay: high_loss (LLMRec's "
+                                "code, default) or low_loss (what its paper describes)",
+                   choices=("high_loss", "low_loss"))
+
+
 def header(config: Config) -> list:
-    """The log header's augmentation lines (none without a file)."""
-    if not config.augment_file:
-        return []
-    return [("augment_file", config.augment_file), ("augment_mode", config.augment_mode),
-            ("augment_weight", config.augment_weight)]
+    """The log header's augmentation and pruning lines (none when both are off)."""
+    lines = []
+    if config.augment_file:
+        lines += [("augment_file", config.augment_file), ("augment_mode", config.augment_mode),
+                  ("augment_weight", config.augment_weight)]
+    if config.prune_drop > 0:
+        lines += [("prune_drop", config.prune_drop), ("prune_keep", config.prune_keep)]
+    return lines
 
 
 def check_settings(settings) -> None:
     require((settings.augment_mode in ("rows", "edges"), "--augment_mode must be rows or edges"),
-            (settings.augment_weight > 0, "--augment_weight must be > 0"))
+            (settings.augment_weight > 0, "--augment_weight must be > 0"),
+            (0 <= settings.prune_drop < 1, "--prune_drop must be in [0, 1)"),
+            (settings.prune_keep in ("high_loss", "low_loss"),
+             "--prune_keep must be high_loss or low_loss"))
 
 
 @dataclass

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import batch_l2, bpr_loss, categorical_sample
+from model import batch_l2, bpr_loss, categorical_sample, pruned_mean
 from recommenders.augmentation import HARD_NEGATIVE_RATE, sample_rows
 from recommenders.base import Graphs, TrainingError, minibatch_epoch, no_shard
 
@@ -31,6 +31,7 @@ class BPRSampling:
     augment_rows: object = None  # rows mode: the triples batches draw extra rows from
     augment_weight: float = 1.0
     hard_negative: Tensor | None = None  # edges mode: (U,) the LLM's i- per user, -1: none
+    prune: tuple[float, str] = (0.0, "high_loss")  # LLMRec's pruning (drop, keep); 0: off
 
 
 def check_candidates(weights: Tensor, users: Tensor, what: str) -> None:
@@ -50,11 +51,13 @@ def bpr_sampling(graphs: Graphs, base_weights: Tensor, what: str) -> BPRSampling
 
 
 def bpr_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Tensor,
-                   negatives: Tensor, lambda_reg: float, row_weight: Tensor | None = None
-                   ) -> Tensor:
+                   negatives: Tensor, lambda_reg: float, row_weight: Tensor | None = None,
+                   prune: tuple[float, str] = (0.0, "high_loss")) -> Tensor:
     """L_bpr over the batch's positives (u, i) with their negatives j, plus
     lambda_reg * ||E0[distinct users, items i, items j]||^2 / batch size. ``row_weight``:
-    each row's weight in sum(w_b l_b) / B (None: the plain mean)."""
+    each row's weight in sum(w_b l_b) / B (None: the plain mean). ``prune`` = (drop, keep):
+    with drop > 0 the BPR part averages only the rows ``pruned_mean`` keeps (the L2 part
+    is unchanged)."""
     e_users, e_items = model(graphs.norm_adj)
     u = e_users[users]  # (B, d)
     pos_scores = (u * e_items[items]).sum(1)
@@ -62,6 +65,8 @@ def bpr_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Tenso
     U = graphs.num_users
     nodes = torch.unique(torch.cat([users, items + U, negatives + U]))
     l2 = batch_l2(model.gcn.embedding.weight[nodes], users.numel(), lambda_reg)
+    if prune[0] > 0:
+        return pruned_mean(F.softplus(neg_scores - pos_scores), *prune, row_weight) + l2
     if row_weight is None:
         return bpr_loss(pos_scores, neg_scores) + l2
     return (row_weight * F.softplus(neg_scores - pos_scores)).sum() / users.numel() + l2
@@ -85,12 +90,13 @@ def bpr_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
             negatives = torch.where(use, hard, negatives)
         extra = sample_rows(state.augment_rows, batch.numel(), users.device)
         if extra is None:
-            return bpr_batch_loss(model, graphs, users, items, negatives, config.lambda_reg)
+            return bpr_batch_loss(model, graphs, users, items, negatives, config.lambda_reg,
+                                  prune=state.prune)
         row_weight = torch.cat([torch.ones(users.numel(), device=users.device),
                                 torch.full((len(extra),), state.augment_weight,
                                            device=users.device)])
         return bpr_batch_loss(model, graphs, torch.cat([users, extra.users]),
                               torch.cat([items, extra.pos]), torch.cat([negatives, extra.neg]),
-                              config.lambda_reg, row_weight)
+                              config.lambda_reg, row_weight, state.prune)
     return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
                            weights.device, step_loss, progress)

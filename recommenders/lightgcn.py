@@ -23,6 +23,8 @@ class Settings:
     augment_file: str | None = augmentation.file_setting()
     augment_mode: str = augmentation.mode_setting("rows")
     augment_weight: float = augmentation.weight_setting()
+    prune_drop: float = augmentation.prune_drop_setting()
+    prune_keep: str = augmentation.prune_keep_setting()
 
     def __post_init__(self):
         require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"))
@@ -35,6 +37,7 @@ def prepare(graphs: Graphs, config: Config) -> BPRSampling:
                                                           device=weights.device))
     weights[owner, cols] = 0.0
     state = bpr_sampling(graphs, weights, "every item has a training row")
+    state.prune = (config.prune_drop, config.prune_keep)
     triples = graphs.augmented
     if triples is not None and config.augment_mode == "rows":
         state.augment_rows, state.augment_weight = triples, config.augment_weight

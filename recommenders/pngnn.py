@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 import dataloader
 import recommenders.augmentation as augmentation
-from model import LightGCN
+from model import LightGCN, pruned_mean
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting
 from recommenders.signed import (ViewAttention, negative_graph_header, negative_graph_rows,
                                  num_negatives, signed_epoch, signed_prepare)
@@ -46,17 +46,21 @@ class PositiveNegativeGCN(nn.Module):
         return out[:self.num_users], out[self.num_users:]
 
 
-def dual_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, b: float) -> Tensor:
+def dual_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, b: float,
+                  prune: tuple[float, str] = (0.0, "high_loss")) -> Tensor:
     """Dual-BPR, mean over rows and sampled items j:
 
     a positive-graph row (u, i): -log sigmoid(s(u,i) - s(u,j)) = softplus(s(u,j) - s(u,i));
     a negative-graph row (u, k): the order reversed and the observed score scaled by b > 1,
     -log sigmoid(s(u,j) - b s(u,k)) = softplus(b s(u,k) - s(u,j)).
 
-    obs_scores: (B,), neg_scores: (B, n), is_pos: (B,) bool.
+    obs_scores: (B,), neg_scores: (B, n), is_pos: (B,) bool. ``prune`` = (drop, keep): with
+    drop > 0, a row's loss is its mean over j and ``pruned_mean`` keeps some rows.
     """
     obs = obs_scores.unsqueeze(1)
     diff = torch.where(is_pos.unsqueeze(1), neg_scores - obs, b * obs - neg_scores)
+    if prune[0] > 0:
+        return pruned_mean(F.softplus(diff).mean(1), *prune)
     return F.softplus(diff).mean()
 
 
@@ -68,6 +72,8 @@ class Settings:
     augment_file: str | None = augmentation.file_setting()
     augment_mode: str = augmentation.mode_setting("edges")
     augment_weight: float = augmentation.weight_setting()
+    prune_drop: float = augmentation.prune_drop_setting()
+    prune_keep: str = augmentation.prune_keep_setting()
 
     def __post_init__(self):
         augmentation.check_settings(self)
@@ -100,7 +106,8 @@ def build(graphs: Graphs, config: Config) -> nn.Module:
 
 
 def loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, config: Config) -> Tensor:
-    return dual_bpr_loss(obs_scores, neg_scores, is_pos, config.b)
+    return dual_bpr_loss(obs_scores, neg_scores, is_pos, config.b,
+                         (config.prune_drop, config.prune_keep))
 
 
 def header(config: Config) -> tuple[list, list]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import (run_main, synthetic_rows, write_split_folder,
                       write_synthetic_with_items)
@@ -222,3 +223,63 @@ def test_augmentation_flags_belong_to_their_models(tmp_path, capsys):
     rc, _ = synth_run(tmp_path, "--model", "pngnn", "--augment_file", str(path),
                       "--augment_mode", "rows", "--num_negatives", "3", name="pn")
     assert rc == 0
+
+
+# ---------------------------------------------------------------- LLMRec's noise pruning
+
+def test_pruned_mean_by_hand():
+    from model import pruned_mean
+    leaf = torch.tensor([1.0, 4.0, 2.0, 3.0], requires_grad=True)
+    losses = leaf.detach()
+    assert float(pruned_mean(losses, 0.0)) == 2.5  # off: the plain mean
+    assert float(pruned_mean(losses, 0.5, "high_loss")) == 3.5  # (4 + 3) / 2
+    assert float(pruned_mean(losses, 0.5, "low_loss")) == 1.5  # (1 + 2) / 2
+    # floor((1 - 0.71) * 4) = 1 row: the hardest; weights scale the kept rows only
+    assert float(pruned_mean(losses, 0.71, "high_loss")) == 4.0
+    weights = torch.tensor([1.0, 1.0, 1.0, 2.0])
+    assert float(pruned_mean(losses, 0.5, "high_loss", weights)) == 5.0  # (4 + 2 * 3) / 2
+    assert float(pruned_mean(losses[:1], 0.9)) == 1.0  # one row always stays
+    pruned_mean(leaf, 0.5, "low_loss").backward()
+    assert leaf.grad.tolist() == [0.5, 0.0, 0.5, 0.0]  # the dropped rows get no gradient
+
+
+def test_dual_bpr_pruning_ranks_rows_by_their_mean_loss():
+    import torch.nn.functional as F
+    from recommenders.pngnn import dual_bpr_loss
+    obs = torch.tensor([1.0, 0.0, 2.0])
+    neg = torch.tensor([[0.0, 3.0], [1.0, 1.0], [0.5, 0.5]])
+    is_pos = torch.tensor([True, False, True])
+    rows = F.softplus(torch.stack([neg[0] - 1.0, 2.0 * 0.0 - neg[1], neg[2] - 2.0])).mean(1)
+    assert torch.allclose(dual_bpr_loss(obs, neg, is_pos, 2.0),
+                          rows.mean())  # off: every (row, j) term
+    kept = int((1 - 0.4) * 3)  # 1
+    assert kept == 1
+    assert torch.allclose(dual_bpr_loss(obs, neg, is_pos, 2.0, (0.4, "high_loss")), rows.max())
+    assert torch.allclose(dual_bpr_loss(obs, neg, is_pos, 2.0, (0.4, "low_loss")), rows.min())
+
+
+def test_pruning_reaches_the_lightgcn_loss_and_the_log(tmp_path, monkeypatch):
+    from recommenders import bpr
+    seen = []
+    real = bpr.bpr_batch_loss
+
+    def spy(*args, **kw):
+        seen.append(kw.get("prune", args[7] if len(args) > 7 else None))
+        return real(*args, **kw)
+    monkeypatch.setattr(bpr, "bpr_batch_loss", spy)
+    path, _ = synthetic_triples(tmp_path)
+    rc, run_dir = synth_run(tmp_path, "--model", "lightgcn", "--augment_file", str(path),
+                            "--prune_drop", "0.71", "--prune_keep", "low_loss")
+    assert rc == 0 and seen and set(seen) == {(0.71, "low_loss")}
+    log = (run_dir / "train.log").read_text()
+    assert "prune_drop: 0.71" in log and "prune_keep: low_loss" in log
+
+
+@pytest.mark.parametrize("flag", [["--prune_drop", "1"], ["--prune_drop", "-0.1"],
+                                  ["--prune_keep", "easy"]])
+def test_bad_pruning_flags_are_refused(tmp_path, capsys, flag):
+    try:
+        rc, run_dir = synth_run(tmp_path, "--model", "lightgcn", *flag)
+    except SystemExit as stop:  # argparse's own choices check
+        rc, run_dir = stop.code, tmp_path / "result" / "Synth" / "run"
+    assert rc == 2 and "prune" in capsys.readouterr().err and not run_dir.exists()
