@@ -2,7 +2,7 @@
 a trained base model's top candidates each user would like most and which least.
 
     python -m llm.augment --dataset ML-100K --base_run result/ML-100K/<lightgcn run> \\
-        --backend openai --model NAME --base_url URL     # or --backend embedding: no LLM
+        --backend openai --model NAME --base_url URL     # or --backend embedding / rank: no LLM
 
 Per user: the base model's top ``--candidates`` items (10) with the user's training rows
 masked, numbered 1..10 in the prompt; a history of at most ``--history`` of the user's
@@ -37,8 +37,8 @@ from data.items import find_item_file, item_texts, read_train
 from data.registry import DATASETS
 from data.schema import DataError
 from llm.answers import AnswerCache
-from llm.backends import (AUGMENT_BACKENDS, BACKEND_HELP, BackendSettings,
-                          add_backend_flags, make_backend)
+from llm.backends import (AUGMENT_BACKENDS, BACKEND_HELP, TEXT_FREE, BackendSettings,
+                          add_backend_flags, is_llm, make_backend)
 from recommenders import MODELS, make_config
 from recommenders.base import build_graphs
 from runs.cli import run_cli
@@ -89,6 +89,8 @@ class AugmentConfig(BackendSettings):
     def model_id(self) -> str:
         if self.backend == "embedding":
             return f"embedding-picker:{self.embed_model or 'all-MiniLM-L6-v2'} (not an LLM)"
+        if self.backend == "rank":
+            return "rank-picker: the base model's first and last candidate (not an LLM)"
         return f"{self.backend}:{self.model or ''}|{self.gguf_file or ''}:chat={self.chat}"
 
 
@@ -261,8 +263,9 @@ def run(cfg: AugmentConfig, log=print) -> dict:
     if output.exists() and not cfg.overwrite and not cfg.dry_run:
         raise DataError(f"{output} exists; pass --overwrite to replace it or --output elsewhere")
     train = read_train(base.train_path)
-    texts = item_texts(train, find_item_file(cfg.dataset, str(base.data_dir), cfg.item_file,
-                                             beside_data_dir=True))
+    texts = {} if cfg.backend in TEXT_FREE else item_texts(
+        train, find_item_file(cfg.dataset, str(base.data_dir), cfg.item_file,
+                              beside_data_dir=True))
     family = DATASETS[cfg.dataset].prompt_family if cfg.dataset in DATASETS else None
     noun = NOUNS.get(family, "items")
     if cfg.dry_run:
@@ -307,7 +310,7 @@ def make_manifest(cfg, base: Base, records, output: Path, asked: int, ask_second
     top_share = sum(r["local"][0] == 1 for r in answered) / max(len(answered), 1)
     return dict(
         command=" ".join(shlex.quote(a) for a in sys.argv), dataset=cfg.dataset,
-        backend=cfg.backend, model=cfg.model_id(), is_llm=cfg.backend != "embedding",
+        backend=cfg.backend, model=cfg.model_id(), is_llm=is_llm(cfg.backend),
         prompt_version=PROMPT_VERSION,
         base_run=dict(path=str(cfg.base_run), model=base.config.model,
                       inputs_fingerprint=provenance.fingerprint(provenance.as_dicts(base.inputs))),

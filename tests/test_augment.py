@@ -105,6 +105,19 @@ def test_invalid_answers_are_retried_then_skipped(base_run, monkeypatch, tmp_pat
     assert again["counts"]["asked_now"] == 0 and again["output_sha1"] == manifest["output_sha1"]
 
 
+def test_rank_picker_needs_no_text_and_repeats_the_base_ranking(base_run, tmp_path):
+    data, _ = base_run
+    for item_file in data.rglob("*.item"):
+        item_file.unlink()  # as on a dataset without titles
+    cfg = config(base_run, backend="rank", output=str(tmp_path / "rank.csv"))
+    manifest = augment.run(cfg, log=lambda _: None)
+    tasks = augment.load_base(cfg).tasks
+    out = pd.read_csv(tmp_path / "rank.csv", dtype=str).values.tolist()
+    assert out == [[t.user, t.candidates[0], t.candidates[-1]] for t in tasks]
+    assert manifest["is_llm"] is False and "not an LLM" in manifest["model"]
+    assert manifest["agreement_with_base_top"] == 1.0
+
+
 def test_base_run_on_changed_data_is_refused(base_run, capsys):
     data, run_dir = base_run
     path = data / "Synth" / "Synth_test.csv"

@@ -74,7 +74,13 @@ def add_backend_flags(parser, defaults, backends) -> None:
 BACKENDS = {"hf": "llm.backends.hf:HFBackend", "openai": "llm.backends.openai:OpenAIBackend",
             "embedding": "llm.backends.embedding:EmbeddingBackend"}
 # the interaction augmentation (llm/augment.py): the same LLMs, another non-LLM stand-in
-AUGMENT_BACKENDS = {**BACKENDS, "embedding": "llm.backends.embedding:EmbeddingPicker"}
+AUGMENT_BACKENDS = {**BACKENDS, "embedding": "llm.backends.embedding:EmbeddingPicker",
+                    "rank": "llm.backends.embedding:RankPicker"}
+TEXT_FREE = ("rank",)  # backends that never read item texts
+
+
+def is_llm(backend: str) -> bool:
+    return backend in ("hf", "openai")
 
 
 def make_backend(cfg, texts: dict, table: dict = BACKENDS):
@@ -82,7 +88,7 @@ def make_backend(cfg, texts: dict, table: dict = BACKENDS):
     texts)."""
     module, cls = table[cfg.backend].split(":")
     backend = getattr(importlib.import_module(module), cls)
-    return backend(cfg, texts) if cfg.backend == "embedding" else backend(cfg)
+    return backend(cfg) if is_llm(cfg.backend) else backend(cfg, texts)
 
 
 def local_path(name: str) -> bool:

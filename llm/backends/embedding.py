@@ -1,5 +1,6 @@
-"""The CPU stand-ins for an LLM (``--backend embedding``), by item-text similarity: the
-refiner of refine_llm.py and the picker of the interaction augmentation (llm/augment.py)."""
+"""The CPU stand-ins for an LLM: by item-text similarity (``--backend embedding``), the
+refiner of refine_llm.py and the picker of the interaction augmentation (llm/augment.py);
+and the augmentation's text-free ``--backend rank`` picker."""
 from __future__ import annotations
 
 import numpy as np
@@ -90,3 +91,21 @@ class EmbeddingPicker:
 
     def generate(self, prompts, contexts: list[dict]) -> list[str]:
         return ["{}::{}".format(*self.pick(c)) for c in contexts]
+
+
+class RankPicker:
+    """The augmentation's text-free stand-in — not an LLM, labelled as such in manifests:
+    the base model's own first candidate is the favourite and its last (k-th) the least
+    favourite. It needs no item text (datasets without titles) and measures what the
+    augmentation adds when the "LLM" only repeats the base model's ranking."""
+
+    reads_prompts = False
+
+    def __init__(self, cfg, texts: dict):
+        pass
+
+    def count_tokens(self, prompt: str) -> None:
+        return None
+
+    def generate(self, prompts, contexts: list[dict]) -> list[str]:
+        return [f"1::{len(c['candidates'])}" for c in contexts]
