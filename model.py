@@ -158,33 +158,51 @@ def ae_terms_dense(ae: DispreferenceAE, x: Tensor) -> tuple[Tensor, Tensor]:
     return F.binary_cross_entropy(recon, x), z
 
 
+def bce_forward(logits: Tensor, target: Tensor, row_weight: Tensor) -> tuple[Tensor, Tensor]:
+    """(-sum_r w_r sum_j log(p_rj) clamped at -100, sigmoid(logits)) with p the sigmoid where
+    the binary target is 1 and 1 - sigmoid where it is 0: torch's BCE value."""
+    r = torch.sigmoid(logits)
+    picked = torch.where(target > 0, r, 1.0 - r)
+    per_row = torch.log(picked).clamp_min(-100.0).sum(1)
+    return -(per_row * row_weight).sum(), r
+
+
+def bce_backward(r: Tensor, target: Tensor, row_weight: Tensor, grad: Tensor) -> Tensor:
+    """torch's BCE gradient (r - t) / max(r (1 - r), 1e-12) chained with the sigmoid's
+    r (1 - r), times the row weight and the incoming gradient."""
+    d = (1.0 - r) * r
+    grad_logits = (r - target) / d.clamp_min(1e-12) * d
+    return grad_logits * (row_weight * grad).unsqueeze(1)
+
+
 class _SigmoidBCESum(torch.autograd.Function):
     """sum_r w_r sum_j BCE(sigmoid(z_rj), t_rj) for binary t, as torch computes it.
 
     Forward: the logs are clamped at -100 exactly as torch.binary_cross_entropy does
-    (so saturated sigmoids give the same value). Backward: torch's BCE gradient
-    (r - t) / max(r (1 - r), 1e-12) chained with the sigmoid's r (1 - r). One fused pass
-    instead of torch's scalar BCE kernel, which dominated the AE on CPU.
+    (so saturated sigmoids give the same value). One fused pass instead of torch's scalar
+    BCE kernel, which dominated the AE on CPU. ``kernels``: the (forward, backward) math,
+    ``bce_forward`` / ``bce_backward`` or compiled versions of them.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor, row_weight: Tensor) -> Tensor:
-        r = torch.sigmoid(logits)
-        picked = torch.where(target > 0, r, 1.0 - r)
-        per_row = torch.log(picked).clamp_min(-100.0).sum(1)
+    def forward(ctx, logits: Tensor, target: Tensor, row_weight: Tensor, kernels) -> Tensor:
+        value, r = kernels[0](logits, target, row_weight)
         ctx.save_for_backward(r, target, row_weight)
-        return -(per_row * row_weight).sum()
+        ctx.backward_kernel = kernels[1]
+        return value
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         r, target, row_weight = ctx.saved_tensors
-        d = (1.0 - r) * r
-        grad_logits = (r - target) / d.clamp_min(1e-12) * d
-        return grad_logits * (row_weight * grad).unsqueeze(1), None, None
+        return ctx.backward_kernel(r, target, row_weight, grad), None, None, None
 
 
-def sigmoid_bce_sum(logits: Tensor, target: Tensor, row_weight: Tensor) -> Tensor:
-    return _SigmoidBCESum.apply(logits, target, row_weight)
+BCE_KERNELS = (bce_forward, bce_backward)
+
+
+def sigmoid_bce_sum(logits: Tensor, target: Tensor, row_weight: Tensor,
+                    kernels=BCE_KERNELS) -> Tensor:
+    return _SigmoidBCESum.apply(logits, target, row_weight, kernels)
 
 
 class _BinaryRowsTimesWeightT(torch.autograd.Function):
@@ -210,8 +228,8 @@ class _BinaryRowsTimesWeightT(torch.autograd.Function):
 
 
 def ae_terms_sparse(ae: DispreferenceAE, rows: Tensor, owner: Tensor, cols: Tensor,
-                    num_rows: int, row_range: tuple[int, int] | None = None
-                    ) -> tuple[Tensor, Tensor]:
+                    num_rows: int, row_range: tuple[int, int] | None = None,
+                    kernels=BCE_KERNELS) -> tuple[Tensor, Tensor]:
     """Same value and gradients as ``ae_terms_dense`` on the binary num_rows x in matrix X
     whose non-zero rows are ``rows`` (distinct, m of them), with X[rows[owner[t]], cols[t]] = 1.
 
@@ -223,6 +241,7 @@ def ae_terms_sparse(ae: DispreferenceAE, rows: Tensor, owner: Tensor, cols: Tens
     ``row_range=(lo, hi)``: only rows lo..hi-1 of X (``rows`` all lie there): the BCE sum of
     those rows, still divided by num_rows * in, and their codes (hi - lo, d). The terms of
     disjoint ranges add up to the whole (distributed training splits X this way).
+    ``kernels``: the BCE math (``BCE_KERNELS`` or compiled versions).
     """
     first, second = ae.encoder[0], ae.encoder[2]
     m, num_inputs = rows.numel(), first.in_features
@@ -237,7 +256,7 @@ def ae_terms_sparse(ae: DispreferenceAE, rows: Tensor, owner: Tensor, cols: Tens
     target[owner + 1, cols] = 1.0
     row_weight = torch.ones(m + 1, dtype=logits.dtype, device=logits.device)
     row_weight[0] = (hi - lo) - m
-    bce = sigmoid_bce_sum(logits, target, row_weight) / (num_rows * num_inputs)
+    bce = sigmoid_bce_sum(logits, target, row_weight, kernels) / (num_rows * num_inputs)
     z = code0.expand(hi - lo, -1).index_put((rows - lo if lo else rows,), codes[1:])
     return bce, z  # z: (hi - lo, d)
 

@@ -6,8 +6,10 @@ same process, and their ratio; then the fast path on ML-1M (train_original).
     python bench/epoch_time.py                       # ML-100K, Amazon_Digital_Music, ML-1M
     python bench/epoch_time.py --datasets ML-100K --epochs 3 --threads 2
     python bench/epoch_time.py --negatives per_user --large   # the per_user variant
+    python bench/epoch_time.py --compile --threads 2  # eager vs --compile on, vs an A6000
 
-The first epoch is a warm-up and is not counted when --epochs > 1.
+The first epoch is a warm-up and is not counted when --epochs > 1 (with --compile it holds
+the compilation, printed as its excess over a counted epoch).
 """
 from __future__ import annotations
 
@@ -27,13 +29,24 @@ from model import ReFINePlus  # noqa: E402
 from utils import evaluate, resolve_device, seed_everything  # noqa: E402
 
 
-def seconds_per_epoch(data, impl: str, epochs: int, device,
-                      negatives: str = "shared") -> tuple[float, float]:
-    """(mean seconds per epoch, last epoch's loss) for one implementation."""
-    config = make_config(dataset=data.dataset, impl=impl, negatives=negatives)
+# The reference's seconds per epoch on its RTX A6000 (its logs: total time / epochs)
+A6000_SECONDS = {"ML-100K": 1.04, "Amazon_Digital_Music": 0.76, "ML-1M": 33.4}
+
+
+def seconds_per_epoch(data, impl: str, epochs: int, device, negatives: str = "shared",
+                      compile_on: bool = False, timings: dict | None = None
+                      ) -> tuple[float, float]:
+    """(mean seconds per epoch, last epoch's loss) for one implementation; ``timings``
+    receives the seconds of prepare (with --compile: the probe compile) and of each epoch."""
+    config = make_config(dataset=data.dataset, impl=impl, negatives=negatives,
+                         compile="on" if compile_on else "off")
     seed_everything(config.random_seed)
     graphs = base.build_graphs(data, device)
+    tic = time.perf_counter()
     sampling = refine_plus.prepare(graphs, config)
+    if compile_on and not sampling.kernels.compiled:
+        raise SystemExit(f"--compile: {' '.join(sampling.warnings)}")
+    prepare_s = time.perf_counter() - tic
     model = ReFINePlus(graphs.num_users, graphs.num_items, 64, config.layers,
                        symmetric_backward=impl == "fast").to(device)
     optimizer = refine_plus.make_optimizer(model, config)
@@ -48,6 +61,8 @@ def seconds_per_epoch(data, impl: str, epochs: int, device,
             torch.cuda.synchronize()
         times.append(time.perf_counter() - tic)
     counted = times[1:] if len(times) > 1 else times
+    if timings is not None:
+        timings.update(prepare=prepare_s, epochs=times)
     return sum(counted) / len(counted), loss
 
 
@@ -64,6 +79,9 @@ def main() -> None:
     p.add_argument("--negatives", choices=["shared", "per_user"], default="shared")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--compile", action="store_true",
+                   help="instead: the fast path eager and with --compile on, on --datasets "
+                        "and --large, beside the reference's A6000 seconds per epoch")
     args = p.parse_args()
     device = resolve_device(args.device)
     if device.type == "cpu":
@@ -73,6 +91,8 @@ def main() -> None:
     data_dir = dataloader.resolve_data_dir(args.data_dir)
     print(f"device {device}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"data {os.path.relpath(data_dir)}, --negatives {args.negatives}")
+    if args.compile:
+        return compare_compile(args, data_dir, device)
     print(f"{'dataset':<22}{'train file':<16}{'fast s/epoch':>13}{'slow s/epoch':>14}{'speed-up':>10}")
     for name in args.datasets:
         data = dataloader.load_dataset(data_dir, name, "augment", warn=lambda line: None)
@@ -84,6 +104,31 @@ def main() -> None:
         data = dataloader.load_dataset(data_dir, name, "original", warn=lambda line: None)
         fast, _ = seconds_per_epoch(data, "fast", max(1, args.epochs - 1), device, args.negatives)
         print_row(name, "train_original", fast, None)
+
+
+def compare_compile(args, data_dir, device) -> None:
+    """Eager fast path (--compile off) and --compile on, each in full epochs of this
+    process; the ratio, and each beside the reference's A6000 seconds per epoch."""
+    print(f"{'dataset':<22}{'train file':<16}{'batches':>8}{'eager s/ep':>11}{'compiled':>10}"
+          f"{'speed-up':>10}{'A6000 s/ep':>12}{'vs A6000':>10}{'compile s':>11}")
+    runs = [(name, "augment", args.epochs) for name in args.datasets] \
+        + [(name, "original", max(2, args.epochs - 1)) for name in args.large]
+    for name, train_file, epochs in runs:
+        data = dataloader.load_dataset(data_dir, name, train_file, warn=lambda line: None)
+        eager, _ = seconds_per_epoch(data, "fast", epochs, device, args.negatives)
+        timings: dict = {}
+        fused, _ = seconds_per_epoch(data, "fast", epochs, device, args.negatives,
+                                     compile_on=True, timings=timings)
+        compile_s = timings["prepare"] + timings["epochs"][0] - fused
+        a6000 = A6000_SECONDS.get(name)
+        versus = f"{a6000:>12.2f}{a6000 / fused:>9.2f}x" if a6000 else f"{'-':>12}{'-':>10}"
+        batches = -(-len(data.train) // 1024)
+        print(f"{name:<22}{'train_' + train_file:<16}{batches:>8}{eager:>11.2f}{fused:>10.2f}"
+              f"{eager / fused:>9.2f}x{versus}{compile_s:>11.1f}", flush=True)
+    print("s/epoch: a training pass over every batch + one full validation, mean of the "
+          "epochs after the first; speed-up = eager / compiled; vs A6000 = its s/epoch / "
+          "ours (> 1: faster than the reference on its GPU); compile s = the first compiled "
+          "epoch's excess over a later one, plus the compile probe.")
 
 
 def print_row(name: str, train_file: str, fast: float, slow: float | None) -> None:

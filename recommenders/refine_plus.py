@@ -11,7 +11,7 @@ updates (tests/test_oracles.py); the reference one is the slow, obvious computat
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -23,6 +23,7 @@ from model import (ReFINePlus, ae_terms_dense, ae_terms_sparse, alignment_loss, 
                    sampled_softmax_loss)
 from recommenders.base import (Graphs, Recommender, TrainingError, batches, epoch_loss, gamma,
                                setting)
+from recommenders.compiled import EAGER, LossKernels, make_kernels
 from runs.config import ConfigError, require
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ class Settings:
     lambda2: float = setting(1e-5, "L2 weight on the autoencoders (default 1e-5)")
     impl: str = setting("fast", "fast (default) or the reference-equivalent slow path "
                         "(benchmarks, oracles)", choices=("fast", "reference"))
+    compile: str = setting("off", "fast path: torch.compile the loss's elementwise parts "
+                           "(needs a C++ compiler on CPU; falls back to eager): on/off",
+                           choices=("on", "off"))
     real_neg_samp_prob: float = gamma()
 
     def __post_init__(self):
@@ -52,7 +56,8 @@ class Settings:
                 *((getattr(self, name) in allowed, f"--{name} must be {' or '.join(allowed)}")
                   for name, allowed in (("negatives", ("shared", "per_user")),
                                         ("ae_input", ("batch", "user_negatives")),
-                                        ("impl", ("fast", "reference")))))
+                                        ("impl", ("fast", "reference")),
+                                        ("compile", ("on", "off")))))
 
 
 def check(config: Config) -> None:
@@ -66,7 +71,8 @@ def header(config: Config) -> tuple[list, list]:
     return [("real_negative_sampling_probabilities", config.real_neg_samp_prob)], [
                 ("model", "refine_plus"), ("negatives", config.negatives),
                 ("ae_input", config.ae_input), ("lambda1", config.lambda1),
-                ("lambda2", config.lambda2), ("impl", config.impl)]
+                ("lambda2", config.lambda2), ("impl", config.impl),
+                *([("compile", "on")] if config.compile == "on" else [])]
 
 
 # --------------------------------------------------------------------------- sampling
@@ -180,16 +186,18 @@ def make_optimizer(model: ReFINePlus, config: Config) -> torch.optim.Optimizer:
 
 
 def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives: torch.Tensor,
-               settings: Settings, shard: Shard | None = None
+               settings: Settings, shard: Shard | None = None, kernels: LossKernels = EAGER
                ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """loss = L_ssm + L_ae + L_align of one batch of T rows with one propagation and the
     sparse AE; the L2 terms' gradient is Adam's weight decay (``make_optimizer``), their
     value is added to the reported loss. Returns (the tensor to backpropagate, the loss
-    value to report, |P|). ``shard``: this rank's part of the loss (``Shard``)."""
+    value to report, |P|). ``shard``: this rank's part of the loss (``Shard``);
+    ``kernels``: the elementwise parts, eager or compiled (recommenders/compiled.py)."""
     users, items = graphs.train.users[batch], graphs.train.items[batch]
     is_pos = graphs.is_pos[batch]
     if shard is not None:
-        return _shard_loss(model, graphs, users, items, is_pos, negatives, settings, shard)
+        return _shard_loss(model, graphs, users, items, is_pos, negatives, settings, shard,
+                           kernels)
     pos_users, pos_items = users[is_pos], items[is_pos]
     e_users, e_items = model(graphs.norm_adj)
     pos_scores = (e_users[pos_users] * e_items[pos_items]).sum(1)
@@ -198,10 +206,12 @@ def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives
     else:  # per user: (P, n) by one GEMM and a gather
         neg_scores = per_row_scores(e_users[pos_users], e_items, negatives)
     user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, settings.ae_input)
-    bce_u, z_users = ae_terms_sparse(model.user_ae, *user_in, graphs.num_users)
-    bce_i, z_items = ae_terms_sparse(model.item_ae, *item_in, graphs.num_items)
-    loss = sampled_softmax_loss(pos_scores, neg_scores) + bce_u + bce_i \
-        + alignment_loss(e_users, z_users, e_items, z_items)
+    bce_u, z_users = ae_terms_sparse(model.user_ae, *user_in, graphs.num_users,
+                                     kernels=kernels.bce)
+    bce_i, z_items = ae_terms_sparse(model.item_ae, *item_in, graphs.num_items,
+                                     kernels=kernels.bce)
+    loss = kernels.sampled_softmax(pos_scores, neg_scores) + bce_u + bce_i \
+        + kernels.alignment(e_users, z_users, e_items, z_items)
     return loss, loss.detach() + _l2_value(model, settings), int(pos_users.numel())
 
 
@@ -247,7 +257,8 @@ def _l2_value(model: ReFINePlus, settings: Settings) -> torch.Tensor:
 
 
 def _shard_loss(model: ReFINePlus, graphs: Graphs, users, items, is_pos, negatives,
-                settings: Settings, shard: Shard) -> tuple[torch.Tensor, torch.Tensor, int]:
+                settings: Settings, shard: Shard, kernels: LossKernels = EAGER
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """This rank's part of the fast-path batch loss (see ``Shard``); the parts of all ranks
     sum to ``batch_loss`` without a shard. Returns (part, part value, the batch's |P|)."""
     U, I = graphs.num_users, graphs.num_items
@@ -263,14 +274,14 @@ def _shard_loss(model: ReFINePlus, graphs: Graphs, users, items, is_pos, negativ
             neg_scores = u_emb @ e_items[negatives].t()
         else:
             neg_scores = per_row_scores(u_emb, e_items, negatives[lo:hi])
-        loss = sampled_softmax_loss(pos_scores, neg_scores) * ((hi - lo) / num_pos)
+        loss = kernels.sampled_softmax(pos_scores, neg_scores) * ((hi - lo) / num_pos)
 
     user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, settings.ae_input)
     (ulo, uhi), (ilo, ihi) = shard.bounds(U), shard.bounds(I)
     bce_u, z_users = ae_terms_sparse(model.user_ae, *rows_in_range(*user_in, ulo, uhi), U,
-                                     row_range=(ulo, uhi))
+                                     row_range=(ulo, uhi), kernels=kernels.bce)
     bce_i, z_items = ae_terms_sparse(model.item_ae, *rows_in_range(*item_in, ilo, ihi), I,
-                                     row_range=(ilo, ihi))
+                                     row_range=(ilo, ihi), kernels=kernels.bce)
     d = e_users.size(1)
     align = F.mse_loss(e_users[ulo:uhi], z_users, reduction="sum") / (U * d) \
         + F.mse_loss(e_items[ilo:ihi], z_items, reduction="sum") / (I * d)
@@ -289,11 +300,14 @@ def sync_gradients(model: torch.nn.Module) -> None:
 
 @dataclass
 class Sampling:
-    """What an epoch needs besides the batches: n, gamma and (reference) the U x I weights."""
+    """What an epoch needs besides the batches: n, gamma, (reference) the U x I weights and
+    the loss's elementwise kernels (eager, or compiled with --compile on)."""
 
     n: int
     gamma: float
     dense_weights: torch.Tensor | None
+    kernels: LossKernels = EAGER
+    warnings: list[str] = field(default_factory=list)  # for train.log (the trainer adds them)
 
 
 def prepare(graphs: Graphs, config: Config) -> Sampling:
@@ -301,7 +315,10 @@ def prepare(graphs: Graphs, config: Config) -> Sampling:
     check_sampling_feasible(graphs, n)
     dense = (dense_sampling_weights(graphs, config.real_neg_samp_prob)
              if config.impl == "reference" else None)
-    return Sampling(n, config.real_neg_samp_prob, dense)
+    warnings: list[str] = []
+    kernels = make_kernels(config.compile == "on" and config.impl == "fast",
+                           graphs.norm_adj.device, warnings.append)
+    return Sampling(n, config.real_neg_samp_prob, dense, kernels, warnings)
 
 
 def draw(pos_users: torch.Tensor, graphs: Graphs, config: Config,
@@ -314,11 +331,11 @@ def draw(pos_users: torch.Tensor, graphs: Graphs, config: Config,
 
 
 def loss_of(model, graphs: Graphs, batch: torch.Tensor, negatives: torch.Tensor,
-            config: Config, shard: Shard | None = None):
+            config: Config, shard: Shard | None = None, kernels: LossKernels = EAGER):
     """``batch_loss`` or ``batch_loss_reference``, by the run's --impl."""
     if config.impl == "reference":
         return batch_loss_reference(model, graphs, batch, negatives, config.settings)
-    return batch_loss(model, graphs, batch, negatives, config.settings, shard)
+    return batch_loss(model, graphs, batch, negatives, config.settings, shard, kernels)
 
 
 def train_steps(model, optimizer, graphs: Graphs, config: Config, sampling: Sampling,
@@ -331,7 +348,8 @@ def train_steps(model, optimizer, graphs: Graphs, config: Config, sampling: Samp
         if pos_users.numel() == 0:
             continue
         negatives = draw(pos_users, graphs, config, sampling)
-        loss, value, num_pos = loss_of(model, graphs, batch, negatives, config, shard)
+        loss, value, num_pos = loss_of(model, graphs, batch, negatives, config, shard,
+                                       sampling.kernels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if shard is not None:

@@ -116,6 +116,7 @@ def check_before_writing(config: Config, device, shard) -> Checked:
     data = recommender.transform(data, config, warnings.append)
     graphs = build_graphs(data, device, recommender.positives_graph)
     sampling = recommender.prepare(graphs, config)  # raises when sampling is infeasible
+    warnings += getattr(sampling, "warnings", [])
     inputs = [provenance.record_file(role, path, data_dir)
               for role, path in [*data.files, *getattr(sampling, "inputs", [])]]
     if resuming:

@@ -1,0 +1,67 @@
+"""--compile on: the compiled elementwise parts of a ReFINe++ step against the eager ones
+(values and gradients to float32 rounding), and the eager fallback when compiling fails."""
+from __future__ import annotations
+
+import copy
+import shutil
+
+import pytest
+import torch
+
+import dataloader
+from conftest import SHARED_DATASETS, shared_dataset
+from model import ReFINePlus
+from recommenders import base, compiled, make_config, refine_plus
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                    reason="torch.compile on CPU needs a C++ compiler")
+
+
+@pytest.fixture(scope="module")
+def graphs():
+    data = dataloader.load_dataset(SHARED_DATASETS, "ML-100K", "augment")
+    return base.build_graphs(data, "cpu")
+
+
+@needs_compiler
+@shared_dataset("ML-100K")
+@pytest.mark.parametrize("negatives", ["shared", "per_user"])
+def test_compiled_step_equals_eager_step(graphs, negatives):
+    config = make_config(negatives=negatives)
+    kernels = compiled.make_kernels(True, torch.device("cpu"), warn=pytest.fail)
+    assert kernels.compiled
+    torch.manual_seed(4)
+    eager = ReFINePlus(graphs.num_users, graphs.num_items)
+    fused = copy.deepcopy(eager)
+    n = refine_plus.num_negatives(graphs.num_items)
+    for step in range(3):  # batches of other sizes: the dynamic shapes are exercised
+        batch = torch.randperm(len(graphs.train))[:1024 - 100 * step]
+        pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
+        negs = refine_plus.draw_negatives(pos_users, graphs, n, config.real_neg_samp_prob,
+                                          negatives == "shared")
+        results = []
+        for model, k in ((eager, compiled.EAGER), (fused, kernels)):
+            model.zero_grad(set_to_none=True)
+            loss, value, num_pos = refine_plus.loss_of(model, graphs, batch, negs, config,
+                                                       kernels=k)
+            loss.backward()
+            results.append((value, num_pos))
+        (v_e, p_e), (v_c, p_c) = results
+        assert p_e == p_c
+        torch.testing.assert_close(v_c, v_e, rtol=1e-6, atol=0)
+        for (name, a), b in zip(eager.named_parameters(), fused.parameters()):
+            torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-9, msg=name)
+
+
+def test_a_failing_compile_falls_back_to_eager_and_says_so(monkeypatch):
+    def broken(fn):
+        def run(*args, **kwargs):
+            raise RuntimeError("InductorError: no C++ compiler found\nmore detail")
+        return run
+    monkeypatch.setattr(compiled, "_compile", broken)
+    said = []
+    kernels = compiled.make_kernels(True, torch.device("cpu"), warn=said.append)
+    assert kernels is compiled.EAGER
+    assert said == ["warning: --compile on: torch.compile failed (InductorError: no C++ "
+                    "compiler found); the step runs eagerly"]
+    assert compiled.make_kernels(False, torch.device("cpu"), warn=pytest.fail) is compiled.EAGER
