@@ -9,6 +9,7 @@ sampling, epoch and log header).
   siren.py (shared parts in signed.py)
 - ``semantic_neg``: LightGCN with hard negatives by item-text similarity — semantic_neg.py
 - ``mixgcf``: LightGCN with negatives synthesized by positive and hop mixing — mixgcf.py
+- ``hnlmrec``: LightGCN with LLM hard-negative vectors mixed into its negatives — hnlmrec.py
 
 Adding a model: a new file with its ``RECOMMENDER`` and one line in ``MODELS`` below.
 """
@@ -17,13 +18,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import fields
 
-from recommenders import lightgcn, mixgcf, pngnn, refine, refine_plus, semantic_neg, siren
+from recommenders import (hnlmrec, lightgcn, mixgcf, pngnn, refine, refine_plus, semantic_neg,
+                          siren)
 from recommenders.base import Recommender, general_defaults
 from runs.config import GENERAL_FIELDS, Config, ConfigError
 from runs.seeds import resolve_seeds
 
 MODELS: dict[str, Recommender] = {m.RECOMMENDER.name: m.RECOMMENDER for m in (
-    refine_plus, refine, lightgcn, pngnn, siren, semantic_neg, mixgcf)}
+    refine_plus, refine, lightgcn, pngnn, siren, semantic_neg, mixgcf, hnlmrec)}
 
 
 def setting_names(model: str) -> set[str]:

@@ -80,6 +80,7 @@ class Graphs:
     num_users: int
     num_items: int
     item_ids: np.ndarray | None = None  # the dataset's item id of each item index
+    user_ids: np.ndarray | None = None  # the dataset's user id of each user index
     augmented: Any = None  # an LLM augmentation's triples, when the run has one
 
 
@@ -102,7 +103,7 @@ def build_graphs(data: RecData, device, positives_graph: bool = False) -> Graphs
                                    torch.cat([seen_items, data.validation.items]), U),
         valid_by_user=rows(data.validation.users, data.validation.items, U),
         test_by_user=rows(data.test.users, data.test.items, U),
-        num_users=U, num_items=I, item_ids=data.item_ids,
+        num_users=U, num_items=I, item_ids=data.item_ids, user_ids=data.user_ids,
         augmented=data.augmented)
 
 

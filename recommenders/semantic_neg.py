@@ -66,7 +66,8 @@ class Settings:
     hard_ratio: float = setting(0.5, "share of hard negatives (0.5)")
     hard_pool: int = setting(50, "most text-similar items to draw hard "
                                  "negatives from (50)")
-    align_weight: float = setting(0.0, "weight of the text/item InfoNCE (0: off)")
+    align_weight: float = setting(0.0, "weight of the alignment InfoNCE (semantic_neg: text/item, "
+                                       "0: off; hnlmrec: user/LLM negative, 0.001)")
     align_temperature: float = setting(0.2, "InfoNCE temperature (0.2)")
     text_model: str | None = setting(None, "the sentence-transformers model "
                                      "the cache was written with (default: the "
