@@ -223,6 +223,26 @@ def test_augmentation_through_a_real_llama_cpp_server(tmp_path, llama_server):
     assert manifest["seconds_per_request"] > 0
 
 
+def test_hnlm_pipeline_through_a_real_llama_cpp_server(tmp_path, llama_server):
+    """llm/hnlm.py's profile and hard-negative steps with SmolLM2 served by llama.cpp: every
+    request is answered and recorded, usable or not (a 135M model rarely writes the JSON)."""
+    from conftest import write_synthetic_with_items
+
+    from llm import hnlm
+    data = write_synthetic_with_items(tmp_path / "data")
+    counts = {}
+    for step in ("items", "users", "negatives"):
+        c = hnlm.HNLMConfig(step=step, dataset="Synth", data_dir=str(data),
+                            out_dir=str(tmp_path / "hnlm"), backend="openai", model="smollm2",
+                            base_url=llama_server, chat=True, max_new_tokens=48, limit=2)
+        manifest = hnlm.run(c, log=lambda _: None)
+        counts[step] = manifest["counts"]
+        records = [json.loads(x) for x in (tmp_path / "hnlm" / f"{step}.jsonl").open()]
+        assert len(records) == 2 and all(r["answer"] is not None for r in records)
+        assert manifest["seconds_per_request"] > 0
+    assert all(c["requests"] == 2 and c["usable"] + c["unusable"] == 2 for c in counts.values())
+
+
 # ----------------------------------------------------------------------------- embedding
 
 @pytest.fixture(scope="module")
