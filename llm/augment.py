@@ -31,7 +31,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-import dataloader
 from data import provenance
 from data.items import find_item_file, item_texts, read_train
 from data.registry import DATASETS
@@ -39,10 +38,9 @@ from data.schema import DataError
 from llm.answers import AnswerCache
 from llm.backends import (AUGMENT_BACKENDS, BACKEND_HELP, TEXT_FREE, BackendSettings,
                           add_backend_flags, is_llm, make_backend)
-from recommenders import MODELS, make_config
-from recommenders.base import build_graphs
 from runs.cli import run_cli
 from runs.files import atomic_write_text
+from runs.trained import load_trained
 from utils import fault_point
 
 PROMPT_VERSION = "augment v1"  # part of every cache key: change it with the prompts
@@ -183,35 +181,16 @@ class Base:
 def load_base(cfg: AugmentConfig) -> Base:
     """Rebuild the base run's best model on its data (refused when a data file changed
     since it ran) and make every user's task."""
-    run_dir = Path(cfg.base_run)
-    try:
-        saved = json.loads((run_dir / "config.json").read_text())
-        best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise DataError(f"--base_run {run_dir}: not a finished run ({err})") from None
-    config = make_config(strict=False, **{**{k: v for k, v in saved.items() if k != "inputs"},
-                                          "data_dir": cfg.data_dir or saved.get("data_dir")})
-    if config.dataset != cfg.dataset:
-        raise DataError(f"--base_run {run_dir} trained on {config.dataset}, not {cfg.dataset}")
-    data_dir = dataloader.resolve_data_dir(config.data_dir)
-    data = dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
-                                   warn=lambda line: None)
-    inputs = [provenance.record_file(role, path, data_dir) for role, path in data.files]
-    change = provenance.first_change(saved.get("inputs") or [], inputs)
-    if change:
-        raise DataError(f"--base_run {run_dir}: {change}; its candidates would be of other data")
-    graphs = build_graphs(data, "cpu", MODELS[config.model].positives_graph)
-    model = MODELS[config.model].build(graphs, config)
-    model.load_state_dict(best["model"])
-    model.eval()
+    base = load_trained(Path(cfg.base_run), cfg.dataset, cfg.data_dir)
+    data, graphs = base.data, base.graphs
     with torch.no_grad():
-        top = top_candidates(*model(graphs.norm_adj), graphs.seen_by_user, cfg.candidates)
+        top = top_candidates(*base.model(graphs.norm_adj), graphs.seen_by_user, cfg.candidates)
     train_path = data.files[0][1]
     histories = user_histories(read_train(train_path), cfg.history, cfg.seed)
     tasks = [UserTask(str(user), tuple(str(data.item_ids[j]) for j in top[u].tolist()),
                       tuple(histories.get(str(user), ())))
              for u, user in enumerate(data.user_ids)]
-    return Base(config, data_dir, train_path, inputs,
+    return Base(base.config, base.data_dir, train_path, base.inputs,
                 tasks[:cfg.limit_users] if cfg.limit_users else tasks)
 
 

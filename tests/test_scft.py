@@ -1,0 +1,143 @@
+"""llm/scft.py, HNLMRec's SCFT on a tiny random Llama (no download): the loss by hand, loss
+falls on a fixed batch, only LoRA trains, EOS pooling, determinism, and records from a real
+short MixGCF run through to the vector file."""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_main, write_synthetic_with_items
+from data.vectors import read_pair_vectors
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("peft", "transformers", "tokenizers")),
+    reason="peft / transformers not installed (pip install -r requirements-llm.txt)")
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A 2-layer random Llama (hidden 64, 4 heads) and a byte-level BPE tokenizer on disk."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    folder = tmp_path_factory.mktemp("scft_llama")
+    corpus = ["User embedding: [0.123, -0.456] profile None Item embedding [1.000]"] * 50
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1,
+                            special_tokens=["<s>", "</s>", "<pad>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>")
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n"
+                         "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        bos_token_id=0, eos_token_id=1, pad_token_id=2)).save_pretrained(folder)
+    return folder
+
+
+def records(n=32, seed=0):
+    from llm.scft import Record, query_text, vector_text
+    rng = np.random.default_rng(seed)
+    return [Record(str(k), str(k % 7), query_text(rng.normal(size=4), "None",
+                                                  rng.normal(size=4), "None"),
+                   vector_text(rng.normal(size=4)), vector_text(rng.normal(size=4)))
+            for k in range(n)]
+
+
+def config(model, **kw):
+    from llm.scft import SCFTConfig
+    return SCFTConfig(**{"dataset": "Synth", "model": str(model), "lora_r": 4,
+                         "batch_size": 4, "epochs": 2, "learning_rate": 5e-3, **kw})
+
+
+def test_losses_by_hand():
+    from llm.scft import scft_loss
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    p = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    n = torch.tensor([[0.0, 1.0], [1.0, 1.0]])
+    c = 1 / math.sqrt(2)
+    # s+ = (1, 0)/tau; s- = [[0, c], [1, c]]/tau
+    tau = 0.5
+    row0 = -math.log(math.exp(2) / (math.exp(2) + math.exp(0) + math.exp(2 * c)))
+    row1 = -math.log(1 / (1 + math.exp(2) + math.exp(2 * c)))
+    assert float(scft_loss(q, p, n, tau)) == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    soft = lambda x: math.log1p(math.exp(x))  # noqa: E731
+    pairs = [soft(0 - 2), soft(2 * c - 2), soft(2 - 0), soft(2 * c - 0)]
+    assert float(scft_loss(q, p, n, tau, "pairwise_logistic")) == pytest.approx(
+        sum(pairs) / 4, rel=1e-6)
+
+
+def test_eos_pooling_and_only_lora_trains(tiny_llama):
+    from llm.scft import Encoder
+    enc = Encoder(config(tiny_llama))
+    names = [n for n, _ in enc.trainable()]
+    assert names and all("lora_" in n for n in names)
+    assert {m for n in names for m in ("q_proj", "k_proj", "v_proj", "o_proj") if m in n} == \
+        {"q_proj", "k_proj", "v_proj", "o_proj"}
+    batch = enc.batch(["short", "a much longer passage of text"], as_query=False)
+    last = batch["attention_mask"].sum(1) - 1
+    assert batch["input_ids"][torch.arange(2), last].tolist() == [1, 1]  # EOS appended
+    query = enc.batch(["q"], as_query=True)["input_ids"][0].tolist()
+    text = enc.tokenizer.decode(query)
+    assert text.startswith("<system>You are a helpful assistant.") and "<assistant>" in text
+    with torch.no_grad():
+        out = enc.embed(["short", "a much longer passage of text"], as_query=False)
+        alone = enc.embed(["short"], as_query=False)
+    assert out.shape == (2, 64)
+    torch.testing.assert_close(out[:1], alone, rtol=1e-5, atol=1e-5)  # padding is ignored
+
+
+def test_training_lowers_the_loss_and_is_deterministic(tiny_llama):
+    from llm.scft import Encoder, batch_loss, infer, train
+    recs = records()
+    runs = []
+    for _ in range(2):
+        cfg = config(tiny_llama)
+        enc = Encoder(cfg)
+        fixed = recs[:4]
+        with torch.no_grad():
+            enc.model.eval()
+            before = float(batch_loss(enc, fixed, cfg))
+        frozen = {n: p.detach().clone() for n, p in enc.model.named_parameters()
+                  if not p.requires_grad}
+        losses = train(enc, recs, cfg, log=lambda _: None)
+        with torch.no_grad():
+            enc.model.eval()
+            after = float(batch_loss(enc, fixed, cfg))
+        assert all(math.isfinite(x) for x in losses) and len(losses) == 16
+        assert after < before
+        assert all(torch.equal(p, frozen[n]) for n, p in enc.model.named_parameters()
+                   if not p.requires_grad)
+        runs.append(infer(enc, recs))
+    assert runs[0].shape == (32, 64)
+    np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_records_from_a_mixgcf_run_to_the_vector_file(tmp_path, tiny_llama):
+    from llm import scft
+    data = write_synthetic_with_items(tmp_path / "data")
+    assert run_main(["--model", "mixgcf", "--dataset", "Synth", "--data_dir", str(data),
+                     "--epochs", "1", "--batch_size", "64"], tmp_path, "mix")[0] == 0
+    run_dir = tmp_path / "result" / "Synth" / "mix"
+    cfg = config(tiny_llama, mixgcf_run=str(run_dir), data_dir=str(data), max_records=12,
+                 epochs=1, output=str(tmp_path / "scft.npz"))
+    recs, about = scft.mixgcf_records(cfg)
+    assert len(recs) == 12 and about["pool"] == "mean"
+    assert recs[0].query.count("[") == 2 and recs[0].pos.startswith("[")
+    assert len(recs[0].pos.split(",")) == 64  # MixGCF's pooled 64-d negative
+    manifest = scft.run(cfg, log=lambda _: None)
+    users, items, vectors, info = read_pair_vectors(tmp_path / "scft.npz")
+    assert vectors.shape == (12, 64) and info["step"] == "scft"
+    assert [(r.user, r.item) for r in recs] == list(zip(users, items))
+    assert manifest["steps"] == 3
+    with pytest.raises(Exception, match="not mixgcf"):
+        base = tmp_path / "result" / "Synth" / "light"
+        run_main(["--model", "lightgcn", "--dataset", "Synth", "--data_dir", str(data),
+                  "--epochs", "1"], tmp_path, "light")
+        scft.mixgcf_records(config(tiny_llama, mixgcf_run=str(base), data_dir=str(data)))
