@@ -212,6 +212,7 @@ def mixgcf_records(cfg: SCFTConfig) -> tuple[list[Record], dict]:
     """One record per (sampled) positive training pair of the MixGCF run (module docstring);
     and what the records were made from."""
     from model import categorical_draws
+    from recommenders.bpr import unseen_weights
     from recommenders.mixgcf import mixgcf_negatives, pool_layers
     from runs.trained import load_trained
     run = load_trained(Path(cfg.mixgcf_run), cfg.dataset, cfg.data_dir, "--mixgcf_run",
@@ -223,9 +224,7 @@ def mixgcf_records(cfg: SCFTConfig) -> tuple[list[Record], dict]:
         pick = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(cfg.seed))
         rows = pick[:cfg.max_records].sort().values
     users, items = users[rows], items[rows]
-    weights = torch.ones(g.num_users, g.num_items)
-    owner, cols = g.seen_by_user.gather(torch.arange(g.num_users))
-    weights[owner, cols] = 0.0
+    weights = unseen_weights(g)
     torch.manual_seed(cfg.seed)  # the candidates, the mixing and the random negatives
     with torch.no_grad():
         layers = run.model.layers(g.norm_adj)  # (U+I, L+1, d)

@@ -34,6 +34,16 @@ class BPRSampling:
     prune: tuple[float, str] = (0.0, "high_loss")  # LLMRec's pruning (drop, keep); 0: off
 
 
+def unseen_weights(graphs: Graphs) -> Tensor:
+    """(U, I) sampling weights: 1 where the user has no train-file row with the item
+    (positive, confirmed negative or neutral), 0 where it has one."""
+    weights = torch.ones(graphs.num_users, graphs.num_items, device=graphs.norm_adj.device)
+    owner, cols = graphs.seen_by_user.gather(torch.arange(graphs.num_users,
+                                                          device=weights.device))
+    weights[owner, cols] = 0.0
+    return weights
+
+
 def check_candidates(weights: Tensor, users: Tensor, what: str) -> None:
     empty = ~(weights[users] > 0).any(1)
     if empty.any():

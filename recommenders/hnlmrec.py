@@ -36,7 +36,7 @@ from data.vectors import read_pair_vectors
 from model import GraphRecommender, batch_l2, bpr_loss, categorical_sample
 from recommenders.base import (Graphs, Recommender, TrainingError, lambda_reg, minibatch_epoch,
                                no_shard, setting)
-from recommenders.bpr import check_candidates
+from recommenders.bpr import check_candidates, unseen_weights
 from runs.config import require
 
 if TYPE_CHECKING:
@@ -128,9 +128,7 @@ def prepare(graphs: Graphs, config: Config) -> HNLMState:
     if not config.negative_file:
         raise TrainingError("--model hnlmrec needs --negative_file (python -m llm.hnlm)")
     device = graphs.norm_adj.device
-    weights = torch.ones(graphs.num_users, graphs.num_items, device=device)
-    owner, cols = graphs.seen_by_user.gather(torch.arange(graphs.num_users, device=device))
-    weights[owner, cols] = 0.0
+    weights = unseen_weights(graphs)
     users, items = graphs.train.users[graphs.is_pos], graphs.train.items[graphs.is_pos]
     check_candidates(weights, torch.unique(users), "every item has a training row")
     row_vector, vectors, line = vectors_of_rows(Path(config.negative_file), users.cpu(),

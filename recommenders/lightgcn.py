@@ -10,7 +10,7 @@ import torch
 
 import recommenders.augmentation as augmentation
 from recommenders.base import Graphs, Recommender, adam, build_gcn, lambda_reg
-from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling
+from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling, unseen_weights
 from runs.config import require
 
 if TYPE_CHECKING:
@@ -32,10 +32,7 @@ class Settings:
 
 
 def prepare(graphs: Graphs, config: Config) -> BPRSampling:
-    weights = torch.ones(graphs.num_users, graphs.num_items, device=graphs.norm_adj.device)
-    owner, cols = graphs.seen_by_user.gather(torch.arange(graphs.num_users,
-                                                          device=weights.device))
-    weights[owner, cols] = 0.0
+    weights = unseen_weights(graphs)
     state = bpr_sampling(graphs, weights, "every item has a training row")
     state.prune = (config.prune_drop, config.prune_keep)
     triples = graphs.augmented

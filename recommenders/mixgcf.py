@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from model import Propagation, categorical_draws
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, minibatch_epoch, no_shard, \
     setting
-from recommenders.bpr import check_candidates
+from recommenders.bpr import check_candidates, unseen_weights
 from runs.config import require
 
 if TYPE_CHECKING:
@@ -155,10 +155,7 @@ class MixState:
 
 
 def prepare(graphs: Graphs, config: Config) -> MixState:
-    weights = torch.ones(graphs.num_users, graphs.num_items, device=graphs.norm_adj.device)
-    owner, cols = graphs.seen_by_user.gather(torch.arange(graphs.num_users,
-                                                          device=weights.device))
-    weights[owner, cols] = 0.0
+    weights = unseen_weights(graphs)
     users, items = graphs.train.users[graphs.is_pos], graphs.train.items[graphs.is_pos]
     check_candidates(weights, torch.unique(users), "every item has a training row")
     return MixState(users, items, weights)
