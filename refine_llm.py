@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -35,7 +34,7 @@ from llm.backends import BACKENDS, BackendSettings, add_backend_flags, make_back
 from llm.procedure import (agreement, build_requests, decisions_from_records, plan_users,
                            relabel, sorted_users)
 from llm.prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate
-from runs.cli import run_cli
+from runs.cli import command_line, run_cli
 from runs.files import atomic_write_text
 
 @dataclass(kw_only=True)
@@ -229,7 +228,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
         write_decisions(Path(cfg.write_decisions), decisions, users)
     template = cfg.prompt_template
     manifest = dict(
-        command=" ".join(shlex.quote(a) for a in sys.argv), dataset=cfg.dataset,
+        command=command_line("python refine_llm.py"), dataset=cfg.dataset,
         backend=None if cfg.decisions else cfg.backend, model=None if cfg.decisions else cfg.model_id(),
         replayed_from=cfg.decisions, template=template.name, template_digest=template.digest,
         seed=cfg.seed, chunk_size=cfg.chunk_size, max_prompt_tokens=cfg.max_prompt_tokens,

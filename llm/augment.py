@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import re
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +37,7 @@ from data.schema import DataError
 from llm.answers import AnswerCache
 from llm.backends import (AUGMENT_BACKENDS, BACKEND_HELP, TEXT_FREE, BackendSettings,
                           add_backend_flags, is_llm, make_backend)
-from runs.cli import run_cli
+from runs.cli import command_line, run_cli
 from runs.files import atomic_write_text
 from runs.trained import load_trained
 from utils import fault_point
@@ -288,7 +287,7 @@ def make_manifest(cfg, base: Base, records, output: Path, asked: int, ask_second
     answered = [r for r in records if r["status"] == "answered"]
     top_share = sum(r["local"][0] == 1 for r in answered) / max(len(answered), 1)
     return dict(
-        command=" ".join(shlex.quote(a) for a in sys.argv), dataset=cfg.dataset,
+        command=command_line("python -m llm.augment"), dataset=cfg.dataset,
         backend=cfg.backend, model=cfg.model_id(), is_llm=is_llm(cfg.backend),
         prompt_version=PROMPT_VERSION,
         base_run=dict(path=str(cfg.base_run), model=base.config.model,

@@ -22,7 +22,6 @@ import argparse
 import hashlib
 import json
 import re
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ from data.vectors import write_pair_vectors
 from llm.answers import AnswerCache
 from llm.augment import NOUNS, user_histories
 from llm.backends import BACKEND_HELP, BACKENDS, BackendSettings, add_backend_flags, make_backend
-from runs.cli import run_cli
+from runs.cli import command_line, run_cli
 from runs.files import atomic_write_text
 from utils import fault_point
 
@@ -271,7 +270,7 @@ def ask_step(cfg: HNLMConfig, inp: Inputs, todo: list, prompts: list[str], log) 
 def manifest_of(cfg: HNLMConfig, inp: Inputs, records: list[dict], asked: int,
                 ask_seconds: float, extra: dict) -> dict:
     usable = sum(bool(r.get("usable")) for r in records)
-    return dict(command=" ".join(shlex.quote(a) for a in sys.argv), step=cfg.step,
+    return dict(command=command_line("python -m llm.hnlm"), step=cfg.step,
                 dataset=cfg.dataset, backend=cfg.backend, model=cfg.model_id(),
                 prompt_version=PROMPT_VERSION,
                 train_file=dict(path=inp.train_path.name, sha1=provenance.file_sha1(inp.train_path)),

@@ -3,6 +3,7 @@ bad data, impossible training, a run folder in use …) becomes one ``error:`` l
 stderr and exit code 2; Ctrl-C exits with 130 and says how to continue."""
 from __future__ import annotations
 
+import shlex
 import sys
 from typing import Callable
 
@@ -23,3 +24,10 @@ def run_cli(fn: Callable[[], object], interrupted: str | None = None) -> int:
             raise
         print(interrupted, file=sys.stderr)
         return 130
+
+
+def command_line(program: str) -> str:
+    """How this process was started, as a user would type it: ``program`` (e.g.
+    "python -m llm.augment") and the arguments, without the interpreter's or the script's
+    absolute path (manifests are shared and committed)."""
+    return " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
