@@ -166,28 +166,34 @@ class FakeServer:
         self.httpd.server_close()
 
 
-def test_resume_after_kill_gives_the_same_files(tmp_path):
+def test_every_step_resumes_after_kill_with_the_same_files(tmp_path):
     data = write_synthetic_with_items(tmp_path / "data")
+    expected = {"items": 40, "users": 30, "negatives": 60}
+
+    def strip(path):
+        return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+                for x in path.read_text().splitlines()]
     with FakeServer() as server:
-        def step(out, crash=None):
+        def step(name, out, crash=None):
             env = dict(os.environ)
             env.pop("REFINE_CRASH_AT", None)
             if crash:
                 env["REFINE_CRASH_AT"] = crash
             return subprocess.run(
-                [sys.executable, "-m", "llm.hnlm", "items", "--dataset", "Synth", "--data_dir",
+                [sys.executable, "-m", "llm.hnlm", name, "--dataset", "Synth", "--data_dir",
                  str(data), "--out_dir", str(out), "--backend", "openai", "--model", "fake",
-                 "--base_url", server.url], cwd=REPO, env=env, capture_output=True, text=True)
-        assert step(tmp_path / "straight").returncode == 0
-        assert step(tmp_path / "killed", "hnlm_request:7").returncode == -signal.SIGKILL
-        assert not (tmp_path / "killed" / "items.jsonl").exists()
-        cached = (tmp_path / "killed" / "items.cache.jsonl").read_text().count("\n")
-        assert cached == 7
-        resumed = step(tmp_path / "killed")
-        assert resumed.returncode == 0, resumed.stderr
-        assert "7 cached, 33 to ask" in resumed.stdout
-    straight = (tmp_path / "straight" / "items.jsonl").read_text().splitlines()
-    killed = (tmp_path / "killed" / "items.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "seconds"}  # noqa: E731
-                           for x in lines]
-    assert strip(straight) == strip(killed) and len(straight) == 40
+                 "--base_url", server.url, "--max_pairs_per_user", "2"],
+                cwd=REPO, env=env, capture_output=True, text=True)
+        for name, total in expected.items():
+            assert step(name, tmp_path / "straight").returncode == 0
+            killed = step(name, tmp_path / "killed", "hnlm_request:7")
+            assert killed.returncode == -signal.SIGKILL
+            assert not (tmp_path / "killed" / f"{name}.jsonl").exists()
+            cache = tmp_path / "killed" / f"{name}.cache.jsonl"
+            assert cache.read_text().count("\n") == 7
+            resumed = step(name, tmp_path / "killed")
+            assert resumed.returncode == 0, resumed.stderr
+            assert f"7 cached, {total - 7} to ask" in resumed.stdout
+            straight = strip(tmp_path / "straight" / f"{name}.jsonl")
+            assert strip(tmp_path / "killed" / f"{name}.jsonl") == straight
+            assert len(straight) == total
