@@ -124,7 +124,8 @@ def test_lightgcn_negatives_avoid_every_training_row(tmp_path):
     from recommenders import base
     data = dataloader.load_dataset(tmp_path / "data", "Synth", warn=lambda line: None)
     graphs = base.build_graphs(data, "cpu", positives_graph=True)
-    state = recommenders.MODELS["lightgcn"].prepare(graphs, make_config(dataset="Synth"))
+    config = make_config(model="lightgcn", dataset="Synth")
+    state = recommenders.MODELS["lightgcn"].prepare(graphs, config)
     seen = torch.zeros(data.num_users, data.num_items, dtype=torch.bool)
     seen[data.train.users, data.train.items] = True
     seen[data.neutral.users, data.neutral.items] = True  # neutral rows are training rows too
