@@ -364,7 +364,14 @@ def categorical_draws(weights: Tensor, rows: Tensor, n: int,
 
     weights: (R, I) non-negative, rows with a positive sum; rows: (B,) long -> (B, n) long.
     """
-    cdf = weights.to(torch.float64).cumsum(1)[rows]  # (B, I)
+    return draws_from_cdf(weights.to(torch.float64).cumsum(1), rows, n, generator)
+
+
+def draws_from_cdf(cdf: Tensor, rows: Tensor, n: int,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """``categorical_draws`` from precomputed float64 cumulative weights (R, I): the same
+    draws, for weights that do not change between batches."""
+    cdf = cdf[rows]  # (B, I)
     u = torch.rand((rows.numel(), n), generator=generator, dtype=torch.float64,
                    device=cdf.device)
     return _inverse_cdf(cdf, u)

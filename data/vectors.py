@@ -40,6 +40,25 @@ def read_pair_vectors(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, d
                         f"({type(err).__name__})") from None
     if vectors.ndim != 2 or not (len(users) == len(items) == vectors.shape[0]):
         raise DataError(f"{path}: users, items and vectors differ in length")
+    if not np.issubdtype(vectors.dtype, np.floating):
+        raise DataError(f"{path}: vectors of type {vectors.dtype}, not floats")
+    vectors = vectors.astype(np.float32, copy=False)  # the training dtype
     if not np.isfinite(vectors).all():
         raise DataError(f"{path}: holds non-finite values")
     return users, items, vectors, about
+
+
+def pair_vector_dim(path: Path) -> int:
+    """The vectors' dimension, read from the array header alone (the file may be GBs)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("vectors.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, _, _ = read(f)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: not a vector file of (user, item) pairs "
+                        f"({type(err).__name__})") from None
+    if len(shape) != 2:
+        raise DataError(f"{path}: vectors of shape {shape}, not (pairs, dimension)")
+    return int(shape[1])

@@ -141,10 +141,13 @@ def negative_prompt(user: str, item: str, texts: dict, user_profiles: dict,
 
 
 def parse_json_answer(text: str, key: str) -> dict | None:
-    """The first JSON object in ``text`` that has ``key`` (a string value), else None."""
-    for match in re.finditer(r"\{.*?\}", text or "", flags=re.S):
+    """The first JSON object in ``text`` that has ``key`` with a string value, else None
+    (each "{" is tried as the start of one; nested objects and braces in strings work)."""
+    decoder = json.JSONDecoder()
+    text = text or ""
+    for start in (m.start() for m in re.finditer(r"\{", text)):
         try:
-            obj = json.loads(match.group(0))
+            obj, _ = decoder.raw_decode(text, start)
         except json.JSONDecodeError:
             continue
         if isinstance(obj, dict) and isinstance(obj.get(key), str):

@@ -54,14 +54,14 @@ class SCFTConfig:
     candidates: int = 16
     seed: int = 2024
     lora_r: int = 32
-    lora_alpha: int = 8
+    lora_alpha: int | None = None  # 2 r; HNLMRec's code leaves PEFT's default, 8
     lora_dropout: float = 0.05
     temperature: float = 0.05
     loss: str = "infonce"
     learning_rate: float = 2e-5
     epochs: int = 1
-    batch_size: int = 4
-    max_len_query: int = 512
+    batch_size: int = 8
+    max_len_query: int = 1024  # two 64-d vectors as text alone take about 500 tokens
     max_len_passage: int = 512
     device: str = "cpu"
     dtype: str = "float32"
@@ -113,22 +113,34 @@ class Encoder:
                  "bfloat16": torch.bfloat16}[cfg.dtype]
         torch.manual_seed(cfg.seed)  # the LoRA matrices' initialisation
         base = AutoModel.from_pretrained(cfg.model, dtype=dtype)
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        alpha = cfg.lora_alpha if cfg.lora_alpha is not None else 2 * cfg.lora_r
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], bias="none",
                           task_type="FEATURE_EXTRACTION")
         self.model = get_peft_model(base, lora).to(cfg.device)
 
+    def texts(self, texts: list[str], as_query: bool) -> list[str]:
+        """The query in the chat template (a passage as it is)."""
+        tok = self.tokenizer
+        if not (as_query and tok.chat_template):
+            return list(texts)
+        return [tok.apply_chat_template([{"role": "system", "content": SYSTEM},
+                                         {"role": "user", "content": t}],
+                                        add_generation_prompt=True, tokenize=False)
+                for t in texts]
+
+    def truncated(self, texts: list[str], as_query: bool) -> int:
+        """How many of the texts are cut by the length limit."""
+        limit = (self.cfg.max_len_query if as_query else self.cfg.max_len_passage) - 1
+        return sum(len(self.tokenizer(t, add_special_tokens=False)["input_ids"]) > limit
+                   for t in self.texts(texts, as_query))
+
     def batch(self, texts: list[str], as_query: bool) -> dict:
         """Token ids with EOS appended (after truncating to max_len - 1), right-padded."""
         tok, cfg = self.tokenizer, self.cfg
-        if as_query and tok.chat_template:
-            texts = [tok.apply_chat_template([{"role": "system", "content": SYSTEM},
-                                              {"role": "user", "content": t}],
-                                             add_generation_prompt=True, tokenize=False)
-                     for t in texts]
         limit = (cfg.max_len_query if as_query else cfg.max_len_passage) - 1
         ids = [tok(t, add_special_tokens=False, truncation=True, max_length=limit)["input_ids"]
-               + [tok.eos_token_id] for t in texts]
+               + [tok.eos_token_id] for t in self.texts(texts, as_query)]
         width = max(len(x) for x in ids)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
@@ -160,24 +172,32 @@ def scft_loss(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, temperature: fl
 
 
 def train(encoder: Encoder, records: list[Record], cfg: SCFTConfig, log=print) -> list[float]:
-    """AdamW on the LoRA parameters, shuffled micro-batches (seeded); the step losses."""
+    """AdamW (no weight decay) on the LoRA parameters with the learning rate falling
+    linearly to 0 (the Hugging Face Trainer's defaults, which HNLMRec's code runs),
+    shuffled micro-batches (seeded); returns the step losses."""
     params = [p for _, p in encoder.trainable()]
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
+    per_epoch = sum(len(records[s:s + cfg.batch_size]) >= 2
+                    for s in range(0, len(records), cfg.batch_size))
+    total = max(1, per_epoch * cfg.epochs)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
     generator = torch.Generator().manual_seed(cfg.seed)
     encoder.model.train()
     losses = []
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(len(records), generator=generator).tolist()
-        for start in range(0, len(order) - 1, cfg.batch_size):  # a batch needs >= 2 rows
-            batch = [records[k] for k in order[start:start + cfg.batch_size]]
-            if len(batch) < 2:
-                continue
-            loss = batch_loss(encoder, batch, cfg)
+        batches = [order[s:s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+        epoch_losses = []
+        for rows in (b for b in batches if len(b) >= 2):  # in-batch negatives need 2 rows
+            loss = batch_loss(encoder, [records[k] for k in rows], cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            losses.append(float(loss.detach()))
-        log(f"scft epoch {epoch}: mean loss {np.mean(losses[-max(1, len(order) // cfg.batch_size):]):.4f}")
+            schedule.step()
+            epoch_losses.append(float(loss.detach()))
+        losses += epoch_losses
+        log(f"scft epoch {epoch}: mean loss {np.mean(epoch_losses):.4f} "
+            f"over {len(epoch_losses)} steps")
     return losses
 
 
@@ -189,11 +209,11 @@ def batch_loss(encoder: Encoder, batch: list[Record], cfg: SCFTConfig) -> torch.
 
 
 @torch.no_grad()
-def infer(encoder: Encoder, records: list[Record], batch_size: int = 8) -> np.ndarray:
+def infer(encoder: Encoder, queries: list[str], batch_size: int = 8) -> np.ndarray:
     """The tuned encoder's query embeddings (the hard-negative vectors h_ui)."""
     encoder.model.eval()
-    out = [encoder.embed([r.query for r in records[s:s + batch_size]], as_query=True).cpu()
-           for s in range(0, len(records), batch_size)]
+    out = [encoder.embed(queries[s:s + batch_size], as_query=True).cpu()
+           for s in range(0, len(queries), batch_size)]
     return torch.cat(out).numpy()
 
 
@@ -208,46 +228,64 @@ def read_profiles(profiles_dir: str | None, step: str) -> dict:
     return {r["subject"]: r["summarization"] or "None" for r in records}
 
 
-def mixgcf_records(cfg: SCFTConfig) -> tuple[list[Record], dict]:
-    """One record per (sampled) positive training pair of the MixGCF run (module docstring);
-    and what the records were made from."""
+@dataclass
+class Records:
+    """What the step works on: the training records (a sample of the pairs) and the query
+    of every positive training pair (the vectors hnlmrec reads are written for all)."""
+
+    train: list[Record]
+    queries: list[tuple[str, str, str]]  # (user id, item id, query) of every positive pair
+    about: dict
+
+
+def mixgcf_records(cfg: SCFTConfig, chunk: int = 4096) -> Records:
+    """The records of a trained MixGCF run (module docstring): MixGCF's synthesized negative
+    of each training record computed once (seeded), ``chunk`` pairs at a time."""
     from model import categorical_draws
     from recommenders.bpr import unseen_weights
     from recommenders.mixgcf import mixgcf_negatives, pool_layers
     from runs.trained import load_trained
     run = load_trained(Path(cfg.mixgcf_run), cfg.dataset, cfg.data_dir, "--mixgcf_run",
                        model="mixgcf")
-    g, pool = run.graphs, run.config.pool
+    g, pool, U = run.graphs, run.config.pool, run.graphs.num_users
     users, items = g.train.users[g.is_pos], g.train.items[g.is_pos]
-    rows = torch.arange(users.numel())
-    if cfg.max_records and cfg.max_records < rows.numel():
-        pick = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(cfg.seed))
-        rows = pick[:cfg.max_records].sort().values
-    users, items = users[rows], items[rows]
+    picked = torch.arange(users.numel())
+    if cfg.max_records and cfg.max_records < picked.numel():
+        order = torch.randperm(picked.numel(), generator=torch.Generator().manual_seed(cfg.seed))
+        picked = order[:cfg.max_records].sort().values
     weights = unseen_weights(g)
-    torch.manual_seed(cfg.seed)  # the candidates, the mixing and the random negatives
+    # one seeded stream each for the candidates, the mixing and the random negatives: the
+    # draws do not depend on the chunk size
+    cand_g, alpha_g, rand_g = (torch.Generator().manual_seed(cfg.seed + k) for k in range(3))
     with torch.no_grad():
         layers = run.model.layers(g.norm_adj)  # (U+I, L+1, d)
-        cands = categorical_draws(weights, users, cfg.candidates).view(-1, 1, cfg.candidates)
-        alpha = torch.rand(users.numel(), 1, layers.size(1))
-        U = g.num_users
-        synth, _ = mixgcf_negatives(layers[users], layers[items + U], layers[cands + U],
-                                    alpha, pool)
-        randoms = categorical_draws(weights, users, 1)[:, 0]
         pooled = pool_layers(layers, pool)
+        synth, randoms = [], []
+        for part in picked.split(chunk):
+            u, i = users[part], items[part]
+            cands = categorical_draws(weights, u, cfg.candidates, cand_g)
+            alpha = torch.rand(u.numel(), 1, layers.size(1), generator=alpha_g)
+            synth.append(mixgcf_negatives(layers[u], layers[i + U],
+                                          layers[cands.view(-1, 1, cfg.candidates) + U], alpha,
+                                          pool)[0][:, 0])
+            randoms.append(categorical_draws(weights, u, 1, rand_g)[:, 0])
+        synth, randoms = torch.cat(synth), torch.cat(randoms)
     user_prof, item_prof = read_profiles(cfg.profiles_dir, "users"), read_profiles(
         cfg.profiles_dir, "items")
     user_ids, item_ids = g.user_ids, g.item_ids
-    records = []
-    for n, (u, i) in enumerate(zip(users.tolist(), items.tolist())):
+
+    def query(u: int, i: int) -> tuple[str, str, str]:
         uid, iid = str(user_ids[u]), str(item_ids[i])
-        records.append(Record(uid, iid, query_text(pooled[u], user_prof.get(uid, "None"),
-                                                   pooled[U + i], item_prof.get(iid, "None")),
-                              vector_text(synth[n, 0]), vector_text(pooled[U + randoms[n]])))
+        return uid, iid, query_text(pooled[u], user_prof.get(uid, "None"), pooled[U + i],
+                                    item_prof.get(iid, "None"))
+    queries = [query(u, i) for u, i in zip(users.tolist(), items.tolist())]
+    train = [Record(*queries[k], vector_text(synth[n]), vector_text(pooled[U + randoms[n]]))
+             for n, k in enumerate(picked.tolist())]
     about = dict(mixgcf_run=str(cfg.mixgcf_run), pool=pool, candidates=cfg.candidates,
-                 pairs=len(records), profiles=bool(user_prof or item_prof),
+                 pairs=len(queries), training_records=len(train),
+                 profiles=bool(user_prof or item_prof),
                  inputs_git_blob={r.role: r.git_blob for r in run.inputs})
-    return records, about
+    return Records(train, queries, about)
 
 
 def run(cfg: SCFTConfig, log=print) -> dict:
@@ -257,22 +295,28 @@ def run(cfg: SCFTConfig, log=print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     began = time.perf_counter()
-    records, about = mixgcf_records(cfg)
-    log(f"{cfg.dataset}: {len(records)} records from {cfg.mixgcf_run}")
+    records = mixgcf_records(cfg)
+    log(f"{cfg.dataset}: {len(records.train)} training records of {len(records.queries)} "
+        f"positive pairs from {cfg.mixgcf_run}")
     encoder = Encoder(cfg)
-    losses = train(encoder, records, cfg, log)
-    vectors = infer(encoder, records)
+    cut = encoder.truncated([r.query for r in records.train], as_query=True)
+    if cut:
+        log(f"warning: {cut} of {len(records.train)} queries are longer than --max_len_query "
+            f"{cfg.max_len_query} tokens and lose their end")
+    losses = train(encoder, records.train, cfg, log)
+    vectors = infer(encoder, [q for _, _, q in records.queries])
     output = Path(cfg.output) if cfg.output else Path(cfg.mixgcf_run) / "scft_negatives.npz"
-    about = dict(step="scft", model=cfg.model, loss=cfg.loss, **about)
-    write_pair_vectors(output, [r.user for r in records], [r.item for r in records], vectors,
-                       about)
+    about = dict(step="scft", model=cfg.model, loss=cfg.loss, truncated_queries=cut,
+                 **records.about)
+    write_pair_vectors(output, [u for u, _, _ in records.queries],
+                       [i for _, i, _ in records.queries], vectors, about)
     manifest = dict(about, config=asdict(cfg), output=str(output), steps=len(losses),
                     first_loss=losses[0] if losses else None,
                     last_loss=losses[-1] if losses else None,
                     dimension=int(vectors.shape[1]), seconds=round(time.perf_counter() - began, 1))
     atomic_write_text(output.with_name(output.stem + ".manifest.json"),
                       json.dumps(manifest, indent=2, default=str) + "\n")
-    log(f"wrote {output}: {len(records)} vectors of dimension {vectors.shape[1]}")
+    log(f"wrote {output}: {len(vectors)} vectors of dimension {vectors.shape[1]}")
     return manifest
 
 

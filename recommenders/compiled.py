@@ -5,11 +5,12 @@ sigmoid + BCE of both decoders' (m + 1, in) outputs and its backward, the alignm
 are some hundred small kernels when run eagerly, each a pass over memory; inductor fuses
 them into a few loops. The dense and sparse products, the sampling and Adam stay as they
 are. The values are those of the eager functions up to float32 rounding (a fused loop sums
-in another order and may evaluate exp/log with other instructions): tests/test_oracles.py
+in another order and may evaluate exp/log with other instructions): tests/test_compiled.py
 checks loss and gradients against the eager step.
 
-On CPU inductor writes C++ and needs a compiler; ``make_kernels`` tries once on a tiny input
-and falls back to the eager functions, saying why, when compiling fails.
+Inductor writes C++ (CPU) or Triton (CUDA) code and needs a compiler; ``make_kernels``
+tries once on tiny inputs on the run's device and falls back to the eager functions, saying
+why, when compiling fails.
 """
 from __future__ import annotations
 
@@ -39,15 +40,16 @@ def _compile(fn: Callable) -> Callable:
     return torch.compile(fn, dynamic=True)
 
 
-def _probe(kernels: LossKernels) -> None:
-    """Run every compiled function once on small inputs (compiles them, raising on failure)."""
-    pos = torch.zeros(3, requires_grad=True)
-    neg = torch.ones(3, 4, requires_grad=True)
-    kernels.sampled_softmax(pos, neg).backward()
-    e = torch.ones(5, 2, requires_grad=True)
-    kernels.alignment(e, torch.zeros(5, 2), e, torch.zeros(5, 2)).backward()
-    value, r = kernels.bce[0](torch.zeros(2, 6), torch.zeros(2, 6), torch.ones(2))
-    kernels.bce[1](r, torch.zeros(2, 6), torch.ones(2), torch.ones(()))
+def _probe(kernels: LossKernels, device: torch.device) -> None:
+    """Run every compiled function once on small inputs on ``device`` (compiles them,
+    raising on failure)."""
+    def t(fill, *shape, grad=False):
+        return torch.full(shape, fill, device=device, requires_grad=grad)
+    kernels.sampled_softmax(t(0.0, 3, grad=True), t(1.0, 3, 4, grad=True)).backward()
+    e = t(1.0, 5, 2, grad=True)
+    kernels.alignment(e, t(0.0, 5, 2), e, t(0.0, 5, 2)).backward()
+    value, r = kernels.bce[0](t(0.0, 2, 6), t(0.0, 2, 6), t(1.0, 2))
+    kernels.bce[1](r, t(0.0, 2, 6), t(1.0, 2), t(1.0))
 
 
 def make_kernels(compile_on: bool, device: torch.device, warn=print) -> LossKernels:
@@ -56,10 +58,8 @@ def make_kernels(compile_on: bool, device: torch.device, warn=print) -> LossKern
         return EAGER
     kernels = LossKernels(_compile(sampled_softmax_loss), _compile(alignment_loss),
                           (_compile(bce_forward), _compile(bce_backward)), compiled=True)
-    if device.type != "cpu":
-        return kernels  # compiled at the first step
     try:
-        _probe(kernels)
+        _probe(kernels, device)
     except Exception as err:  # noqa: BLE001 - inductor raises many kinds; all mean "cannot"
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         warn(f"warning: --compile on: torch.compile failed ({reason}); the step runs eagerly")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from data.schema import DataError
-from data.vectors import read_pair_vectors
+from data.vectors import pair_vector_dim, read_pair_vectors
 from model import GraphRecommender, batch_l2, bpr_loss, categorical_sample
 from recommenders.base import (Graphs, Recommender, TrainingError, lambda_reg, minibatch_epoch,
                                no_shard, setting)
@@ -119,8 +119,10 @@ def vectors_of_rows(path: Path, users: Tensor, items: Tensor, graphs: Graphs
     rows = np.flatnonzero(known)
     row_vector = np.full(len(at), -1, dtype=np.int64)
     row_vector[at >= 0] = rows[at[at >= 0]]
+    unused = int(known.sum()) - len(np.unique(at[at >= 0]))
     line = (f"{Path(path).name}: vectors for {int((at >= 0).sum())} of {len(at)} positive "
-            f"rows (d_in {vectors.shape[1]}); {int((~known).sum())} pair(s) of other ids")
+            f"rows (d_in {vectors.shape[1]}); {int((~known).sum())} pair(s) of other ids, "
+            f"{unused} of known ids that are not positive training rows (unused)")
     return torch.as_tensor(row_vector), torch.from_numpy(vectors), line
 
 
@@ -187,7 +189,10 @@ def train_epoch(model: HNLMRecGCN, optimizer, graphs: Graphs, config: Config, ep
 def build(graphs: Graphs, config: Config) -> HNLMRecGCN:
     if not config.negative_file:
         raise TrainingError("--model hnlmrec needs --negative_file (python -m llm.hnlm)")
-    input_dim = int(read_pair_vectors(Path(config.negative_file))[2].shape[1])
+    try:
+        input_dim = pair_vector_dim(Path(config.negative_file))
+    except DataError as err:
+        raise TrainingError(str(err)) from None
     model = HNLMRecGCN(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers,
                        input_dim, config.adapter_final_relu == "on", config.random_seed)
     if config.freeze_adapter == "on":
@@ -209,4 +214,5 @@ def header(config: Config) -> tuple[list, list]:
 
 RECOMMENDER = Recommender("hnlmrec", Settings, positives_graph=True, build=build,
                           make_optimizer=make_optimizer, prepare=prepare,
-                          train_epoch=train_epoch, header=header)
+                          train_epoch=train_epoch, header=header,
+                          defaults=lambda dataset: {"layers": 3})  # HNLMRec's L

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model import Propagation, categorical_draws
+from model import Propagation, draws_from_cdf
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, minibatch_epoch, no_shard, \
     setting
 from recommenders.bpr import check_candidates, unseen_weights
@@ -151,14 +151,14 @@ class Settings:
 class MixState:
     pos_users: Tensor
     pos_items: Tensor
-    weights: Tensor  # (U, I): 1 where u has no train-file row, else 0
+    cdf: Tensor  # (U, I) float64 cumulative weights: 1 where u has no train-file row, else 0
 
 
 def prepare(graphs: Graphs, config: Config) -> MixState:
     weights = unseen_weights(graphs)
     users, items = graphs.train.users[graphs.is_pos], graphs.train.items[graphs.is_pos]
     check_candidates(weights, torch.unique(users), "every item has a training row")
-    return MixState(users, items, weights)
+    return MixState(users, items, weights.to(torch.float64).cumsum(1))  # built once
 
 
 def train_epoch(model: LayerGCN, optimizer, graphs: Graphs, config: Config, epoch: int,
@@ -168,13 +168,13 @@ def train_epoch(model: LayerGCN, optimizer, graphs: Graphs, config: Config, epoc
 
     def step_loss(batch: Tensor) -> Tensor:
         users, items = state.pos_users[batch], state.pos_items[batch]
-        cands = categorical_draws(state.weights, users, K * M).view(-1, K, M)
+        cands = draws_from_cdf(state.cdf, users, K * M).view(-1, K, M)
         layers = model.layers(graphs.norm_adj)  # (U+I, L+1, d)
         alpha = torch.rand(users.numel(), K, layers.size(1), device=layers.device)
         return mixgcf_loss(layers[users], layers[items + U], layers[cands + U], alpha,
                            config.pool, config.lambda_reg)
     return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
-                           state.weights.device, step_loss, progress)
+                           state.cdf.device, step_loss, progress)
 
 
 def build(graphs: Graphs, config: Config) -> LayerGCN:

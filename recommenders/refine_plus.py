@@ -61,6 +61,8 @@ class Settings:
 
 
 def check(config: Config) -> None:
+    if config.compile == "on" and config.impl == "reference":
+        raise ConfigError("--compile on compiles the fast path; --impl reference runs eagerly")
     if config.negatives == "shared" and config.batch_size < 2:
         raise ConfigError(f"--batch_size {config.batch_size}: --negatives shared needs >= 2 "
                           f"positives per batch; use a larger --batch_size or --negatives "
@@ -72,7 +74,8 @@ def header(config: Config) -> tuple[list, list]:
                 ("model", "refine_plus"), ("negatives", config.negatives),
                 ("ae_input", config.ae_input), ("lambda1", config.lambda1),
                 ("lambda2", config.lambda2), ("impl", config.impl),
-                *([("compile", "on")] if config.compile == "on" else [])]
+                *([("compile", "on")] if config.compile == "on" and config.impl == "fast"
+                  else [])]
 
 
 # --------------------------------------------------------------------------- sampling

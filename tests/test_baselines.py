@@ -68,6 +68,26 @@ def test_bpr_batch_loss_counts_each_node_once():
     assert loss.item() == pytest.approx(bpr + 0.1 * 7 / 2)
 
 
+@pytest.mark.parametrize("keep,expected_rows", [("high_loss", [1]), ("low_loss", [0])])
+def test_bpr_batch_loss_with_weights_and_pruning_by_hand(keep, expected_rows):
+    """Rows (u0, i0, j=i1) loss softplus(-2), (u0, i1, j=i1) loss softplus(0) with weight 3;
+    drop 0.5 keeps 1 row: the higher-loss second (high_loss) or the first (low_loss)."""
+    model = GraphRecommender(num_users=2, num_items=3, embedding_dim=2, num_layers=0)
+    with torch.no_grad():
+        model.gcn.embedding.weight.copy_(torch.tensor(
+            [[1.0, 0.0], [5.0, 5.0], [2.0, 1.0], [0.0, 1.0], [7.0, 7.0]]))
+    users, items, negatives = torch.tensor([0, 0]), torch.tensor([0, 1]), torch.tensor([1, 1])
+    weights = torch.tensor([1.0, 3.0])
+    loss = bpr_training.bpr_batch_loss(model, _Graphs(2), users, items, negatives, 0.1,
+                                       weights, prune=(0.5, keep))
+    row_loss = [math.log(1 + math.exp(-2)), math.log(2)]
+    kept = sum(weights[r].item() * row_loss[r] for r in expected_rows) / len(expected_rows)
+    assert loss.item() == pytest.approx(kept + 0.1 * 7 / 2)  # the L2 part is not pruned
+    unpruned = bpr_training.bpr_batch_loss(model, _Graphs(2), users, items, negatives, 0.1,
+                                           weights)
+    assert unpruned.item() == pytest.approx((row_loss[0] + 3 * row_loss[1]) / 2 + 0.35)
+
+
 def sequential_reweighting(base, item_emb, pos, neg, p, q, r, s):
     """docs/baselines.md read literally: loops over the rows, checking 'weight 1' as they go."""
     sim = item_emb @ item_emb.t()

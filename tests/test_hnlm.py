@@ -29,6 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
     ('Sure! {"hard_negative_item": " Alien 3 ", "reasoning": "sequel"} done', "Alien 3"),
     ('{"hard_negative_item": "None", "reasoning": "none fits"}', None),
     ('{"reasoning": "no title"}', None), ("Alien 3", None), ("", None), ("{broken", None),
+    ('{"hard_negative_item": "Alien 3", "reasoning": {"why": "a sequel"}}', "Alien 3"),
+    ('{"hard_negative_item": "Heat {1995}", "reasoning": "x"}', "Heat {1995}"),
 ])
 def test_negative_answers_by_hand(text, expected):
     assert negative_of(text) == expected
@@ -40,6 +42,8 @@ def test_profiles_keep_unparsable_answers_whole():
     assert profile_of("  People who like cartoons.  ") == ("People who like cartoons.", "", False)
     assert parse_json_answer('{"a": 1} {"summarization": "s"}', "summarization") == \
         {"summarization": "s"}
+    assert profile_of('{"summarization": "fans of {sci-fi}", "reasoning": "r"}') == \
+        ("fans of {sci-fi}", "r", True)
 
 
 def test_prompts_carry_the_inputs():

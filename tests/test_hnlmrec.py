@@ -49,10 +49,10 @@ def runs_of(tmp_path, data, *variants):
 def test_alpha_zero_without_alignment_is_lightgcn(tmp_path):
     data = write_data(tmp_path)
     vectors = write_vectors(tmp_path / "neg.npz", train_pairs())
-    light, hnlm = runs_of(tmp_path, data, ("light", ["--model", "lightgcn"]),
+    light, hnlm = runs_of(tmp_path, data, ("light", ["--model", "lightgcn", "--layers", "3"]),
                           ("hnlm", ["--model", "hnlmrec", "--negative_file", str(vectors),
                                     "--alpha", "0", "--align_weight", "0"]))
-    assert light == hnlm and len(light) == 3
+    assert light == hnlm and len(light) == 3  # hnlmrec's default is L = 3
     mixed, = runs_of(tmp_path, data, ("mixed", ["--model", "hnlmrec", "--negative_file",
                                                 str(vectors)]))
     assert mixed != light  # the default alpha and alignment change the training
@@ -61,13 +61,51 @@ def test_alpha_zero_without_alignment_is_lightgcn(tmp_path):
 def test_rows_without_a_vector_keep_the_random_negative(tmp_path):
     data = write_data(tmp_path)
     vectors = write_vectors(tmp_path / "other.npz", [("999", "1"), ("1", "999")])
-    light, hnlm = runs_of(tmp_path, data, ("light", ["--model", "lightgcn"]),
+    light, hnlm = runs_of(tmp_path, data, ("light", ["--model", "lightgcn", "--layers", "3"]),
                           ("hnlm", ["--model", "hnlmrec", "--negative_file", str(vectors),
                                     "--alpha", "0.5"]))
     assert light == hnlm  # masked: no row mixes, no row has an alignment term
     log = (tmp_path / "result" / "Synth" / "hnlm" / "train.log").read_text()
     assert "other.npz: vectors for 0 of " in log and "2 pair(s) of other ids" in log
     assert "input negative_file: " in log
+
+
+def test_half_the_rows_with_vectors_and_the_variants_train(tmp_path):
+    data = write_data(tmp_path)
+    pairs = train_pairs()
+    vectors = write_vectors(tmp_path / "half.npz", pairs[::2])
+    light, = runs_of(tmp_path, data, ("light", ["--model", "lightgcn", "--layers", "3"]))
+    base = ["--model", "hnlmrec", "--negative_file", str(vectors), "--alpha", "0.5"]
+    variants = runs_of(tmp_path, data, ("mask", base),
+                       ("random", base + ["--missing", "random"]),
+                       ("hinge", base + ["--rank_loss", "hinge"]),
+                       ("relu", base + ["--adapter_final_relu", "on"]))
+    assert all(v != light for v in variants)
+    assert len({json.dumps(v) for v in variants}) == 4  # each flag changes the training
+    log = (tmp_path / "result" / "Synth" / "mask" / "train.log").read_text()
+    assert f"half.npz: vectors for {len(pairs[::2])} of {len(pairs)} positive rows" in log
+
+
+def test_hinge_rank_loss_and_final_relu_by_hand():
+    from recommenders import make_config
+    from recommenders.hnlmrec import HNLMRecGCN, hnlm_batch_loss
+
+    class Graphs:
+        num_users, num_items = 2, 3
+        norm_adj = torch.eye(5).to_sparse_csr()
+
+    model = HNLMRecGCN(2, 3, 4, 1, input_dim=6, final_relu=True, seed=1)
+    h = torch.randn(2, 6)
+    assert (model.adapter(h) >= 0).all() and isinstance(model.adapter[-1], torch.nn.ReLU)
+    config = make_config(model="hnlmrec", negative_file="x.npz", alpha=0.0, lambda_reg=0.0,
+                         align_weight=0.0, rank_loss="hinge")
+    users, items, negs = torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([1, 1])
+    loss = hnlm_batch_loss(model, Graphs, users, items, negs, h, torch.tensor([True, True]),
+                           config)
+    e = model.gcn.embedding.weight.detach()
+    s_pos = torch.stack([e[0] @ e[2], e[1] @ e[4]])
+    s_neg = torch.stack([e[0] @ e[3], e[1] @ e[3]])
+    torch.testing.assert_close(loss.detach(), (s_neg - s_pos + 0.3).clamp_min(0).mean())
 
 
 def test_mixed_negative_and_alignment_by_hand():

@@ -53,7 +53,7 @@ def test_pool_layers():
 
 def test_candidates_are_never_the_users_train_rows(tmp_path):
     import dataloader
-    from model import categorical_draws
+    from model import draws_from_cdf
     from recommenders import make_config, mixgcf
     from recommenders.base import build_graphs
     write_split_folder(tmp_path, "Synth", *synthetic_rows())
@@ -61,7 +61,7 @@ def test_candidates_are_never_the_users_train_rows(tmp_path):
     graphs = build_graphs(data, "cpu", positives_graph=True)
     state = mixgcf.prepare(graphs, make_config(model="mixgcf", dataset="Synth"))
     users = torch.arange(graphs.num_users).repeat_interleave(50)
-    drawn = categorical_draws(state.weights, users, 16)
+    drawn = draws_from_cdf(state.cdf, users, 16)
     owner, cols = graphs.seen_by_user.gather(torch.arange(graphs.num_users))
     seen = set(zip(owner.tolist(), cols.tolist()))
     assert not any((int(u), int(j)) in seen for u, row in zip(users, drawn) for j in row)

@@ -86,6 +86,12 @@ def test_eos_pooling_and_only_lora_trains(tiny_llama):
     query = enc.batch(["q"], as_query=True)["input_ids"][0].tolist()
     text = enc.tokenizer.decode(query)
     assert text.startswith("<system>You are a helpful assistant.") and "<assistant>" in text
+    passage = enc.tokenizer.decode(enc.batch(["q"], as_query=False)["input_ids"][0].tolist())
+    assert "<system>" not in passage and "<assistant>" not in passage  # passages: raw text
+    short = Encoder(config(tiny_llama, max_len_passage=6))
+    cut = short.batch(["a much longer passage of text than six tokens"], as_query=False)
+    assert cut["input_ids"].shape[1] == 6 and cut["input_ids"][0, -1] == 1  # EOS kept
+    assert short.truncated(["a much longer passage of text", "ab"], as_query=False) == 1
     with torch.no_grad():
         out = enc.embed(["short", "a much longer passage of text"], as_query=False)
         alone = enc.embed(["short"], as_query=False)
@@ -127,15 +133,20 @@ def test_records_from_a_mixgcf_run_to_the_vector_file(tmp_path, tiny_llama):
     run_dir = tmp_path / "result" / "Synth" / "mix"
     cfg = config(tiny_llama, mixgcf_run=str(run_dir), data_dir=str(data), max_records=12,
                  epochs=1, output=str(tmp_path / "scft.npz"))
-    recs, about = scft.mixgcf_records(cfg)
-    assert len(recs) == 12 and about["pool"] == "mean"
-    assert recs[0].query.count("[") == 2 and recs[0].pos.startswith("[")
-    assert len(recs[0].pos.split(",")) == 64  # MixGCF's pooled 64-d negative
+    recs = scft.mixgcf_records(cfg, chunk=5)  # chunks: the synthesis in parts
+    assert len(recs.train) == 12 and recs.about["pool"] == "mean"
+    assert len(recs.queries) == 240  # every positive training pair
+    first = recs.train[0]
+    assert first.query.count("[") == 2 and first.pos.startswith("[")
+    assert len(first.pos.split(",")) == 64  # MixGCF's pooled 64-d negative
+    assert (first.user, first.item, first.query) in recs.queries
+    again = scft.mixgcf_records(cfg)  # seeded, and chunking changes nothing
+    assert again.train == recs.train
     manifest = scft.run(cfg, log=lambda _: None)
     users, items, vectors, info = read_pair_vectors(tmp_path / "scft.npz")
-    assert vectors.shape == (12, 64) and info["step"] == "scft"
-    assert [(r.user, r.item) for r in recs] == list(zip(users, items))
-    assert manifest["steps"] == 3
+    assert vectors.shape == (240, 64) and info["step"] == "scft"  # a vector for every pair
+    assert [(u, i) for u, i, _ in recs.queries] == list(zip(users, items))
+    assert manifest["steps"] == 3 and info["training_records"] == 12
     with pytest.raises(Exception, match="not mixgcf"):
         base = tmp_path / "result" / "Synth" / "light"
         run_main(["--model", "lightgcn", "--dataset", "Synth", "--data_dir", str(data),
