@@ -141,15 +141,17 @@ def prepare(graphs: Graphs, config: Config) -> HNLMState:
 
 def hnlm_batch_loss(model: HNLMRecGCN, graphs: Graphs, users: Tensor, items: Tensor,
                     negatives: Tensor, h: Tensor | None, has: Tensor, config: Config) -> Tensor:
-    """L_rank + L2 (+ align_weight L_CL) of one batch (module docstring). h: (B, d_in) or
-    None (no row has a vector); has: (B,) bool."""
+    """L_rank + L2 (+ align_weight L_CL) of one batch (module docstring). has: (B,) bool,
+    the rows with a vector; h: (has.sum(), d_in) their vectors, or None when no row has one.
+    The adapter runs on those rows only (the others never use its output)."""
     e_users, e_items = model(graphs.norm_adj)
     u, e_pos, e_neg = e_users[users], e_items[items], e_items[negatives]
-    h_hat = None
+    h_hat = rows = None
     if h is not None:
-        h_hat = model.adapter(h)
-        mixed = config.alpha * h_hat + (1 - config.alpha) * e_neg
-        e_neg = torch.where(has.unsqueeze(1), mixed, e_neg)
+        rows = has.nonzero().squeeze(1)
+        h_hat = model.adapter(h)  # (H, d)
+        mixed = config.alpha * h_hat + (1 - config.alpha) * e_neg[rows]
+        e_neg = e_neg.index_put((rows,), mixed)
     pos_scores, neg_scores = (u * e_pos).sum(1), (u * e_neg).sum(1)
     if config.rank_loss == "bpr":
         loss = bpr_loss(pos_scores, neg_scores)
@@ -158,10 +160,10 @@ def hnlm_batch_loss(model: HNLMRecGCN, graphs: Graphs, users: Tensor, items: Ten
     U = graphs.num_users
     nodes = torch.unique(torch.cat([users, items + U, negatives + U]))
     loss = loss + batch_l2(model.gcn.embedding.weight[nodes], users.numel(), config.lambda_reg)
-    if config.align_weight > 0 and h_hat is not None and bool(has.any()):
+    if config.align_weight > 0 and h_hat is not None:
         tau = config.align_temperature
-        c_pos = F.cosine_similarity(u[has], e_pos[has]) / tau
-        c_neg = F.cosine_similarity(u[has], h_hat[has]) / tau
+        c_pos = F.cosine_similarity(u[rows], e_pos[rows]) / tau
+        c_neg = F.cosine_similarity(u[rows], h_hat) / tau
         loss = loss + config.align_weight * F.softplus(c_neg - c_pos).mean()
     return loss
 
@@ -180,7 +182,7 @@ def train_epoch(model: HNLMRecGCN, optimizer, graphs: Graphs, config: Config, ep
             h[has] = state.vectors[at[has]]
             has = torch.ones_like(has)
         else:
-            h = state.vectors[at.clamp_min(0)] if bool(has.any()) else None
+            h = state.vectors[at[has]] if bool(has.any()) else None
         return hnlm_batch_loss(model, graphs, users, items, negatives, h, has, config)
     return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
                            state.weights.device, step_loss, progress)

@@ -122,7 +122,7 @@ def test_mixed_negative_and_alignment_by_hand():
                          align_weight=0.5, align_temperature=0.2)
     users, items, negs = torch.tensor([0, 1]), torch.tensor([0, 2]), torch.tensor([1, 1])
     h, has = torch.randn(2, 6), torch.tensor([True, False])
-    loss = hnlm_batch_loss(model, Graphs, users, items, negs, h, has, config)
+    loss = hnlm_batch_loss(model, Graphs, users, items, negs, h[has], has, config)
     e = model.gcn.embedding.weight.detach()  # identity graph: E = (E0 + E0) / 2 = E0
     eu, ei = e[:2], e[2:]
     h_hat = model.adapter(h).detach()
