@@ -65,3 +65,17 @@ def test_a_failing_compile_falls_back_to_eager_and_says_so(monkeypatch):
     assert said == ["warning: --compile on: torch.compile failed (InductorError: no C++ "
                     "compiler found); the step runs eagerly"]
     assert compiled.make_kernels(False, torch.device("cpu"), warn=pytest.fail) is compiled.EAGER
+
+
+@needs_compiler
+def test_a_compiled_run_through_main(tmp_path, capsys):
+    from conftest import run_main, synthetic_rows, write_split_folder
+    write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+    common = ["--dataset", "Synth", "--data_dir", str(tmp_path / "data"), "--epochs", "2",
+              "--batch_size", "64"]
+    rc, result = run_main([*common, "--compile", "on"], tmp_path, "compiled")
+    assert rc == 0
+    log = (result / "Synth" / "compiled" / "train.log").read_text()
+    assert "compile: on" in log and "torch.compile failed" not in log
+    rc, _ = run_main([*common, "--compile", "on", "--impl", "reference"], tmp_path, "ref")
+    assert rc == 2 and "--impl reference runs eagerly" in capsys.readouterr().err
