@@ -241,9 +241,12 @@ def run(cfg: AugmentConfig, log=print) -> dict:
     if output.exists() and not cfg.overwrite and not cfg.dry_run:
         raise DataError(f"{output} exists; pass --overwrite to replace it or --output elsewhere")
     train = read_train(base.train_path)
-    texts = {} if cfg.backend in TEXT_FREE else item_texts(
-        train, find_item_file(cfg.dataset, str(base.data_dir), cfg.item_file,
-                              beside_data_dir=True))
+    try:
+        texts = {} if cfg.backend in TEXT_FREE else item_texts(
+            train, find_item_file(cfg.dataset, str(base.data_dir), cfg.item_file,
+                                  beside_data_dir=True))
+    except DataError as err:
+        raise DataError(f"{err}; --backend rank needs no item text") from None
     family = DATASETS[cfg.dataset].prompt_family if cfg.dataset in DATASETS else None
     noun = NOUNS.get(family, "items")
     if cfg.dry_run:
