@@ -37,7 +37,7 @@ from data.schema import DataError
 from llm.answers import AnswerCache
 from llm.backends import (AUGMENT_BACKENDS, BACKEND_HELP, TEXT_FREE, BackendSettings,
                           add_backend_flags, is_llm, make_backend)
-from runs.cli import command_line, run_cli
+from runs.cli import add_dataclass_flags, command_line, run_cli
 from runs.files import atomic_write_text
 from runs.trained import load_trained
 from utils import fault_point
@@ -325,17 +325,7 @@ def parse_args(argv=None) -> AugmentConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_backend_flags(p, AugmentConfig, AUGMENT_BACKENDS)
-    for f in AugmentConfig.__dataclass_fields__.values():
-        if f.name in BACKEND_HELP:
-            continue
-        flag, help_text = f"--{f.name}", HELP[f.name]
-        if f.type == "bool":
-            p.add_argument(flag, action="store_true", help=help_text)
-        elif f.name == "dataset":
-            p.add_argument(flag, required=True, help=help_text)
-        else:
-            kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
-            p.add_argument(flag, type=kind, default=f.default, help=help_text)
+    add_dataclass_flags(p, AugmentConfig, HELP, skip=BACKEND_HELP)
     return AugmentConfig(**vars(p.parse_args(argv)))
 
 

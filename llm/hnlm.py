@@ -39,7 +39,7 @@ from data.vectors import write_pair_vectors
 from llm.answers import AnswerCache
 from llm.augment import NOUNS, user_histories
 from llm.backends import BACKEND_HELP, BACKENDS, BackendSettings, add_backend_flags, make_backend
-from runs.cli import command_line, run_cli
+from runs.cli import add_dataclass_flags, command_line, run_cli
 from runs.files import atomic_write_text
 from utils import fault_point
 
@@ -347,12 +347,7 @@ def parse_args(argv=None) -> HNLMConfig:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("step", choices=STEPS)
     add_backend_flags(p, HNLMConfig, LLM_BACKENDS)
-    for f in HNLMConfig.__dataclass_fields__.values():
-        if f.name in BACKEND_HELP or f.name == "step":
-            continue
-        kind = {"int": int}.get(f.type.split(" ")[0], str)
-        p.add_argument(f"--{f.name}", type=kind, required=f.name == "dataset",
-                       default=None if f.name == "dataset" else f.default, help=HELP[f.name])
+    add_dataclass_flags(p, HNLMConfig, HELP, skip={*BACKEND_HELP, "step"})
     return HNLMConfig(**vars(p.parse_args(argv)))
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from data.schema import DataError
 from data.vectors import write_pair_vectors
-from runs.cli import run_cli
+from runs.cli import add_dataclass_flags, run_cli
 from runs.files import atomic_write_text
 
 INSTRUCTION = ("Given a user's collaborative embedding and profile and an item the user "
@@ -329,11 +329,7 @@ def parse_args(argv=None) -> SCFTConfig:
              "output": "default: <mixgcf_run>/scft_negatives.npz",
              "max_records": "a seeded sample of this many positive pairs (default: all)",
              "loss": "/".join(LOSSES), "dtype": "float32/float16/bfloat16"}
-    for f in SCFTConfig.__dataclass_fields__.values():
-        kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
-        p.add_argument(f"--{f.name}", type=kind, required=f.name == "dataset",
-                       default=None if f.name == "dataset" else f.default,
-                       help=helps.get(f.name))
+    add_dataclass_flags(p, SCFTConfig, helps)
     return SCFTConfig(**vars(p.parse_args(argv)))
 
 

@@ -31,3 +31,19 @@ def command_line(program: str) -> str:
     "python -m llm.augment") and the arguments, without the interpreter's or the script's
     absolute path (manifests are shared and committed)."""
     return " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def add_dataclass_flags(parser, cls, helps: dict, skip=()) -> None:
+    """One ``--<field>`` flag per field of the dataclass ``cls`` not in ``skip``: a bool is a
+    switch, ``dataset`` is required, the rest typed int/float/str with the field's default."""
+    for f in cls.__dataclass_fields__.values():
+        if f.name in skip:
+            continue
+        flag, help_text = f"--{f.name}", helps.get(f.name)
+        if f.type == "bool":
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif f.name == "dataset":
+            parser.add_argument(flag, required=True, help=help_text)
+        else:
+            kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
+            parser.add_argument(flag, type=kind, default=f.default, help=help_text)

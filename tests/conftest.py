@@ -117,3 +117,26 @@ def fails_with(capsys, rc, *fragments):
     assert len(err) == 1 and err[0].startswith("error:"), err
     for fragment in fragments:
         assert fragment in err[0], err[0]
+
+
+def build_tiny_llama(folder: Path, corpus: list[str], hidden_size: int, vocab_size: int = 400):
+    """A 2-layer random LlamaForCausalLM (4 heads) and a byte-level BPE tokenizer trained on
+    ``corpus`` (with <s>, </s>, <pad> and a small chat template), saved to ``folder``."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=vocab_size, min_frequency=1,
+                            special_tokens=["<s>", "</s>", "<pad>"])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>")
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n"
+                         "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=2048, bos_token_id=0, eos_token_id=1,
+        pad_token_id=2)).save_pretrained(folder)
+    return folder

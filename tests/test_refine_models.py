@@ -59,27 +59,11 @@ def tiny_llama(tmp_path_factory):
     """A 2-layer random LlamaForCausalLM and a byte-level BPE tokenizer, saved to disk."""
     if _missing("transformers", "tokenizers"):
         pytest.skip("transformers not installed (pip install -r requirements-llm.txt)")
-    import torch
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
+    from conftest import build_tiny_llama
     folder = tmp_path_factory.mktemp("tiny_llama")
     corpus = [f"<{t} (genre: {g})>, [<{t}>]\n###\n" for t, g in TOY_ITEMS.values()] * 20
     corpus += ["Which of the candidate movies did the user rate positively? Answer:"] * 20
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=1,
-                            special_tokens=["<s>", "</s>", "<pad>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>")
-    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
-                         "{% if add_generation_prompt %}<assistant>{% endif %}")
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=2048, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=2)
-    LlamaForCausalLM(config).save_pretrained(folder)
+    build_tiny_llama(folder, corpus, hidden_size=32)
     return folder
 
 

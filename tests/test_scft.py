@@ -21,23 +21,10 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory):
     """A 2-layer random Llama (hidden 64, 4 heads) and a byte-level BPE tokenizer on disk."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from conftest import build_tiny_llama
     folder = tmp_path_factory.mktemp("scft_llama")
     corpus = ["User embedding: [0.123, -0.456] profile None Item embedding [1.000]"] * 50
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(corpus, vocab_size=300, min_frequency=1,
-                            special_tokens=["<s>", "</s>", "<pad>"])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>")
-    tok.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n"
-                         "{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
-        bos_token_id=0, eos_token_id=1, pad_token_id=2)).save_pretrained(folder)
+    build_tiny_llama(folder, corpus, hidden_size=64, vocab_size=300)
     return folder
 
 
