@@ -74,8 +74,7 @@ def header(config: Config) -> tuple[list, list]:
                 ("model", "refine_plus"), ("negatives", config.negatives),
                 ("ae_input", config.ae_input), ("lambda1", config.lambda1),
                 ("lambda2", config.lambda2), ("impl", config.impl),
-                *([("compile", "on")] if config.compile == "on" and config.impl == "fast"
-                  else [])]
+                *([("compile", "on")] if config.compile == "on" else [])]
 
 
 # --------------------------------------------------------------------------- sampling
@@ -319,8 +318,8 @@ def prepare(graphs: Graphs, config: Config) -> Sampling:
     dense = (dense_sampling_weights(graphs, config.real_neg_samp_prob)
              if config.impl == "reference" else None)
     warnings: list[str] = []
-    kernels = make_kernels(config.compile == "on" and config.impl == "fast",
-                           graphs.norm_adj.device, warnings.append)
+    # check() refuses --compile on with --impl reference
+    kernels = make_kernels(config.compile == "on", graphs.norm_adj.device, warnings.append)
     return Sampling(n, config.real_neg_samp_prob, dense, kernels, warnings)
 
 
