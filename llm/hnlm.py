@@ -163,6 +163,13 @@ def profile_of(text: str) -> tuple[str, str, bool]:
     return obj["summarization"].strip(), str(obj.get("reasoning", "")).strip(), True
 
 
+def unclosed(text: str) -> bool:
+    """An answer that opens more JSON objects than it closes: most likely cut off at
+    --max_new_tokens (such an answer cannot be parsed)."""
+    text = text or ""
+    return text.count("{") > text.count("}")
+
+
 def negative_of(text: str) -> str | None:
     """The hard-negative title, or None when the answer is unusable or says None."""
     obj = parse_json_answer(text, "hard_negative_item")
@@ -278,6 +285,8 @@ def manifest_of(cfg: HNLMConfig, inp: Inputs, records: list[dict], asked: int,
                 prompt_version=PROMPT_VERSION,
                 train_file=dict(path=inp.train_path.name, sha1=provenance.file_sha1(inp.train_path)),
                 counts=dict(requests=len(records), usable=usable, unusable=len(records) - usable,
+                            unclosed_json=sum(not r.get("usable") and unclosed(r.get("answer"))
+                                              for r in records),
                             asked_now=asked),
                 seconds_per_request=round(ask_seconds / asked, 4) if asked else None,
                 config=asdict(cfg), **extra)
@@ -322,6 +331,9 @@ def run(cfg: HNLMConfig, log=print) -> dict:
         c = manifest["counts"]
         log(f"wrote {inp.out_dir / (cfg.step + '.jsonl')}: {c['usable']} of {c['requests']} "
             f"answers usable")
+        if c["unclosed_json"]:
+            log(f"warning: {c['unclosed_json']} unusable answers end inside an unclosed JSON "
+                f"object, most likely cut at --max_new_tokens {cfg.max_new_tokens}: raise it")
     atomic_write_text(inp.out_dir / f"{cfg.step}.manifest.json",
                       json.dumps(manifest, indent=2, default=str) + "\n")
     return manifest

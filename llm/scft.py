@@ -59,6 +59,7 @@ class SCFTConfig:
     temperature: float = 0.05
     loss: str = "infonce"
     learning_rate: float = 2e-5
+    max_grad_norm: float = 1.0  # the Trainer's clipping; 0: off
     epochs: int = 1
     batch_size: int = 8
     max_len_query: int = 1024  # two 64-d vectors as text alone take about 500 tokens
@@ -74,6 +75,8 @@ class SCFTConfig:
                      "max_len_passage"):
             if getattr(self, name) < 1:
                 raise DataError(f"--{name} must be >= 1")
+        if self.max_grad_norm < 0:
+            raise DataError("--max_grad_norm must be >= 0 (0: no clipping)")
         if self.batch_size < 2:
             raise DataError("--batch_size must be >= 2 (the negatives are in-batch)")
 
@@ -172,9 +175,10 @@ def scft_loss(q: torch.Tensor, p: torch.Tensor, n: torch.Tensor, temperature: fl
 
 
 def train(encoder: Encoder, records: list[Record], cfg: SCFTConfig, log=print) -> list[float]:
-    """AdamW (no weight decay) on the LoRA parameters with the learning rate falling
-    linearly to 0 (the Hugging Face Trainer's defaults, which HNLMRec's code runs),
-    shuffled micro-batches (seeded); returns the step losses."""
+    """AdamW (no weight decay) on the LoRA parameters, gradients clipped to norm
+    --max_grad_norm, the learning rate falling linearly to 0 (the Hugging Face Trainer's
+    defaults, which HNLMRec's code runs), shuffled micro-batches (seeded); returns the step
+    losses."""
     params = [p for _, p in encoder.trainable()]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=0.0)
     per_epoch = sum(len(records[s:s + cfg.batch_size]) >= 2
@@ -192,6 +196,8 @@ def train(encoder: Encoder, records: list[Record], cfg: SCFTConfig, log=print) -
             loss = batch_loss(encoder, [records[k] for k in rows], cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
             schedule.step()
             epoch_losses.append(float(loss.detach()))
@@ -328,7 +334,8 @@ def parse_args(argv=None) -> SCFTConfig:
              "profiles_dir": "python -m llm.hnlm's folder with items.jsonl / users.jsonl",
              "output": "default: <mixgcf_run>/scft_negatives.npz",
              "max_records": "a seeded sample of this many positive pairs (default: all)",
-             "loss": "/".join(LOSSES), "dtype": "float32/float16/bfloat16"}
+             "loss": "/".join(LOSSES),
+             "max_grad_norm": "clip the gradients' total norm to this (0: off)", "dtype": "float32/float16/bfloat16"}
     add_dataclass_flags(p, SCFTConfig, helps)
     return SCFTConfig(**vars(p.parse_args(argv)))
 

@@ -13,7 +13,9 @@ j the row's uniform negative (an item u has no train-file row with):
 L_rank is BPR, softplus(s~ - s+) (``--rank_loss bpr``, the paper's) or the released code's
 hinge max(0, s~ - s+ + 0.3); L2 is LightGCN's over the batch's distinct E0 rows; L_CL the
 one-negative InfoNCE of the code, -log(exp(c+/tau) / (exp(c+/tau) + exp(c^/tau))) with
-c+ = cos(e_u, e_i+) and c^ = cos(e_u, h^), over the rows that have a vector. A row without
+c+ = cos(e_u, e_i+) and c^ = cos(e_u, h^), over the rows that have a vector
+(``--cl_inbatch on`` adds every other such row's h^ of the batch to the denominator, the
+paper's "InfoNCE over the batch"; off by default, as in the code). A row without
 one (``--missing mask``, default) keeps e_j alone and has no L_CL term; ``--missing random``
 gives it a fresh N(0, I) vector as the code does. The adapter trains with the embeddings in
 one Adam unless ``--freeze_adapter on`` (the released code never trains it).
@@ -67,6 +69,8 @@ class Settings:
                                             "code's; off by default: CF embeddings are signed)")
     freeze_adapter: str = on_off("off", "keep the adapter at its initial weights (the "
                                         "released code's bug)")
+    cl_inbatch: str = on_off("off", "L_CL also contrasts e_u with the other rows' adapted "
+                                    "vectors in the batch (off: the row's own only, the code's)")
 
     def __post_init__(self):
         require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"),
@@ -163,8 +167,12 @@ def hnlm_batch_loss(model: HNLMRecGCN, graphs: Graphs, users: Tensor, items: Ten
     if config.align_weight > 0 and h_hat is not None:
         tau = config.align_temperature
         c_pos = F.cosine_similarity(u[rows], e_pos[rows]) / tau
-        c_neg = F.cosine_similarity(u[rows], h_hat) / tau
-        loss = loss + config.align_weight * F.softplus(c_neg - c_pos).mean()
+        if config.cl_inbatch == "on":  # (H, H): row r against every row's h^
+            c_neg = F.normalize(u[rows], dim=1) @ F.normalize(h_hat, dim=1).T / tau
+            l_cl = torch.logsumexp(torch.cat([c_pos.unsqueeze(1), c_neg], 1), 1) - c_pos
+        else:
+            l_cl = F.softplus(F.cosine_similarity(u[rows], h_hat) / tau - c_pos)
+        loss = loss + config.align_weight * l_cl.mean()
     return loss
 
 
@@ -211,7 +219,7 @@ def make_optimizer(model: HNLMRecGCN, config: Config) -> torch.optim.Optimizer:
 def header(config: Config) -> tuple[list, list]:
     return [], [("model", "hnlmrec"), *[(k, getattr(config, k)) for k in (
         "negative_file", "lambda_reg", "alpha", "rank_loss", "align_weight", "align_temperature",
-        "missing", "adapter_final_relu", "freeze_adapter")]]
+        "missing", "adapter_final_relu", "freeze_adapter", "cl_inbatch")]]
 
 
 RECOMMENDER = Recommender("hnlmrec", Settings, positives_graph=True, build=build,

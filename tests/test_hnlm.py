@@ -82,6 +82,8 @@ def scripted_answer(prompt: str) -> str:
     if "hard_negative_item" in prompt:
         if digest % 3 == 0:
             return "I cannot answer that."
+        if digest % 5 == 0:  # cut off at the token limit: unusable, counted as unclosed
+            return '{"hard_negative_item": "Film cut", "reason'
         return json.dumps({"hard_negative_item": f"Film {digest % 17}", "reasoning": "close"})
     return json.dumps({"summarization": f"viewers {digest % 5}", "reasoning": "r"})
 
@@ -115,11 +117,16 @@ def test_four_steps_then_hnlmrec_trains(tmp_path, monkeypatch):
                  for step in ("items", "users", "negatives")}
     assert manifests["items"]["counts"]["requests"] == 40
     assert manifests["users"]["counts"] == {"requests": 30, "usable": 30, "unusable": 0,
-                                            "asked_now": 30}
+                                            "unclosed_json": 0, "asked_now": 30}
     neg = manifests["negatives"]["counts"]
-    assert neg["requests"] == 120 and 0 < neg["unusable"] < 120
-    again = hnlm.run(cfg(data, out, "negatives", max_pairs_per_user=4), log=lambda _: None)
+    answers = [json.loads(line)["answer"] for line in open(out / "negatives.jsonl")]
+    cut = sum(a.startswith('{"hard_negative_item": "Film cut", "reason') for a in answers)
+    assert neg["requests"] == 120 and 0 < cut == neg["unclosed_json"] < neg["unusable"] < 120
+    lines = []
+    again = hnlm.run(cfg(data, out, "negatives", max_pairs_per_user=4), log=lines.append)
     assert again["counts"]["asked_now"] == 0  # all cached
+    assert any(f"warning: {cut} unusable answers end inside an unclosed JSON" in line
+               and "--max_new_tokens" in line for line in lines)
     hnlm.run(cfg(data, out, "embed"), log=lambda _: None)
     users, items, vectors, about = read_pair_vectors(out / "negatives.npz")
     assert len(users) == neg["usable"] and vectors.shape[1] == 3

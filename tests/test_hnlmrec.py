@@ -3,6 +3,7 @@ alignment term by hand; masked rows; the frozen adapter; bad vector files."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -133,6 +134,39 @@ def test_mixed_negative_and_alignment_by_hand():
     align = F.softplus((F.cosine_similarity(eu[0], h_hat[0], dim=0)
                         - F.cosine_similarity(eu[0], ei[0], dim=0)) / 0.2)
     torch.testing.assert_close(loss.detach(), rank + 0.5 * align)
+
+
+def test_in_batch_alignment_by_hand():
+    """--cl_inbatch on: row r's InfoNCE has c+ against its own and every other row's h^."""
+    from recommenders import make_config
+    from recommenders.hnlmrec import HNLMRecGCN, hnlm_batch_loss
+
+    class Graphs:
+        num_users, num_items = 3, 4
+        norm_adj = torch.eye(7).to_sparse_csr()
+
+    model = HNLMRecGCN(3, 4, 4, 1, input_dim=5, final_relu=False, seed=3)
+    users, items, negs = torch.tensor([0, 1, 2]), torch.tensor([0, 3, 1]), torch.tensor([2, 2, 3])
+    h, has = torch.randn(3, 5, generator=torch.Generator().manual_seed(4)), torch.ones(3).bool()
+    losses = {}
+    for flag in ("off", "on"):
+        config = make_config(model="hnlmrec", negative_file="x.npz", alpha=0.0, lambda_reg=0.0,
+                             align_weight=1.0, align_temperature=0.5, cl_inbatch=flag)
+        losses[flag] = hnlm_batch_loss(model, Graphs, users, items, negs, h, has,
+                                       config).detach()
+    e = model.gcn.embedding.weight.detach()
+    eu, ei, h_hat = e[:3], e[3:], model.adapter(h).detach()
+    rank = F.softplus(torch.stack([eu[r] @ ei[negs[r]] - eu[r] @ ei[items[r]]
+                                   for r in range(3)])).mean()
+    cos = lambda a, b: float(a @ b / (a.norm() * b.norm())) / 0.5
+    own, batch = [], []
+    for r in range(3):
+        pos = math.exp(cos(eu[r], ei[items[r]]))
+        own.append(-math.log(pos / (pos + math.exp(cos(eu[r], h_hat[r])))))
+        batch.append(-math.log(pos / (pos + sum(math.exp(cos(eu[r], h_hat[k]))
+                                                for k in range(3)))))
+    torch.testing.assert_close(losses["off"], rank + sum(own) / 3)
+    torch.testing.assert_close(losses["on"], rank + sum(batch) / 3)
 
 
 def test_frozen_adapter_does_not_move(tmp_path):

@@ -112,6 +112,19 @@ def test_training_lowers_the_loss_and_is_deterministic(tiny_llama):
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
+def test_gradients_are_clipped_to_max_grad_norm(tiny_llama):
+    """The last step's gradients stay in .grad: clipped to the norm, or larger when off."""
+    from llm.scft import Encoder, train
+    norms = {}
+    for clip in (1e-4, 0.0):
+        cfg = config(tiny_llama, max_grad_norm=clip)
+        enc = Encoder(cfg)
+        train(enc, records()[:8], cfg, log=lambda _: None)
+        grads = [p.grad for _, p in enc.trainable()]
+        norms[clip] = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+    assert norms[1e-4] <= 1e-4 * (1 + 1e-4) < norms[0.0]
+
+
 def test_records_from_a_mixgcf_run_to_the_vector_file(tmp_path, tiny_llama):
     from llm import scft
     data = write_synthetic_with_items(tmp_path / "data")
