@@ -50,13 +50,16 @@ class LoopbackServer:
 
     ``plan`` is a list of faults consumed one per completion request ("error" -> HTTP 500,
     "timeout" -> sleeps ``stall`` s, "malformed" -> a JSON body without choices,
-    "garbage" -> a non-JSON body, "hang" -> blocks until ``release`` is set); when it is
-    empty the server answers with the first candidate title of the prompt.
+    "garbage" -> a non-JSON body, "hang" -> blocks until ``release`` is set, "slow" ->
+    answers after ``stall`` s); when it is empty the server answers with the first candidate
+    title of the prompt. ``max_in_flight``: the most completions it was answering at once.
     """
 
     def __init__(self, plan=None, stall=2.0):
         self.plan, self.stall = list(plan or []), stall
         self.completions = 0
+        self.in_flight = self.max_in_flight = 0
+        self.lock = threading.Lock()
         self.release = threading.Event()
         outer = self
 
@@ -82,8 +85,18 @@ class LoopbackServer:
                 if not self.path.endswith("completions"):
                     self._send(404, b'{"error": "no such endpoint"}')
                     return
-                outer.completions += 1
-                fault = outer.plan.pop(0) if outer.plan else None
+                with outer.lock:
+                    outer.completions += 1
+                    outer.in_flight += 1
+                    outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+                    fault = outer.plan.pop(0) if outer.plan else None
+                try:
+                    self._answer(fault, payload)
+                finally:
+                    with outer.lock:
+                        outer.in_flight -= 1
+
+            def _answer(self, fault, payload):
                 if fault == "error":
                     self._send(500, b'{"error": "injected"}')
                 elif fault == "malformed":
@@ -91,7 +104,7 @@ class LoopbackServer:
                 elif fault == "garbage":
                     self._send(200, b"<html>not json")
                 else:
-                    if fault == "timeout":
+                    if fault in ("timeout", "slow"):
                         time.sleep(outer.stall)
                     elif fault == "hang":
                         outer.release.wait(60)

@@ -222,6 +222,15 @@ def test_openai_backend_retries_each_fault(fault):
         assert server.completions == 2  # the faulty answer, then the retry
 
 
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_openai_backend_sends_a_batch_concurrently_in_order(concurrency):
+    prompts = [PROMPT.replace("Alpha", f"Title {k}") for k in range(8)]
+    with LoopbackServer(plan=["slow"] * 8, stall=0.3) as server:
+        backend = OpenAIBackend(_Cfg(server.url, concurrency=concurrency))
+        assert backend.generate(prompts) == [f" [<Title {k}>]\n###\n" for k in range(8)]
+        assert server.completions == 8 and server.max_in_flight == concurrency
+
+
 @pytest.mark.parametrize("fault", ["error", "malformed"])
 def test_openai_backend_gives_up_with_one_line(fault):
     with LoopbackServer(plan=[fault] * 20) as server:

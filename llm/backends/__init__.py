@@ -30,6 +30,7 @@ class BackendSettings:
     api_key_env: str = "OPENAI_API_KEY"
     timeout: float = 120.0
     max_retries: int = 3  # HTTP retries of one request (openai)
+    concurrency: int = 1  # openai: requests in flight at once
     max_new_tokens: int = 128
     threads: int | None = None
     embed_model: str | None = None
@@ -49,6 +50,8 @@ BACKEND_HELP = {
     "api_key_env": "openai: environment variable with the key",
     "timeout": "openai: seconds per request",
     "max_retries": "openai: HTTP retries with backoff",
+    "concurrency": "openai: requests of a batch sent at once (a batching server such as "
+                   "vLLM: e.g. 64, with --batch_size as large; llama.cpp's one slot: 1)",
     "max_new_tokens": "tokens generated per answer at most",
     "threads": "CPU threads (torch / embedding)",
     "embed_model": "embedding: sentence-transformers dir or name "
@@ -66,7 +69,7 @@ def add_backend_flags(parser, defaults, backends) -> None:
         elif name == "chat":
             parser.add_argument("--chat", action="store_true", help=help_text)
         else:
-            kind = {"batch_size": int, "max_retries": int, "max_new_tokens": int,
+            kind = {"batch_size": int, "max_retries": int, "concurrency": int, "max_new_tokens": int,
                     "threads": int, "timeout": float}.get(name, str)
             parser.add_argument(f"--{name}", type=kind, default=default, help=help_text)
 

@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 from data.schema import DataError
 from llm.prompts import SEPARATOR
@@ -31,6 +32,9 @@ class OpenAIBackend:
         self.model, self.chat = cfg.model, cfg.chat
         self.timeout, self.max_retries, self.backoff = cfg.timeout, cfg.max_retries, backoff
         self.max_new_tokens = cfg.max_new_tokens
+        self.concurrency = getattr(cfg, "concurrency", 1)
+        if self.concurrency < 1:
+            raise DataError("--concurrency must be >= 1")
         key = os.environ.get(cfg.api_key_env, "")
         self.headers = {"Content-Type": "application/json"}
         if key:
@@ -116,6 +120,11 @@ class OpenAIBackend:
                         f"{self.max_retries + 1} tries")
 
     def generate(self, prompts: list[str], contexts=None) -> list[str]:
-        return [self._complete(p) for p in prompts]
+        """One request per prompt, up to --concurrency of them at once (a server that
+        batches, such as vLLM, then works on them together); answers in prompt order."""
+        if self.concurrency == 1 or len(prompts) < 2:
+            return [self._complete(p) for p in prompts]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+            return list(pool.map(self._complete, prompts))
 
 
