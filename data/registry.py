@@ -32,7 +32,8 @@ class RawFormat:
 class Dataset:
     """A published dataset. ``blobs``: split -> git blob SHA-1 of its published file;
     ``prompt_family``: refine_llm.py's prompt template; ``refine_r``: ReFINe's r;
-    ``layers``: the paper's LightGCN depth for it."""
+    ``layers``: the paper's LightGCN depth for it; ``hnlm_pairs_per_user``: the default cap
+    of HNLMRec's hard-negative requests per user (None: every positive pair)."""
 
     name: str
     raw: RawFormat
@@ -40,6 +41,7 @@ class Dataset:
     prompt_family: str
     refine_r: int = 100
     layers: int = 4
+    hnlm_pairs_per_user: int | None = None
 
 
 DATASETS = {d.name: d for d in (
@@ -58,7 +60,7 @@ DATASETS = {d.name: d for d in (
              "train_original": "e3baf41eef82249f4af08dc0e9e846a84892a7a0",
              "validation": "474b0a7448e43441e02b924b4fc446f5492654f8",
              "test": "c1407e658b3e0815ace9822ea64dbfed13165d6a"},
-            "movies", refine_r=250),
+            "movies", refine_r=250, hnlm_pairs_per_user=20),  # train_original: 407,268 positive pairs
     Dataset("Netflix-1M",
             RawFormat("netflix", ("title:token", "year:token", "genres:token"),
                       "Netflix/netflix.zip", sample_users=5000, netflix_items=True),

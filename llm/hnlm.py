@@ -74,8 +74,10 @@ class HNLMConfig(BackendSettings):
         for name in ("history", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise DataError(f"--{name} must be >= 1")
-        if self.max_pairs_per_user is not None and self.max_pairs_per_user < 1:
-            raise DataError("--max_pairs_per_user must be >= 1")
+        if self.max_pairs_per_user is None and self.dataset in DATASETS:
+            self.max_pairs_per_user = DATASETS[self.dataset].hnlm_pairs_per_user
+        if self.max_pairs_per_user is not None and self.max_pairs_per_user < 0:
+            raise DataError("--max_pairs_per_user must be >= 0 (0: every pair)")
 
     def model_id(self) -> str:
         return f"{self.backend}:{self.model or ''}|{self.gguf_file or ''}:chat={self.chat}"
@@ -347,7 +349,7 @@ HELP = {
     "out_dir": "where the step files go (default: <data_dir>/<DATASET>/hnlm)",
     "history": "users step: rated items shown per user at most (seeded sample)",
     "max_pairs_per_user": "negatives step: positive pairs per user at most (seeded sample; "
-                          "e.g. 20 on ML-1M)",
+                          "0: all; default: all, 20 on ML-1M)",
     "seed": "seed of the samples",
     "limit": "only the first N subjects (items, users or pairs)",
     "dry_run": "print the first N prompts and exit",

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import run_main, write_synthetic_with_items
+from data.schema import DataError
 from data.vectors import read_pair_vectors
 from llm import hnlm
 from llm.hnlm import HNLMConfig, negative_of, parse_json_answer, profile_of
@@ -63,6 +64,16 @@ def cfg(data, out, step, **kw):
                       backend="openai", model="scripted", **kw)
 
 
+def test_the_pair_cap_defaults_per_dataset():
+    def cap(dataset, **kw):
+        return HNLMConfig(step="negatives", dataset=dataset, backend="openai", model="m",
+                          **kw).max_pairs_per_user
+    assert (cap("ML-1M"), cap("ML-100K"), cap("Synth")) == (20, None, None)
+    assert (cap("ML-1M", max_pairs_per_user=0), cap("ML-100K", max_pairs_per_user=5)) == (0, 5)
+    with pytest.raises(DataError, match="max_pairs_per_user"):
+        cap("ML-1M", max_pairs_per_user=-1)
+
+
 def test_pairs_are_positive_rows_capped_per_user(tmp_path):
     data = write_synthetic_with_items(tmp_path / "data")
     c = cfg(data, tmp_path / "out", "negatives", max_pairs_per_user=3)
@@ -74,6 +85,8 @@ def test_pairs_are_positive_rows_capped_per_user(tmp_path):
     assert hnlm.subjects(c, hnlm.load_inputs(c)) == pairs  # seeded
     every = hnlm.subjects(cfg(data, tmp_path / "out", "negatives"), hnlm.load_inputs(c))
     assert len(every) == len(positive) == 240
+    no_cap = cfg(data, tmp_path / "out", "negatives", max_pairs_per_user=0)
+    assert hnlm.subjects(no_cap, hnlm.load_inputs(no_cap)) == every
 
 
 def scripted_answer(prompt: str) -> str:
