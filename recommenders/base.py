@@ -137,11 +137,14 @@ def batches(num_rows: int, batch_size: int, device, progress=None):
 
 
 def minibatch_epoch(optimizer: torch.optim.Optimizer, num_rows: int, batch_size: int,
-                    epoch: int, device, step_loss, progress=None) -> float:
+                    epoch: int, device, step_loss, progress=None, drop_last=False) -> float:
     """The BPR-style epoch: shuffle num_rows rows, then per batch of row indices one
-    optimizer step on ``step_loss(batch)``. Returns sum(loss_b |B_b|) / sum |B_b|."""
+    optimizer step on ``step_loss(batch)``. Returns sum(loss_b |B_b|) / sum |B_b|.
+    ``drop_last``: skip the last partial batch (kept when it is the only one)."""
     losses, sizes = [], []
     for batch in batches(num_rows, batch_size, device, progress):
+        if drop_last and sizes and batch.numel() < batch_size:
+            continue
         loss = step_loss(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

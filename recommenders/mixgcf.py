@@ -16,7 +16,8 @@ lambda (||e_u^(0)||^2 + ||e_{i+}^(0)||^2 + ||layer 0 of each e_{v-}||^2) / 2 / B
 reach e_{i+} and the chosen candidates through the mixing. Scores at evaluation: the dot
 product of pooled embeddings. ``mixgcf_negatives`` is the vectorised form;
 ``mixgcf_negatives_literal`` (tests) the same per row, negative and layer in Python loops.
-The official code drops the last partial batch of an epoch; here every row is trained.
+The official code drops the last partial batch of an epoch (``--drop_last on``); by default
+every row is trained.
 """
 from __future__ import annotations
 
@@ -139,6 +140,8 @@ class Settings:
     num_negatives: int = setting(1, "K, synthesized negatives per row (1: BPR)", type=int)
     pool: str = setting("mean", "layer pooling of users, items and negatives (mean)",
                         choices=POOLS)
+    drop_last: str = setting("off", "on: skip each epoch's last partial batch, as the "
+                                    "official code does", choices=("on", "off"))
 
     def __post_init__(self):
         require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"),
@@ -174,7 +177,8 @@ def train_epoch(model: LayerGCN, optimizer, graphs: Graphs, config: Config, epoc
         return mixgcf_loss(layers[users], layers[items + U], layers[cands + U], alpha,
                            config.pool, config.lambda_reg)
     return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
-                           state.cdf.device, step_loss, progress)
+                           state.cdf.device, step_loss, progress,
+                           drop_last=config.drop_last == "on")
 
 
 def build(graphs: Graphs, config: Config) -> LayerGCN:
@@ -189,7 +193,7 @@ def defaults(dataset: str) -> dict:
 def header(config: Config) -> tuple[list, list]:
     return [], [("model", "mixgcf"), ("lambda_reg", config.lambda_reg),
                 ("candidates", config.candidates), ("num_negatives", config.num_negatives),
-                ("pool", config.pool)]
+                ("pool", config.pool), ("drop_last", config.drop_last)]
 
 
 RECOMMENDER = Recommender("mixgcf", Settings, positives_graph=True, build=build,

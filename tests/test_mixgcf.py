@@ -68,13 +68,29 @@ def test_candidates_are_never_the_users_train_rows(tmp_path):
     assert len(torch.unique(drawn)) > 0.8 * (graphs.num_items - 16)  # uniform, not stuck
 
 
+@pytest.mark.parametrize("rows, drop_last, expected", [
+    (10, False, [4, 4, 2]), (10, True, [4, 4]), (8, True, [4, 4]), (3, True, [3])])
+def test_drop_last_skips_only_a_trailing_partial_batch(rows, drop_last, expected):
+    from recommenders.base import minibatch_epoch
+    w = torch.zeros(1, requires_grad=True)
+    seen = []
+
+    def step_loss(batch):
+        seen.append(batch.numel())
+        return (w * batch.numel()).sum()
+    minibatch_epoch(torch.optim.SGD([w], lr=0.1), rows, 4, 1, "cpu", step_loss,
+                    drop_last=drop_last)
+    assert seen == expected
+
+
 def test_a_short_mixgcf_run(tmp_path):
     data = tmp_path / "data"
     write_split_folder(data, "Synth", *synthetic_rows())
     rc, result = run_main(["--model", "mixgcf", "--dataset", "Synth", "--data_dir", str(data),
                            "--epochs", "2", "--batch_size", "64", "--pool", "concat",
-                           "--num_negatives", "2"], tmp_path)
+                           "--num_negatives", "2", "--drop_last", "on"], tmp_path)
     assert rc == 0
     log = (result / "Synth" / "run" / "train.log").read_text()
     assert "model: mixgcf" in log and "candidates: 16" in log and "pool: concat" in log
+    assert "drop_last: on" in log
     assert log.count("Epoch: ") == 2
