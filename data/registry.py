@@ -60,7 +60,8 @@ DATASETS = {d.name: d for d in (
              "train_original": "e3baf41eef82249f4af08dc0e9e846a84892a7a0",
              "validation": "474b0a7448e43441e02b924b4fc446f5492654f8",
              "test": "c1407e658b3e0815ace9822ea64dbfed13165d6a"},
-            "movies", refine_r=250, hnlm_pairs_per_user=20),  # train_original: 407,268 positive pairs
+            "movies", refine_r=250,
+            hnlm_pairs_per_user=20),  # its train_original has 407,268 positive pairs
     Dataset("Netflix-1M",
             RawFormat("netflix", ("title:token", "year:token", "genres:token"),
                       "Netflix/netflix.zip", sample_users=5000, netflix_items=True),

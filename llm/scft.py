@@ -334,8 +334,8 @@ def parse_args(argv=None) -> SCFTConfig:
              "profiles_dir": "python -m llm.hnlm's folder with items.jsonl / users.jsonl",
              "output": "default: <mixgcf_run>/scft_negatives.npz",
              "max_records": "a seeded sample of this many positive pairs (default: all)",
-             "loss": "/".join(LOSSES),
-             "max_grad_norm": "clip the gradients' total norm to this (0: off)", "dtype": "float32/float16/bfloat16"}
+             "loss": "/".join(LOSSES), "dtype": "float32/float16/bfloat16",
+             "max_grad_norm": "clip the gradients' total norm to this (0: off)"}
     add_dataclass_flags(p, SCFTConfig, helps)
     return SCFTConfig(**vars(p.parse_args(argv)))
 

@@ -208,6 +208,7 @@ class _Cfg:
     def __init__(self, url, **kw):
         self.base_url, self.model, self.chat, self.timeout = url, "fake", False, 1.0
         self.max_retries, self.max_new_tokens, self.api_key_env = 2, 32, "NO_SUCH_KEY_VAR"
+        self.concurrency = 1
         self.__dict__.update(kw)
 
 

@@ -69,8 +69,8 @@ def add_backend_flags(parser, defaults, backends) -> None:
         elif name == "chat":
             parser.add_argument("--chat", action="store_true", help=help_text)
         else:
-            kind = {"batch_size": int, "max_retries": int, "concurrency": int, "max_new_tokens": int,
-                    "threads": int, "timeout": float}.get(name, str)
+            kind = {"batch_size": int, "max_retries": int, "concurrency": int,
+                    "max_new_tokens": int, "threads": int, "timeout": float}.get(name, str)
             parser.add_argument(f"--{name}", type=kind, default=default, help=help_text)
 
 

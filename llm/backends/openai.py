@@ -32,7 +32,7 @@ class OpenAIBackend:
         self.model, self.chat = cfg.model, cfg.chat
         self.timeout, self.max_retries, self.backoff = cfg.timeout, cfg.max_retries, backoff
         self.max_new_tokens = cfg.max_new_tokens
-        self.concurrency = getattr(cfg, "concurrency", 1)
+        self.concurrency = cfg.concurrency
         if self.concurrency < 1:
             raise DataError("--concurrency must be >= 1")
         key = os.environ.get(cfg.api_key_env, "")
