@@ -29,6 +29,11 @@ def setting(default, help: str, type=None, choices=None):  # noqa: A002 - argpar
     return field(default=default, metadata={"help": help, "type": type, "choices": choices})
 
 
+def on_off(default: str, help_text: str):
+    """A setting whose flag takes on/off."""
+    return setting(default, help_text, choices=("on", "off"))
+
+
 @dataclass(frozen=True)
 class Recommender:
     """One model, as its file declares it (see docs/extending.md).

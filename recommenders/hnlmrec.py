@@ -37,7 +37,7 @@ from data.schema import DataError
 from data.vectors import pair_vector_dim, read_pair_vectors
 from model import GraphRecommender, batch_l2, bpr_loss, categorical_sample
 from recommenders.base import (Graphs, Recommender, TrainingError, lambda_reg, minibatch_epoch,
-                               no_shard, setting)
+                               no_shard, on_off, setting)
 from recommenders.bpr import check_candidates, unseen_weights
 from runs.config import require
 
@@ -45,10 +45,6 @@ if TYPE_CHECKING:
     from runs.config import Config
 
 HINGE_MARGIN = 0.3
-
-
-def on_off(default: str, help_text: str):
-    return setting(default, help_text, choices=("on", "off"))
 
 
 @dataclass

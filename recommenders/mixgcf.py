@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from model import Propagation, draws_from_cdf
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, minibatch_epoch, no_shard, \
-    setting
+    on_off, setting
 from recommenders.bpr import check_candidates, unseen_weights
 from runs.config import require
 
@@ -140,8 +140,8 @@ class Settings:
     num_negatives: int = setting(1, "K, synthesized negatives per row (1: BPR)", type=int)
     pool: str = setting("mean", "layer pooling of users, items and negatives (mean)",
                         choices=POOLS)
-    drop_last: str = setting("off", "on: skip each epoch's last partial batch, as the "
-                                    "official code does", choices=("on", "off"))
+    drop_last: str = on_off("off", "on: skip each epoch's last partial batch, as the official "
+                                   "code does")
 
     def __post_init__(self):
         require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"),

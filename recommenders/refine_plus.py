@@ -22,7 +22,7 @@ from model import (ReFINePlus, ae_terms_dense, ae_terms_sparse, alignment_loss, 
                    half_l2, multinomial_without_replacement, per_row_scores,
                    sampled_softmax_loss)
 from recommenders.base import (Graphs, Recommender, TrainingError, batches, epoch_loss, gamma,
-                               setting)
+                               on_off, setting)
 from recommenders.compiled import EAGER, LossKernels, make_kernels
 from runs.config import ConfigError, require
 
@@ -45,9 +45,8 @@ class Settings:
     lambda2: float = setting(1e-5, "L2 weight on the autoencoders (default 1e-5)")
     impl: str = setting("fast", "fast (default) or the reference-equivalent slow path "
                         "(benchmarks, oracles)", choices=("fast", "reference"))
-    compile: str = setting("off", "fast path: torch.compile the loss's elementwise parts "
-                           "(needs a C++ compiler on CPU; falls back to eager): on/off",
-                           choices=("on", "off"))
+    compile: str = on_off("off", "fast path: torch.compile the loss's elementwise parts "
+                          "(needs a C++ compiler on CPU; falls back to eager): on/off")
     real_neg_samp_prob: float = gamma()
 
     def __post_init__(self):
