@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from data import checks
-from data.registry import DATASETS, SPLITS
+from data import checks, protocols
+from data.registry import DATASETS, PROTOCOLS, SPLITS
 from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError, sorted_ids
 from data.splits import DATA_DIR_ENV, read_split, resolve_data_dir, split_path
 
@@ -57,6 +57,11 @@ class RecData:
     test: Interactions
     files: list[tuple[str, Path]] = field(default_factory=list)  # (role, path) of every file read
     augmented: object = None  # an LLM augmentation's triples (recommenders/augmentation.py)
+    protocol: dict | None = None  # a baseline's protocol folder (data/protocols.py)
+
+    @property
+    def has_validation(self) -> bool:
+        return self.protocol is None or bool(self.protocol.get("validation", True))
 
     @property
     def positives(self) -> Interactions:
@@ -82,6 +87,10 @@ def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str
     too when it was read to check that train_augment relabels it."""
     if dataset_augment not in ("augment", "original"):
         raise DataError(f"--dataset_augment must be augment or original, got {dataset_augment!r}")
+    spec = protocols.read_protocol(data_dir, dataset)
+    if spec is not None:
+        return _read_protocol_splits(data_dir, dataset, dataset_augment, spec, warn,
+                                     allow_overlap)
     paths = {role: split_path(data_dir, dataset, role)
              for role in (f"train_{dataset_augment}", "validation", "test")}
     frames = {role: read_split(path, is_train=role.startswith("train"), warn=warn)
@@ -99,6 +108,32 @@ def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str
     return train_df, frames["validation"], frames["test"], files
 
 
+def _read_protocol_splits(data_dir, dataset: str, dataset_augment: str, spec: dict, warn,
+                          allow_overlap: bool):
+    """A protocol folder's train and test (no validation: an empty frame), checked against
+    protocol.json; the test pairs its LLM edges put into train are the recorded ones."""
+    if dataset_augment != "original":
+        raise DataError(f"{dataset} is a {spec['protocol']} folder: it has train_original only "
+                        f"(use --dataset_augment original)")
+    protocols.check_protocol_files(data_dir, dataset, spec)
+    paths = {role: split_path(data_dir, dataset, role) for role in ("train_original", "test")}
+    train = read_split(paths["train_original"], is_train=True, warn=warn)
+    test = read_split(paths["test"], is_train=False, warn=warn)
+    allowed = int(spec.get("allowed_test_overlap", 0))
+    keys = lambda df: df[USER_COL].astype(str) + "\x1f" + df[ITEM_COL].astype(str)  # noqa
+    overlap = int(keys(test).isin(keys(train)).sum())
+    if overlap != allowed and not allow_overlap:
+        checks.check_overlap([(p.name, df) for p, df in ((paths["train_original"], train),
+                                                         (paths["test"], test))], warn=warn)
+    if overlap:
+        warn(f"warning: {overlap} test pair(s) are also train rows ({protocols.PROTOCOL_FILE}: "
+             f"the LLM edges the authors added to train name them; masked at evaluation)")
+    empty = test.iloc[0:0]
+    files = [("train_original", paths["train_original"]), ("validation", None),
+             ("test", paths["test"]), ("protocol", protocols.protocol_path(data_dir, dataset))]
+    return train, empty, test, files
+
+
 def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
                  warn=print, allow_overlap: bool = False) -> RecData:
     """Load the split files of ``dataset`` (``read_checked_splits``) and encode them
@@ -109,14 +144,18 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
     """
     train_df, valid_df, test_df, files = read_checked_splits(
         data_dir, dataset, dataset_augment, warn, allow_overlap)
+    spec = protocols.read_protocol(data_dir, dataset)
     train_path = files[0][1]
     rating = train_df[RATING_COL].to_numpy()
     in_t = (rating >= 4) | (rating <= 1)
     t_df = train_df[in_t]
     if len(t_df) == 0 or not (t_df[RATING_COL] >= 4).any():
         raise DataError(f"{train_path}: no positive (rating >= 4) training rows")
-    user_ids = sorted_ids(t_df[USER_COL])
-    item_ids = sorted_ids(t_df[ITEM_COL])
+    # a protocol folder's catalogue: every user and item of train and test (its codes
+    # index every id and never recommend one in neither split); else those of T
+    catalogue = pd.concat([train_df, test_df]) if spec is not None else t_df
+    user_ids = sorted_ids(catalogue[USER_COL])
+    item_ids = sorted_ids(catalogue[ITEM_COL])
     user_index, item_index = pd.Index(user_ids), pd.Index(item_ids)
 
     t_users, t_items = _encode(t_df, user_index, item_index)
@@ -132,9 +171,14 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
         kept = df[~low]
         users, items = _encode(kept, user_index, item_index)
         seen = (users >= 0) & (items >= 0)
+        if path is None:  # a protocol folder has no validation split
+            return Interactions(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
         if not seen.any():
             raise DataError(checks.why_empty(path, df, user_ids, item_ids))
-        if low.any():
+        if low.any() and spec is not None:
+            warn(f"{path.name}: {int(low.sum())} row(s) rated below 4 are not ground truth "
+                 f"(threshold {spec['threshold']})")
+        elif low.any():
             warn(f"warning: {path.name}: dropped {int(low.sum())} row(s) with rating < 4")
         if not seen.all():
             clash = checks.id_format_clash(path, kept[~seen], user_ids, item_ids)
@@ -154,7 +198,7 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
         neutral=Interactions(torch.as_tensor(n_users[known], dtype=torch.long),
                              torch.as_tensor(n_items[known], dtype=torch.long)),
         validation=eval_split(files[1][1], valid_df), test=eval_split(files[2][1], test_df),
-        files=files)
+        files=[(role, path) for role, path in files if path is not None], protocol=spec)
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -270,6 +314,18 @@ def build_parser():
     p.add_argument("--check", action="store_true",
                    help="compare the output with the published git blob SHA-1s "
                    "(exit 1 if one differs)")
+    p.add_argument("--protocol", choices=PROTOCOLS, help="a baseline's own protocol: "
+                   "ml1m_random_split (SiReN, LLM-PNGNN) writes <data_dir>/ML-1M_split<K>/ "
+                   "from ml-1m.inter and the published test split K (docs/datasets.md)")
+    p.add_argument("--split", type=int, help="--protocol: the split K (1-5)")
+    p.add_argument("--test_file", help="--protocol: a local copy of the published test file "
+                   "(default: <raw_dir>/test_1m<K>.dat, downloaded there when missing; "
+                   "verified by git blob SHA-1 either way)")
+    p.add_argument("--augment_edges", help="--protocol: the LLM-PNGNN authors' "
+                   "augmented_edges.pt (or a userId,movieId,rating CSV of it), added to "
+                   "train as their main.py does; the folder is then ML-1M_split<K>_llm")
+    p.add_argument("--no_download", action="store_true", help="--protocol: never download")
+    p.add_argument("--base_url", help="--protocol: instead of the pinned repository URL")
 
     p = sub.add_parser("stats", parents=[common], help="users, items, ratings per split")
     p.add_argument("--dataset", required=True)
@@ -294,6 +350,12 @@ def download(args, data_dir: Path) -> int:
 def prepare(args, data_dir: Path) -> int:
     from data import fetch
     from data import prepare as prep
+    if args.protocol:
+        return prepare_protocol(args, data_dir)
+    mixed = [f"--{k}" for k in ("split", "test_file", "augment_edges", "base_url")
+             if getattr(args, k)]
+    if mixed:
+        raise DataError(f"{mixed[0]}: only with --protocol")
     protocol = prep.SplitProtocol(positive=args.positive, core=args.core,
                                   valid_ratio=args.valid_ratio, test_ratio=args.test_ratio,
                                   seed=args.seed)
@@ -313,6 +375,23 @@ def prepare(args, data_dir: Path) -> int:
     prep.prepare_custom(args.inter, args.name, data_dir, item_path=args.item,
                         text_cols=args.text_cols, protocol=protocol,
                         sample_users=args.sample_users, overwrite=args.overwrite)
+    return 0
+
+
+def prepare_protocol(args, data_dir: Path) -> int:
+    others = [f"--{k}" for k in ("dataset", "inter", "item", "text_cols", "sample_users")
+              if getattr(args, k)]
+    if others:
+        raise DataError(f"{others[0]}: not with --protocol (it prepares ML-1M's published "
+                        f"random splits)")
+    if args.split is None:
+        raise DataError("--protocol needs --split K")
+    protocol = PROTOCOLS[args.protocol]
+    raw_dir = Path(args.raw_dir or data_dir / "raw" / protocol.raw_stem)
+    protocols.prepare_random_split(args.protocol, args.split, raw_dir, data_dir,
+                                   test_file=args.test_file, augment_edges=args.augment_edges,
+                                   name=args.name, download=not args.no_download,
+                                   base_url=args.base_url, overwrite=args.overwrite)
     return 0
 
 

@@ -58,16 +58,24 @@ class LightGCN(nn.Module):
     """E = mean(E0, ..., EK), E(k+1) = D^-1/2 A D^-1/2 E(k) (He et al. 2020)."""
 
     def __init__(self, num_nodes: int, embedding_dim: int = 64, num_layers: int = 4,
-                 symmetric_backward: bool = True):
+                 symmetric_backward: bool = True, init: str = "uniform"):
         super().__init__()
         self.embedding = nn.Embedding(num_nodes, embedding_dim)
-        nn.init.xavier_uniform_(self.embedding.weight)
+        # xavier-uniform (ReFINe++); "normal": xavier-normal, the same variance (PN-GNN's and
+        # SiReN's code)
+        (nn.init.xavier_normal_ if init == "normal" else nn.init.xavier_uniform_)(
+            self.embedding.weight)
         self.convs = nn.ModuleList(Propagation(symmetric_backward) for _ in range(num_layers))
 
-    def forward(self, norm_adj: Tensor) -> Tensor:
-        """norm_adj: (U+I) x (U+I) sparse, already normalised. Returns E: (U+I) x d."""
+    def forward(self, norm_adj: Tensor, propagate: Tensor | None = None) -> Tensor:
+        """norm_adj: (U+I) x (U+I) sparse, already normalised. Returns E: (U+I) x d.
+
+        ``propagate``: the table layer 1 propagates instead of E0 (E0 stays the layer-0
+        term): E = mean(E0, A P, A^2 P, ...). None: P = E0, plain LightGCN."""
         x = self.embedding.weight
         out = x
+        if propagate is not None:
+            x = propagate
         for k, conv in enumerate(self.convs):
             x = conv(x, norm_adj)
             # the same sums in the same order; in place after the first (which must not
@@ -345,10 +353,10 @@ def categorical_sample(weights: Tensor, generator: torch.Generator | None = None
     """
     cdf = weights.to(torch.float64).cumsum(1)  # (B, I)
     u = torch.rand((cdf.size(0), 1), generator=generator, dtype=torch.float64, device=cdf.device)
-    return _inverse_cdf(cdf, u).squeeze(1)
+    return inverse_cdf(cdf, u).squeeze(1)
 
 
-def _inverse_cdf(cdf: Tensor, u: Tensor) -> Tensor:
+def inverse_cdf(cdf: Tensor, u: Tensor) -> Tensor:
     """For each row of cdf (B, I) and each uniform in u (B, n): the first j with
     cdf[j] > u * total. x stays in [0, total), so that j has cdf[j] > cdf[j - 1], i.e. w_j > 0."""
     total = cdf[:, -1:]
@@ -374,4 +382,4 @@ def draws_from_cdf(cdf: Tensor, rows: Tensor, n: int,
     cdf = cdf[rows]  # (B, I)
     u = torch.rand((rows.numel(), n), generator=generator, dtype=torch.float64,
                    device=cdf.device)
-    return _inverse_cdf(cdf, u)
+    return inverse_cdf(cdf, u)

@@ -90,14 +90,17 @@ def download_split(data_dir, dataset: str, split: str, base_url: str | None = No
     if key not in PUBLISHED_BLOBS:
         raise DataError(f"{key} is not a published file (published datasets: "
                         f"{', '.join(RAW_FORMATS)}); prepare it with python dataloader.py prepare")
-    expected = PUBLISHED_BLOBS[key]
     dest = split_path(data_dir, dataset, split)
-    url = f"{resolve_base_url(base_url)}/{key}"
+    return download_verified(f"{resolve_base_url(base_url)}/{key}", dest, PUBLISHED_BLOBS[key],
+                             log)
 
+
+def download_verified(url: str, dest: Path, expected_blob: str, log=print) -> Path:
+    """Download ``url`` to ``dest``, kept only when its git blob SHA-1 is ``expected_blob``."""
     def verify(tmp: Path) -> str | None:
         got = git_blob_sha1(tmp)
-        if got != expected:
-            return f"git blob SHA-1 {got} != published {expected}"
+        if got != expected_blob:
+            return f"git blob SHA-1 {got} != published {expected_blob}"
         with open(tmp, "rb") as f:  # raw.githubusercontent serves LFS pointers as-is
             if f.read(40).startswith(b"version https://git-lfs"):
                 return "the server sent a Git LFS pointer, not the data"
@@ -105,7 +108,7 @@ def download_split(data_dir, dataset: str, split: str, base_url: str | None = No
 
     log(f"downloading {url}")
     _fetch(url, dest, verify, f"to work offline, place {dest.name} in {dest.parent}/ by hand")
-    log(f"verified {dest} (git blob {expected})")
+    log(f"verified {dest} (git blob {expected_blob})")
     return dest
 
 

@@ -115,6 +115,21 @@ def _read_inter(path: Path, sample_users: int, seed: int, log=print) -> pd.DataF
     return df
 
 
+def read_raw_ratings(path: Path) -> pd.DataFrame:
+    """A raw .inter file as integer ``userId, movieId, rating`` columns, in file order
+    (data/protocols.py; MovieLens ids and ratings are integers)."""
+    if not Path(path).is_file():
+        raise DataError(f"missing raw file {path}: python dataloader.py download --dataset "
+                        f"ML-1M --raw, or place it there")
+    df = _read_inter(Path(path), 0, 0, log=lambda line: None)
+    try:
+        return pd.DataFrame({"userId": df[USER_COL].astype(np.int64),
+                             "movieId": df[ITEM_COL].astype(np.int64),
+                             "rating": df[RATING_COL].astype(np.int64)})
+    except (ValueError, TypeError):
+        raise DataError(f"{path}: user, item ids and ratings must be integers") from None
+
+
 def _chunks(path: Path, cols: list[str], what: str):
     """``_read_table`` in chunks of 1M rows, with a progress bar and one-line parse errors."""
     reader = _read_table(path, cols, chunksize=1_000_000)

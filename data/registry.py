@@ -88,6 +88,60 @@ DATASETS = {d.name: d for d in (
             "books", layers=2),
 )}
 
+@dataclass(frozen=True)
+class RandomSplitProtocol:
+    """A baseline's own protocol of published random train/test splits (data/protocols.py):
+    the test file of split k is ``test_path.format(k=k)`` in ``repo`` at ``commit`` with git
+    blob ``test_blobs[k]``; train = the ratings of ``raw_stem`` not in it. ``epochs`` and
+    ``evaluation_step``: the run's defaults on its folders (no validation split). The LLM
+    edges of the LLM-PNGNN authors (``edges_path`` in ``edges_repo``) were made for
+    ``edges_split``."""
+
+    name: str
+    base: str
+    raw_stem: str
+    repo: str
+    commit: str
+    test_path: str
+    test_blobs: dict[int, str] = field(repr=False)
+    threshold: float = 3.5
+    epochs: int = 60
+    evaluation_step: int = 5
+    edges_repo: str = ""
+    edges_path: str = ""
+    edges_blob: str = ""
+    edges_split: int = 1
+
+
+PROTOCOLS = {p.name: p for p in (
+    # SiReN's official repository holds five splits; the LLM-PNGNN authors' repository
+    # (hliei/Recommender-System, ml-1m_split/test{1,2,3}.dat) holds the first three, the
+    # same bytes (same git blobs)
+    RandomSplitProtocol(
+        "ml1m_random_split", "ML-1M", "ml-1m", "cw-seo/SiReN-reco",
+        "b5d802ae0dfbbe066bb6dcc3c1f52cc1e8299d8e", "ml-1m/test_1m{k}.dat",
+        {1: "3fd059dcc46b331309a3e0b5190e017f64496ab7",
+         2: "a170e99e76f98e6ebb9e2657b428e12dd0af1b6f",
+         3: "db100c0b142916f263e1c18e51d00ac64c9ed0f8",
+         4: "ed8d5ed5597a99396a8cb356e4d0d230d7cb1f96",
+         5: "cfcc88e297657fee5ea1a9501aef6560cea46f38"},
+        edges_repo="hliei/Recommender-System@a0b932f03d3fd5b6c29fc309dc59fcebec0e33b7",
+        edges_path="augmented_edges.pt",
+        edges_blob="ebe1606999a5206fe21d524a94b989ee090be781"),
+)}
+
+
+def protocol_of(dataset: str) -> RandomSplitProtocol | None:
+    """The protocol whose prepared folders are named like ``dataset`` (``ML-1M_split2``,
+    ``ML-1M_split1_llm``), or None."""
+    for protocol in PROTOCOLS.values():
+        stem = dataset.removesuffix("_llm")
+        if stem.startswith(f"{protocol.base}_split") and \
+                stem[len(protocol.base) + 6:].isdigit():
+            return protocol
+    return None
+
+
 def published_key(dataset: str, split: str) -> str:
     """A split file's path inside a data folder: "<dataset>/<dataset>_<split>.csv"."""
     return f"{dataset}/{dataset}_{split}.csv"

@@ -1,6 +1,13 @@
-"""SiReN (``--model siren``): LightGCN over the positive graph and an MLP over the negative
-graph (recommenders/signed.py), fused by attention, trained with the sign-aware BPR (an
-observed negative row's score weighs -c_neg) and negatives drawn by item degree."""
+"""SiReN (``--model siren``): LightGCN over the positive graph and an MLP on a second table
+for the negative signal (recommenders/signed.py), fused by attention, trained with the
+sign-aware BPR and negatives drawn by item degree.
+
+By default it computes what SiReN's official code computes (cw-seo/SiReN-reco:
+``siren.py``, ``util.py``, ``main.py``; docs/baselines.md lists each behaviour): the
+loss form of ``weighted_bpr_pairs`` (c = 2) summed over the batch, deg(j) over every
+train row, dropout 0.5 in the MLP and the attention, xavier-normal tables and MLP
+weights. The earlier reading stays behind ``--neg_form reversed``, ``--degree_rows
+positive`` and ``--reduction mean``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,8 +19,9 @@ from torch import Tensor, nn
 
 from model import LightGCN
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting
-from recommenders.signed import (ViewAttention, negative_graph_header, num_negatives,
-                                 signed_epoch, signed_prepare)
+from recommenders.signed import (ViewAttention, degree_rows, neg_form, negative_graph_header,
+                                 num_negatives, reduce_pairs, reduction, sampler, signed_epoch,
+                                 signed_prepare, weighted_bpr_pairs)
 from runs.config import require
 
 if TYPE_CHECKING:
@@ -30,16 +38,16 @@ class SignAwareGCN(nn.Module):
                  num_layers: int = 4, dropout: float = 0.5):
         super().__init__()
         self.num_users, self.num_items = num_users, num_items
-        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers)
+        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers, init="normal")
         self.neg_embedding = nn.Embedding(num_users + num_items, embedding_dim)
-        nn.init.xavier_uniform_(self.neg_embedding.weight)
+        nn.init.xavier_normal_(self.neg_embedding.weight)
         layers = []
         for _ in range(2):
             layers += [nn.Linear(embedding_dim, embedding_dim), nn.ReLU(), nn.Dropout(dropout)]
         self.mlp = nn.Sequential(*layers)
         for module in self.mlp:
             if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
+                nn.init.xavier_normal_(module.weight)
         self.attention = ViewAttention(embedding_dim, dropout)
 
     def fuse(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
@@ -52,23 +60,34 @@ class SignAwareGCN(nn.Module):
 
 
 def sign_aware_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor,
-                        c_neg: float) -> Tensor:
-    """Sign-aware BPR, mean over rows and sampled items j:
-    -log sigmoid(m s(u,i) - s(u,j)) = softplus(s(u,j) - m s(u,i)), with the observed-score
-    weight m = +1 on positive rows and m = -c_neg on negative-signal rows (c_neg = 1 is
-    sign(r - threshold), SiReN's public code).
+                        c_neg: float, form: str = "code", reduction: str = "sum") -> Tensor:
+    """Sign-aware BPR over the batch's rows and sampled items j (``reduce_pairs``: summed,
+    or averaged with ``reduction="mean"``): -log sigmoid(m s(u,i) - s(u,j)) = softplus(s(u,j)
+    - m s(u,i)) with m = +1 on positive rows and, on a negative-signal row,
+
+    - ``form="code"`` (SiReN's ``siren.py``: -sign(w)/2 + 3/2 of w = r - 3.5): m = c_neg = 2,
+      the disliked item still above the unobserved j, less strongly;
+    - ``form="reversed"`` (the earlier reading of the paper's sign): m = -c_neg.
 
     obs_scores: (B,), neg_scores: (B, n), is_pos: (B,) bool.
     """
+    if form == "code":
+        return reduce_pairs(weighted_bpr_pairs(obs_scores, neg_scores, is_pos, c_neg),
+                            reduction)
     m = torch.where(is_pos, torch.ones_like(obs_scores), torch.full_like(obs_scores, -c_neg))
-    return F.softplus(neg_scores - (m * obs_scores).unsqueeze(1)).mean()
+    return reduce_pairs(F.softplus(neg_scores - (m * obs_scores).unsqueeze(1)), reduction)
 
 
 @dataclass
 class Settings:
     lambda_reg: float = lambda_reg(0.05)
     num_negatives: int = num_negatives(40)
-    c_neg: float = setting(2.0, "a negative row's observed score weighs -c_neg (2)")
+    c_neg: float = setting(2.0, "a negative row's observed score weighs c_neg (2; -c_neg "
+                                "with --neg_form reversed)")
+    neg_form: str = neg_form("-log sigmoid(-c_neg s(u,k) - s(u,j))")
+    degree_rows: str = degree_rows()
+    reduction: str = reduction()
+    sampler: str = sampler()
     dropout: float = setting(0.5, "dropout in the MLP and the attention (0.5)")
 
     def __post_init__(self):
@@ -84,7 +103,8 @@ def build(graphs: Graphs, config: Config) -> nn.Module:
 
 
 def loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, config: Config) -> Tensor:
-    return sign_aware_bpr_loss(obs_scores, neg_scores, is_pos, config.c_neg)
+    return sign_aware_bpr_loss(obs_scores, neg_scores, is_pos, config.c_neg, config.neg_form,
+                               config.reduction)
 
 
 def header(config: Config) -> tuple[list, list]:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 import compare
 import dataloader
 from data import provenance
+from data.protocols import read_protocol
 from data.schema import UserError
 from dataloader import RecData
 from recommenders import MODELS
@@ -101,14 +102,18 @@ def check_before_writing(config: Config, device, shard) -> Checked:
 
     def prepare_data():  # rank 0 first: only it downloads
         splits = [f"train_{config.dataset_augment}", "validation", "test"]
-        dataloader.ensure_split_files(data_dir, config.dataset, splits,
-                                      download=config.download and is_main,
-                                      base_url=config.base_url,
-                                      log=(lambda line: None) if config.quiet else print)
+        if read_protocol(data_dir, config.dataset) is None:  # a protocol folder: checked
+            dataloader.ensure_split_files(data_dir, config.dataset, splits,
+                                          download=config.download and is_main,
+                                          base_url=config.base_url,
+                                          log=(lambda line: None) if config.quiet else print)
         return dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
                                        warn=warnings.append,
                                        allow_overlap=config.allow_split_overlap)
     data = main_rank_first(prepare_data, shard, device)
+    if not data.has_validation and config.compare_to:
+        raise ConfigError("--compare_to compares best-validation runs; this folder has no "
+                          "validation split")
     if config.top_k[-1] > data.num_items:
         raise ConfigError(f"--top_k {config.top_k[-1]}: the dataset has only "
                           f"{data.num_items} items")
@@ -212,7 +217,11 @@ def data_lines(config: Config, data: RecData) -> list[str]:
             f"user: {data.num_users},  item: {data.num_items}",
             f"train interations: {len(trained_on)}",
             f"valid interations: {len(data.validation)}",
-            f"test interations: {len(data.test)}", "done!", RULE]
+            f"test interations: {len(data.test)}",
+            *([f"protocol: {data.protocol['protocol']} split {data.protocol['split']} (no "
+               f"validation split: {config.epochs} epochs, the test metrics every "
+               f"{config.evaluation_step} and at the last)"] if data.protocol else []),
+            "done!", RULE]
 
 
 def evaluate_model(model: torch.nn.Module, graphs: Graphs, exclude, truth,
@@ -236,6 +245,9 @@ class Training:
         self.optimizer = checked.recommender.make_optimizer(self.model, config)
         self.stopper = EarlyStopping(config.early_stopping_step)
         self.epoch, self.train_seconds = 0, 0.0
+        # a protocol folder without validation (data/protocols.py): fixed epochs, the test
+        # metrics logged every --evaluation_step epochs and at the last, no model selection
+        self.fixed_epochs = not checked.data.has_validation
 
     def run(self) -> dict | None:
         self.start()
@@ -288,12 +300,16 @@ class Training:
         train_time = time.perf_counter() - tic
         if not self.is_main:  # rank 0 evaluates, logs and saves; the others follow it
             return
-        results = self.validate(loss) if self.epoch % config.evaluation_step == 0 else None
+        due = self.epoch % config.evaluation_step == 0 or \
+            (self.fixed_epochs and self.epoch == config.epochs)
+        results = (self.test_epoch(loss) if self.fixed_epochs else self.validate(loss)) \
+            if due else None
         epoch_time = time.perf_counter() - tic
         self.train_seconds += epoch_time
         with open(self.run_dir / "epochs.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps({"epoch": self.epoch, "loss": loss, "train_s": train_time,
-                                "epoch_s": epoch_time, "valid": results}) + "\n")
+                                "epoch_s": epoch_time,
+                                "test" if self.fixed_epochs else "valid": results}) + "\n")
             f.flush()
             os.fsync(f.fileno())
             jsonl_bytes = f.tell()
@@ -327,8 +343,48 @@ class Training:
                      f"{self.stopper.patience}")
         return results
 
+    def test_epoch(self, loss: float):
+        """Fixed-epoch mode: the epoch's test metrics (the protocol's codes print them the
+        same way); nothing is selected by them."""
+        results = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user,
+                                 self.graphs.test_by_user, self.config)
+        self.log(f"\nEpoch: {self.epoch:03d}, Loss: {loss:.4f}")
+        self.log("Test (no validation split; nothing is selected on it):")
+        for line in format_metrics(self.config.top_k, results):
+            self.log(line)
+        return results
+
+    def finish_fixed(self) -> dict:
+        """Fixed-epoch mode: the model after the last epoch, tested; metrics.json also holds
+        the test metrics of every evaluated epoch (from epochs.jsonl)."""
+        config, log = self.config, self.log
+        log(f"\nReached --epochs {config.epochs} (no validation split: the final test is the "
+            f"model after the last epoch).")
+        log(f"\nTraining completed in {self.train_seconds} seconds.")
+        test = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user,
+                              self.graphs.test_by_user, config)
+        log("\n" + RULE)
+        log("Final Test Results")
+        for line in format_metrics(config.top_k, test):
+            log(line)
+        log(provenance.final_line(self.checked.inputs))
+        log(RULE)
+        by_epoch = {}
+        with open(self.run_dir / "epochs.jsonl", encoding="utf-8") as f:
+            for line in f:
+                row = json.loads(line)
+                if row.get("test"):
+                    by_epoch[str(row["epoch"])] = self.named(row["test"])
+        metrics = {**self.metrics(test), "best_epoch": self.epoch, "best_validation": {},
+                   "selection": "none: fixed epochs, no validation split",
+                   "test_by_epoch": by_epoch}
+        dump_json(metrics, self.run_dir / "metrics.json")
+        return metrics
+
     def finish(self) -> dict:
         """The best validation block, the test of best.pt, metrics.json."""
+        if self.fixed_epochs:
+            return self.finish_fixed()
         config, stopper, log = self.config, self.stopper, self.log
         if stopper.best_epoch == 0:
             raise TrainingError("no evaluation happened")
@@ -365,10 +421,12 @@ class Training:
             else graphs.seen_by_user
         return evaluate_model(self.model, graphs, exclude, graphs.test_by_user, self.config)
 
+    def named(self, results) -> dict:
+        return {f"{m}@{k}": v for k, r in zip(self.config.top_k, results)
+                for m, v in zip(("precision", "recall", "ndcg"), r)}
+
     def metrics(self, test) -> dict:
-        def named(results):
-            return {f"{m}@{k}": v for k, r in zip(self.config.top_k, results)
-                    for m, v in zip(("precision", "recall", "ndcg"), r)}
+        named = self.named
         return {"dataset": self.config.dataset, "best_epoch": self.stopper.best_epoch,
                 "last_epoch": self.epoch, "early_stopped": self.stopper.should_stop,
                 "best_validation": named(self.stopper.best_metrics), "test": named(test),

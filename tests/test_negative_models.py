@@ -47,40 +47,83 @@ NEG = torch.tensor([[1.0], [0.25], [0.5]])
 IS_POS = torch.tensor([True, False, True])
 
 
-def test_dual_bpr_by_hand():
-    # positives: softplus(s_j - s_i); the negative: softplus(b s_k - s_j) = softplus(3 * 0.5 - 0.25)
-    want = (softplus(1 - 2) + softplus(1.5 - 0.25) + softplus(0.5 + 1)) / 3
-    assert float(dual_bpr_loss(OBS, NEG, IS_POS, b=3.0)) == pytest.approx(want)
+# the positive rows' terms, the same in every form: softplus(s_j - s_i)
+POS_TERMS = softplus(1 - 2) + softplus(0.5 + 1)
 
 
-def test_sign_aware_bpr_by_hand():
-    # softplus(s_j - m s_i): m = 1 on positives, -c_neg = -2 on the negative row
-    want = (softplus(1 - 2) + softplus(0.25 + 2 * 0.5) + softplus(0.5 + 1)) / 3
+def test_code_form_by_hand():
+    # both authors' codes: -log sigmoid(c s(u,k) - s(u,j)) = softplus(s_j - c s_k) on the
+    # negative row, c = 2 (their -sign(w)/2 + 3/2 of w = r - 3.5 < 0), summed over the batch
+    want = POS_TERMS + softplus(0.25 - 2 * 0.5)
+    assert float(dual_bpr_loss(OBS, NEG, IS_POS, b=2.0)) == pytest.approx(want)
     assert float(sign_aware_bpr_loss(OBS, NEG, IS_POS, c_neg=2.0)) == pytest.approx(want)
-    # c_neg = 1: sign(r - threshold) * s_ui, SiReN's public code
-    want_sign = (softplus(1 - 2) + softplus(0.25 + 0.5) + softplus(0.5 + 1)) / 3
-    assert float(sign_aware_bpr_loss(OBS, NEG, IS_POS, c_neg=1.0)) == pytest.approx(want_sign)
+    # c = 3 changes only the negative row's term
+    want3 = POS_TERMS + softplus(0.25 - 3 * 0.5)
+    assert float(dual_bpr_loss(OBS, NEG, IS_POS, b=3.0)) == pytest.approx(want3)
+    # reduction mean: the same terms averaged over the 3 pairs
+    assert float(dual_bpr_loss(OBS, NEG, IS_POS, 2.0, reduction="mean")) == \
+        pytest.approx(want / 3)
 
 
-def test_losses_average_over_sampled_items():
+def test_code_form_matches_the_authors_expression():
+    # the authors' forward(): -sum(logsigmoid((-sign(w)/2 + 3/2) * s_ui - s_uj).sum(1)),
+    # w = rating - 3.5, written out with their ratings (5, 2, 4 -> w = 1.5, -1.5, 0.5)
+    w = torch.tensor([1.5, -1.5, 0.5], dtype=torch.float64)
+    obs, neg = OBS.double(), torch.tensor([[1.0, -0.3], [0.25, 2.0], [0.5, 0.1]],
+                                          dtype=torch.float64)
+    theirs = -torch.nn.functional.logsigmoid(
+        (-0.5 * torch.sign(w) + 1.5).view(-1, 1) * obs.view(-1, 1) - neg).sum(1).sum()
+    for ours in (dual_bpr_loss(obs, neg, w > 0, 2.0),
+                 sign_aware_bpr_loss(obs, neg, w > 0, 2.0)):
+        torch.testing.assert_close(ours, theirs, rtol=1e-15, atol=0)
+
+
+def test_reversed_forms_by_hand():
+    # pngnn reversed (the report's Eq. 10 read literally): softplus(b s_k - s_j), mean
+    want = (POS_TERMS + softplus(3 * 0.5 - 0.25)) / 3
+    assert float(dual_bpr_loss(OBS, NEG, IS_POS, 3.0, "reversed", "mean")) == \
+        pytest.approx(want)
+    # siren reversed: softplus(s_j - m s_i), m = -c_neg on the negative row
+    want = (POS_TERMS + softplus(0.25 + 2 * 0.5)) / 3
+    assert float(sign_aware_bpr_loss(OBS, NEG, IS_POS, 2.0, "reversed", "mean")) == \
+        pytest.approx(want)
+    assert float(sign_aware_bpr_loss(OBS, NEG, IS_POS, 2.0, "reversed", "sum")) == \
+        pytest.approx(3 * want)
+
+
+def test_losses_sum_or_average_over_sampled_items():
     neg = torch.tensor([[1.0, 3.0]])  # one positive row with two sampled items
-    want = (softplus(1 - 2) + softplus(3 - 2)) / 2
-    assert float(dual_bpr_loss(OBS[:1], neg, IS_POS[:1], 2.0)) == pytest.approx(want)
-    assert float(sign_aware_bpr_loss(OBS[:1], neg, IS_POS[:1], 2.0)) == pytest.approx(want)
+    total = softplus(1 - 2) + softplus(3 - 2)
+    for loss in (dual_bpr_loss, sign_aware_bpr_loss):
+        assert float(loss(OBS[:1], neg, IS_POS[:1], 2.0)) == pytest.approx(total)
+        assert float(loss(OBS[:1], neg, IS_POS[:1], 2.0, "reversed", "mean")) == \
+            pytest.approx(total / 2)
+
+
+def test_pruning_keeps_the_rows_by_their_summed_loss():
+    # rows' summed losses: row 0 softplus(-1), row 1 softplus(0.25 - 1), row 2 softplus(1.5)
+    rows = [softplus(-1.0), softplus(0.25 - 1.0), softplus(1.5)]
+    got = dual_bpr_loss(OBS, NEG, IS_POS, 2.0, prune=(0.5, "high_loss"))  # keeps 1 row
+    assert float(got) == pytest.approx(max(rows))
+    got = dual_bpr_loss(OBS, NEG, IS_POS, 2.0, "code", "mean", prune=(0.5, "low_loss"))
+    assert float(got) == pytest.approx(min(rows))
 
 
 def test_pairwise_l2_by_hand():
     u, i = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     j = torch.tensor([[[1.0, 1.0], [3.0, 0.0]]])  # (B=1, n=2, d=2)
-    # 0.1 * (1 + 4 + 2 + 9) / (1 * 2)
-    assert float(pairwise_l2(u, i, j, 0.1)) == pytest.approx(0.8)
+    # the authors' reg * (|u|^2 + |i|^2 + sum_j |j|^2) = 0.1 * (1 + 4 + 2 + 9); mean: / (1 * 2)
+    assert float(pairwise_l2(u, i, j, 0.1)) == pytest.approx(1.6)
+    assert float(pairwise_l2(u, i, j, 0.1, "mean")) == pytest.approx(0.8)
 
 
 def test_counted_pairwise_l2_by_hand_and_against_the_gather():
     u, i = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]])
     table = torch.tensor([[1.0, 1.0], [3.0, 0.0], [5.0, 5.0]])  # row 2 is never drawn
-    assert float(pairwise_l2_counted(u, i, table, torch.tensor([[0, 1]]), 0.1)) == \
+    assert float(pairwise_l2_counted(u, i, table, torch.tensor([[0, 1]]), 0.1, "mean")) == \
         pytest.approx(0.8)
+    assert float(pairwise_l2_counted(u, i, table, torch.tensor([[0, 1]]), 0.1)) == \
+        pytest.approx(1.6)
     # random, with repeated draws: the same value and gradients as pairwise_l2 of the copy
     g = torch.Generator().manual_seed(4)
     u, i = (torch.randn(6, 3, dtype=torch.float64, generator=g) for _ in range(2))
@@ -103,23 +146,27 @@ def _plain_signed_loss(model, graphs, users, items, is_pos, negatives, config):
     e_users, e_items = model(graphs.norm_adj)
     u, i, j = e_users[users], e_items[items], e_items[negatives]
     obs, neg = (u * i).sum(1), torch.einsum("bd,bnd->bn", u, j)
-    loss = dual_bpr_loss(obs, neg, is_pos, config.b) if config.model == "pngnn" \
-        else sign_aware_bpr_loss(obs, neg, is_pos, config.c_neg)
-    return loss + pairwise_l2(u, i, j, config.lambda_reg)
+    loss = dual_bpr_loss(obs, neg, is_pos, config.b, config.neg_form, config.reduction) \
+        if config.model == "pngnn" else \
+        sign_aware_bpr_loss(obs, neg, is_pos, config.c_neg, config.neg_form, config.reduction)
+    return loss + pairwise_l2(u, i, j, config.lambda_reg, config.reduction)
 
 
+@pytest.mark.parametrize("form", ["code", "reversed"])
 @pytest.mark.parametrize("which", ["pngnn", "siren"])
-def test_signed_step_equals_the_plain_step(which):
+def test_signed_step_equals_the_plain_step(which, form):
     torch.manual_seed(0)
     U, I = 11, 13
     pos_adj, neg_adj = _random_adj(U, I, 40, 1).double(), _random_adj(U, I, 15, 2).double()
     if which == "pngnn":
         model = pngnn.WithNegativeGraph(
-            PositiveNegativeGCN(U, I, embedding_dim=8, num_layers=2).double(), neg_adj)
+            PositiveNegativeGCN(U, I, embedding_dim=8, num_layers=2, dropout=0.5,
+                                neg_input="positive").double(), neg_adj)
     else:
         model = SignAwareGCN(U, I, embedding_dim=8, num_layers=2, dropout=0.3).double()
     own = {"b": 2.0} if which == "pngnn" else {"c_neg": 2.0}
-    config = make_config(model=which, lambda_reg=0.05, **own)
+    config = make_config(model=which, lambda_reg=0.05, neg_form=form,
+                         reduction="sum" if form == "code" else "mean", **own)
     loss_fn = pngnn.loss if which == "pngnn" else siren.loss
     graphs = SimpleNamespace(norm_adj=pos_adj)
     users, items = torch.randint(0, U, (20,)), torch.randint(0, I, (20,))
@@ -128,7 +175,7 @@ def test_signed_step_equals_the_plain_step(which):
     fast_step = lambda *a: signed.signed_batch_loss(*a, loss_fn)  # noqa: E731
     for step in (fast_step, _plain_signed_loss):
         model.zero_grad()
-        torch.manual_seed(1)  # the same dropout mask for SiReN's MLP branch
+        torch.manual_seed(1)  # the same dropout masks in both steps
         loss = step(model, graphs, users, items, is_pos, negatives, config)
         loss.backward()
         results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
@@ -178,13 +225,71 @@ def _within(freq, expected, n, sigmas=4.5):
     return bool(((freq - expected).abs() <= sigmas * (expected * (1 - expected) / n).sqrt()).all())
 
 
-def test_degree_weights_count_positive_rows_only():
-    graphs = SimpleNamespace(train=dataloader.Interactions(torch.tensor([0, 1, 1, 0]),
-                                                           torch.tensor([0, 0, 2, 2])),
-                             is_pos=torch.tensor([True, True, True, False]), num_items=4)
-    # item 0: 2 positive rows, item 2: 1 (its row of user 0 is negative), items 1, 3: none
-    assert signed.degree_weights(graphs).tolist() == pytest.approx(
+def test_degree_weights_count_every_train_row_or_positive_rows():
+    train = dataloader.Interactions(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 0, 2, 2]))
+    neutral = (torch.tensor([1]), torch.tensor([1]))  # a 2/3 row of user 1 with item 1
+    seen = RowIndex.build(torch.cat([train.users, neutral[0]]),
+                          torch.cat([train.items, neutral[1]]), 2)
+    graphs = SimpleNamespace(train=train, is_pos=torch.tensor([True, True, True, False]),
+                             seen_by_user=seen, num_items=4)
+    # all (the authors' deg_dist): item 0 two rows, item 1 one (neutral), item 2 two
+    # (one positive, one negative), item 3 none
+    assert signed.degree_weights(graphs, "all").tolist() == pytest.approx(
+        [2 ** 0.75, 1.0, 2 ** 0.75, 0.0])
+    # positive: item 0 two positive rows, item 2 one, items 1, 3 none
+    assert signed.degree_weights(graphs, "positive").tolist() == pytest.approx(
         [2 ** 0.75, 0.0, 1.0, 0.0])
+
+
+def test_every_item_with_a_train_row_can_be_drawn():
+    # item 2 has only a negative row (of user 0): with deg over every row user 1 can draw it
+    train = dataloader.Interactions(torch.tensor([0, 1, 0]), torch.tensor([0, 1, 2]))
+    seen = RowIndex.build(train.users, train.items, 2)
+    graphs = SimpleNamespace(train=train, is_pos=torch.tensor([True, True, False]),
+                             seen_by_user=seen, num_items=3)
+    weights = signed.degree_weights(graphs, "all")
+    assert (weights > 0).all()
+    torch.manual_seed(0)
+    draws = signed.DegreeSampler(weights, seen)(torch.tensor([1] * 50), 40)
+    assert set(draws.flatten().tolist()) == {0, 2}
+    assert signed.degree_weights(graphs, "positive")[2] == 0  # the earlier reading: never
+
+
+@pytest.mark.parametrize("how", ["cdf", "rejection"])
+def test_degree_sampler_follows_deg_to_the_three_quarters(how):
+    """A chi-square-free check per cell: each item's frequency within 4.5 binomial standard
+    deviations of P_u(j) (false alarm < 1e-4 over the 12 cells); deg^1 must fail it."""
+    deg = torch.tensor([4.0, 1.0, 0.0, 9.0, 2.0, 16.0])
+    weights = deg.pow(0.75)
+    # user 0 has train-file rows with items 3 and 4 (most of the weight); user 1 with none
+    seen = RowIndex.build(torch.tensor([0, 0]), torch.tensor([3, 4]), 2)
+    torch.manual_seed(0)
+    n = 100_000
+    users = torch.tensor([0, 1])
+    draws = signed.degree_negatives(users, weights, seen, n) if how == "cdf" \
+        else signed.DegreeSampler(weights, seen)(users, n)  # (2, n)
+    assert not torch.isin(draws[0], torch.tensor([2, 3, 4])).any()  # seen or degree 0
+    assert not (draws[1] == 2).any()
+    for user, allowed in ((0, torch.tensor([1.0, 1, 0, 0, 0, 1])), (1, torch.ones(6))):
+        freq = torch.bincount(draws[user], minlength=6).double() / n
+        p = (weights * allowed).double()
+        assert _within(freq, p / p.sum(), n), (user, freq)
+        wrong = (deg * allowed).double()  # deg^1: the test must be able to tell
+        assert not _within(freq, wrong / wrong.sum(), n)
+
+
+def test_rejection_sampler_falls_back_exactly_when_rejections_persist():
+    # user 0 has seen items holding 99.99 % of the weight: most draws exhaust max_rounds
+    # and come from the per-user CDF; the result is still exactly P_u
+    weights = torch.tensor([10000.0, 0.5, 0.5])
+    seen = RowIndex.build(torch.tensor([0]), torch.tensor([0]), 1)
+    sampler = signed.DegreeSampler(weights, seen, max_rounds=2)
+    torch.manual_seed(1)
+    n = 20_000
+    draws = sampler(torch.tensor([0]), n)[0]
+    assert not (draws == 0).any()
+    freq = torch.bincount(draws, minlength=3).double() / n
+    assert _within(freq, torch.tensor([0.0, 0.5, 0.5], dtype=torch.float64), n)
 
 
 def test_degree_sampler_follows_deg_to_the_three_quarters():
