@@ -20,6 +20,7 @@ from dataclasses import fields
 
 from recommenders import (hnlmrec, lightgcn, mixgcf, pngnn, refine, refine_plus, semantic_neg,
                           siren)
+from data.registry import protocol_of
 from recommenders.base import Recommender, general_defaults
 from runs.config import GENERAL_FIELDS, Config, ConfigError
 from runs.seeds import resolve_seeds
@@ -55,6 +56,9 @@ def make_config(strict: bool = True, **flat) -> Config:
                           f"not of --model {model}")
     given = {k: v for k, v in flat.items() if v is not None or k in own}
     values = {**general_defaults(dataset), **recommender.defaults(dataset), **given}
+    if "evaluation_step" not in given and "epochs" in given and protocol_of(dataset):
+        # a protocol folder tests at the last epoch anyway: a short run needs no step flag
+        values["evaluation_step"] = min(values["evaluation_step"], given["epochs"])
     try:
         seeds = resolve_seeds(values.get("seeds"), values.get("num_seeds"),
                               values.get("random_seed", Config.random_seed))

@@ -7,8 +7,11 @@ the raw RecBole files (default: ``raw/`` beside the split folder) and
 """
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,26 @@ def build_tiny_llama(folder: Path, corpus: list[str], hidden_size: int, vocab_si
         max_position_embeddings=2048, bos_token_id=0, eos_token_id=1,
         pad_token_id=2)).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def serve():
+    """Start a quiet HTTP server on 127.0.0.1 for a folder; returns its base URL."""
+    servers = []
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    def start(directory: Path) -> str:
+        handler = functools.partial(Quiet, directory=str(directory))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

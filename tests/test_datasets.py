@@ -7,10 +7,7 @@ it skip when it is absent. Downloads only ever contact 127.0.0.1.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import threading
 import zipfile
 from dataclasses import replace
 from pathlib import Path
@@ -36,29 +33,6 @@ HEADER = "user_id:token,item_id:token,rating:float"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-@pytest.fixture
-def serve():
-    """Start a quiet HTTP server on 127.0.0.1 for a folder; returns its base URL."""
-    servers = []
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    def start(directory: Path) -> str:
-        handler = functools.partial(Quiet, directory=str(directory))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_address[1]}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
 
 def closed_port_url() -> str:
     """A loopback URL nobody listens on (bind, read the port, close)."""

@@ -500,3 +500,41 @@ def test_two_epochs_on_ml100k(model, extra, tmp_path, monkeypatch):
         assert log["hparams"]["negative_graph"] == "rating <= 1"
     else:  # the cache went to <result_dir>/text_cache
         assert len(list((result / "text_cache").glob("item_text_fake_*.npz"))) == 1
+
+
+def test_rejection_sampler_bitmap_and_search_give_the_same_draws(monkeypatch):
+    gen = torch.Generator().manual_seed(3)
+    U, I = 40, 30
+    pairs = torch.randperm(U * I, generator=gen)[:500]
+    seen = RowIndex.build(pairs // I, pairs % I, U)
+    weights = torch.rand(I, generator=gen) + 0.01
+    users = torch.randint(0, U, (64,), generator=gen)
+    draws = []
+    for bitmap_max in (signed.BITMAP_MAX, 0):  # U x I flags, then the sorted-key search
+        monkeypatch.setattr(signed, "BITMAP_MAX", bitmap_max)
+        sampler = signed.DegreeSampler(weights, seen)
+        assert (sampler.bitmap is None) == (bitmap_max == 0)
+        draws.append(sampler(users, 20, torch.Generator().manual_seed(9)))
+    assert torch.equal(draws[0], draws[1])
+    flags = torch.zeros(U, I, dtype=torch.bool)
+    flags[pairs // I, pairs % I] = True
+    assert not flags[users.unsqueeze(1), draws[0]].any()  # never an item the user has
+
+
+def test_pngnn_negative_view_propagates_the_positive_table():
+    """The authors' get_embedding: z_n = mean(E2, A_n E1, A_n^2 E1) (E2 only as layer 0);
+    --neg_graph_input own: mean(E2, A_n E2, A_n^2 E2). Dense products by hand."""
+    torch.manual_seed(0)
+    U, I = 5, 6
+    pos_adj, neg_adj = _random_adj(U, I, 12, 1), _random_adj(U, I, 8, 2)
+    dense = neg_adj.to_dense()
+    for neg_input in ("positive", "own"):
+        model = PositiveNegativeGCN(U, I, embedding_dim=4, num_layers=2, neg_input=neg_input)
+        e1, e2 = model.pos_gcn.embedding.weight, model.neg_gcn.embedding.weight
+        source = e1 if neg_input == "positive" else e2
+        want = (e2 + dense @ source + dense @ (dense @ source)) / 3
+        source_arg = e1 if neg_input == "positive" else None
+        torch.testing.assert_close(model.neg_gcn(neg_adj, source_arg), want)
+        views = [model.pos_gcn(pos_adj), want]
+        fused, alpha = model.eval().fuse(pos_adj, neg_adj)
+        torch.testing.assert_close(fused, alpha[:, :1] * views[0] + alpha[:, 1:] * views[1])
