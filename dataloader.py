@@ -89,8 +89,8 @@ def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str
         raise DataError(f"--dataset_augment must be augment or original, got {dataset_augment!r}")
     spec = protocols.read_protocol(data_dir, dataset)
     if spec is not None:
-        return _read_protocol_splits(data_dir, dataset, dataset_augment, spec, warn,
-                                     allow_overlap)
+        return protocols.read_protocol_splits(data_dir, dataset, dataset_augment, spec, warn,
+                                              allow_overlap)
     paths = {role: split_path(data_dir, dataset, role)
              for role in (f"train_{dataset_augment}", "validation", "test")}
     frames = {role: read_split(path, is_train=role.startswith("train"), warn=warn)
@@ -106,32 +106,6 @@ def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str
     checks.check_overlap([(paths[r].name, frames[r]) for r in paths], allow=allow_overlap,
                          warn=warn)
     return train_df, frames["validation"], frames["test"], files
-
-
-def _read_protocol_splits(data_dir, dataset: str, dataset_augment: str, spec: dict, warn,
-                          allow_overlap: bool):
-    """A protocol folder's train and test (no validation: an empty frame), checked against
-    protocol.json; the test pairs its LLM edges put into train are the recorded ones."""
-    if dataset_augment != "original":
-        raise DataError(f"{dataset} is a {spec['protocol']} folder: it has train_original only "
-                        f"(use --dataset_augment original)")
-    protocols.check_protocol_files(data_dir, dataset, spec)
-    paths = {role: split_path(data_dir, dataset, role) for role in ("train_original", "test")}
-    train = read_split(paths["train_original"], is_train=True, warn=warn)
-    test = read_split(paths["test"], is_train=False, warn=warn)
-    allowed = int(spec.get("allowed_test_overlap", 0))
-    keys = lambda df: df[USER_COL].astype(str) + "\x1f" + df[ITEM_COL].astype(str)  # noqa
-    overlap = int(keys(test).isin(keys(train)).sum())
-    if overlap != allowed and not allow_overlap:
-        checks.check_overlap([(p.name, df) for p, df in ((paths["train_original"], train),
-                                                         (paths["test"], test))], warn=warn)
-    if overlap:
-        warn(f"warning: {overlap} test pair(s) are also train rows ({protocols.PROTOCOL_FILE}: "
-             f"the LLM edges the authors added to train name them; masked at evaluation)")
-    empty = test.iloc[0:0]
-    files = [("train_original", paths["train_original"]), ("validation", None),
-             ("test", paths["test"]), ("protocol", protocols.protocol_path(data_dir, dataset))]
-    return train, empty, test, files
 
 
 def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",

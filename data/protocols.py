@@ -35,7 +35,8 @@ import pandas as pd
 from data.provenance import file_sha1, git_blob_sha1
 from data.registry import PROTOCOLS, RandomSplitProtocol
 from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError
-from data.splits import split_path
+from data import checks
+from data.splits import read_split, split_path
 from runs.files import atomic_write, atomic_write_text
 
 PROTOCOL_FILE = "protocol.json"
@@ -73,6 +74,32 @@ def check_protocol_files(data_dir, dataset: str, spec: dict) -> None:
             raise DataError(f"{path} is not the file {PROTOCOL_FILE} records (git blob "
                             f"{blob[:12]}): it changed after preparing; prepare the folder "
                             f"again (--overwrite)")
+
+
+def read_protocol_splits(data_dir, dataset: str, dataset_augment: str, spec: dict, warn,
+                          allow_overlap: bool):
+    """A protocol folder's train and test (no validation: an empty frame), checked against
+    protocol.json; the test pairs its LLM edges put into train are the recorded ones."""
+    if dataset_augment != "original":
+        raise DataError(f"{dataset} is a {spec['protocol']} folder: it has train_original only "
+                        f"(use --dataset_augment original)")
+    check_protocol_files(data_dir, dataset, spec)
+    paths = {role: split_path(data_dir, dataset, role) for role in ("train_original", "test")}
+    train = read_split(paths["train_original"], is_train=True, warn=warn)
+    test = read_split(paths["test"], is_train=False, warn=warn)
+    allowed = int(spec.get("allowed_test_overlap", 0))
+    keys = lambda df: df[USER_COL].astype(str) + "\x1f" + df[ITEM_COL].astype(str)  # noqa
+    overlap = int(keys(test).isin(keys(train)).sum())
+    if overlap != allowed and not allow_overlap:
+        checks.check_overlap([(p.name, df) for p, df in ((paths["train_original"], train),
+                                                         (paths["test"], test))], warn=warn)
+    if overlap:
+        warn(f"warning: {overlap} test pair(s) are also train rows ({PROTOCOL_FILE}: "
+             f"the LLM edges the authors added to train name them; masked at evaluation)")
+    empty = test.iloc[0:0]
+    files = [("train_original", paths["train_original"]), ("validation", None),
+             ("test", paths["test"]), ("protocol", protocol_path(data_dir, dataset))]
+    return train, empty, test, files
 
 
 def folder_name(protocol: RandomSplitProtocol, split: int, with_edges: bool) -> str:

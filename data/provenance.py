@@ -105,6 +105,9 @@ def final_line(records: list[FileRecord]) -> str:
                 + " — these numbers are not comparable with the published ones")
     if any(r.published for r in records):
         return "inputs: the published files (git blob SHA-1 verified)"
+    if any(r.role == "protocol" for r in records):
+        return ("inputs: a protocol folder made by python dataloader.py prepare --protocol "
+                "(protocol.json names its published sources and their git blobs)")
     return "inputs: files of an unpublished dataset (see the input lines of the header)"
 
 

@@ -13,6 +13,7 @@ a finished epoch is continued with ``--resume`` and never overwritten.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import secrets
 import shutil
@@ -150,3 +151,15 @@ def remove_temps(run_dir: Path) -> None:
     for p in run_dir.iterdir():
         if is_temp(p) and p.is_file():
             p.unlink()
+
+
+def logged_epochs(run_dir: Path, key: str) -> list[tuple[int, list]]:
+    """(epoch, results) of every epoch whose epochs.jsonl line holds ``key`` ("valid", or
+    "test" in a fixed-epoch run), in order."""
+    out = []
+    with open(Path(run_dir) / "epochs.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            if row.get(key):
+                out.append((row["epoch"], row[key]))
+    return out

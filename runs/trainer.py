@@ -29,6 +29,7 @@ from dataloader import RecData
 from recommenders import MODELS
 from recommenders.base import Graphs, Recommender, TrainingError, build_graphs
 from runs import distributed, run_folder
+from runs.log_header import data_lines, header_lines
 from runs.resume import (BEST_NEXT, check_resumed_inputs, load_resume_state,
                          rewind_to_checkpoint)
 from runs.config import Config, ConfigError
@@ -190,40 +191,6 @@ def train_in_folder(config: Config, device, shard, checked: Checked) -> dict | N
 
 # ---------------------------------------------------------------------- the run itself
 
-def header_lines(config: Config, device, inputs: list[provenance.FileRecord]) -> list[str]:
-    """The reference's hyper-parameter block (same names, same order), then ours (the
-    model's own from its file), then one line per input file."""
-    extra_reference, ours = MODELS[config.model].header(config)
-    reference = [("ramdom_seed", config.random_seed), ("gpu_id", config.gpu_id),
-                 ("dataset", config.dataset), ("dataset_augment", config.dataset_augment),
-                 ("batch_size", config.batch_size), ("test_batch_size", config.test_batch_size),
-                 ("embedding_dim", config.embedding_dim), ("layers", config.layers),
-                 ("learning_rate", config.learning_rate),
-                 ("evaluation_step", config.evaluation_step),
-                 ("early_stopping_step", config.early_stopping_step),
-                 ("top_k", list(config.top_k)), ("epochs", config.epochs),
-                 *extra_reference, ("path_name", config.path_name)]
-    ours = [*ours, ("mask_valid_in_test", config.mask_valid_in_test), ("device", device),
-            ("threads", torch.get_num_threads())]
-    if config.allow_split_overlap:
-        ours.append(("allow_split_overlap", True))
-    return [RULE, *(f"{k}: {v}" for k, v in reference + ours),
-            *(r.header_line() for r in inputs), RULE, ""]
-
-
-def data_lines(config: Config, data: RecData) -> list[str]:
-    trained_on = data.positives if MODELS[config.model].positives_graph else data.train
-    return [RULE, "data loading...", f"train set: train_{config.dataset_augment}",
-            f"user: {data.num_users},  item: {data.num_items}",
-            f"train interations: {len(trained_on)}",
-            f"valid interations: {len(data.validation)}",
-            f"test interations: {len(data.test)}",
-            *([f"protocol: {data.protocol['protocol']} split {data.protocol['split']} (no "
-               f"validation split: {config.epochs} epochs, the test metrics every "
-               f"{config.evaluation_step} and at the last)"] if data.protocol else []),
-            "done!", RULE]
-
-
 def evaluate_model(model: torch.nn.Module, graphs: Graphs, exclude, truth,
                    config: Config) -> list[tuple[float, float, float]]:
     """(P, R, NDCG) at every k of the current model on one split (docs/method.md)."""
@@ -326,12 +293,19 @@ class Training:
             fault_point("best_rename", self.epoch)  # tests: last.pt written, best.pt not yet
             os.replace(self.run_dir / BEST_NEXT, self.run_dir / "best.pt")
 
-    def validate(self, loss: float):
-        results = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user,
-                                 self.graphs.valid_by_user, self.config)
+    def evaluate_logged(self, loss: float, truth, note: str | None = None):
+        """The epoch's block of the log: loss, then the metrics against ``truth``."""
+        results = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user, truth,
+                                 self.config)
         self.log(f"\nEpoch: {self.epoch:03d}, Loss: {loss:.4f}")
+        if note:
+            self.log(note)
         for line in format_metrics(self.config.top_k, results):
             self.log(line)
+        return results
+
+    def validate(self, loss: float):
+        results = self.evaluate_logged(loss, self.graphs.valid_by_user)
         top_k = self.config.top_k
         at = top_k.index(20) if 20 in top_k else len(top_k) - 1  # early stopping: Recall@20
         if self.stopper.step(self.epoch, results[at][1], results):
@@ -346,35 +320,28 @@ class Training:
     def test_epoch(self, loss: float):
         """Fixed-epoch mode: the epoch's test metrics (the protocol's codes print them the
         same way); nothing is selected by them."""
-        results = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user,
-                                 self.graphs.test_by_user, self.config)
-        self.log(f"\nEpoch: {self.epoch:03d}, Loss: {loss:.4f}")
-        self.log("Test (no validation split; nothing is selected on it):")
-        for line in format_metrics(self.config.top_k, results):
+        return self.evaluate_logged(loss, self.graphs.test_by_user,
+                                    "Test (no validation split; nothing is selected on it):")
+
+    def log_final(self, test) -> None:
+        self.log(f"\nTraining completed in {self.train_seconds} seconds.")
+        self.log("\n" + RULE)
+        self.log("Final Test Results")
+        for line in format_metrics(self.config.top_k, test):
             self.log(line)
-        return results
+        self.log(provenance.final_line(self.checked.inputs))
+        self.log(RULE)
 
     def finish_fixed(self) -> dict:
         """Fixed-epoch mode: the model after the last epoch, tested; metrics.json also holds
         the test metrics of every evaluated epoch (from epochs.jsonl)."""
-        config, log = self.config, self.log
-        log(f"\nReached --epochs {config.epochs} (no validation split: the final test is the "
-            f"model after the last epoch).")
-        log(f"\nTraining completed in {self.train_seconds} seconds.")
+        self.log(f"\nReached --epochs {self.config.epochs} (no validation split: the final "
+                 f"test is the model after the last epoch).")
         test = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user,
-                              self.graphs.test_by_user, config)
-        log("\n" + RULE)
-        log("Final Test Results")
-        for line in format_metrics(config.top_k, test):
-            log(line)
-        log(provenance.final_line(self.checked.inputs))
-        log(RULE)
-        by_epoch = {}
-        with open(self.run_dir / "epochs.jsonl", encoding="utf-8") as f:
-            for line in f:
-                row = json.loads(line)
-                if row.get("test"):
-                    by_epoch[str(row["epoch"])] = self.named(row["test"])
+                              self.graphs.test_by_user, self.config)
+        self.log_final(test)
+        by_epoch = {str(epoch): self.named(results) for epoch, results
+                    in run_folder.logged_epochs(self.run_dir, "test")}
         metrics = {**self.metrics(test), "best_epoch": self.epoch, "best_validation": {},
                    "selection": "none: fixed epochs, no validation split",
                    "test_by_epoch": by_epoch}
@@ -395,14 +362,8 @@ class Training:
                 f"{stopper.best_epoch}. Best Validation Results:")
         for line in format_metrics(config.top_k, stopper.best_metrics):
             log(line)
-        log(f"\nTraining completed in {self.train_seconds} seconds.")
         test = self.test_best()
-        log("\n" + RULE)
-        log("Final Test Results")
-        for line in format_metrics(config.top_k, test):
-            log(line)
-        log(provenance.final_line(self.checked.inputs))
-        log(RULE)
+        self.log_final(test)
         metrics = self.metrics(test)
         dump_json(metrics, self.run_dir / "metrics.json")
         if config.compare_to:

@@ -262,13 +262,19 @@ def test_dual_bpr_pruning_ranks_rows_by_their_mean_loss():
     obs = torch.tensor([1.0, 0.0, 2.0])
     neg = torch.tensor([[0.0, 3.0], [1.0, 1.0], [0.5, 0.5]])
     is_pos = torch.tensor([True, False, True])
+    # the earlier reading (reversed, averaged): a row's loss is its mean over j
     rows = F.softplus(torch.stack([neg[0] - 1.0, 2.0 * 0.0 - neg[1], neg[2] - 2.0])).mean(1)
-    assert torch.allclose(dual_bpr_loss(obs, neg, is_pos, 2.0),
-                          rows.mean())  # off: every (row, j) term
+    loss = lambda prune: dual_bpr_loss(obs, neg, is_pos, 2.0, "reversed", "mean",  # noqa
+                                       prune=prune)
+    assert torch.allclose(loss((0.0, "high_loss")), rows.mean())  # off: every (row, j) term
     kept = int((1 - 0.4) * 3)  # 1
     assert kept == 1
-    assert torch.allclose(dual_bpr_loss(obs, neg, is_pos, 2.0, (0.4, "high_loss")), rows.max())
-    assert torch.allclose(dual_bpr_loss(obs, neg, is_pos, 2.0, (0.4, "low_loss")), rows.min())
+    assert torch.allclose(loss((0.4, "high_loss")), rows.max())
+    assert torch.allclose(loss((0.4, "low_loss")), rows.min())
+    # the authors' form, summed: a row's loss is its sum over j, the kept rows summed
+    code_rows = F.softplus(torch.stack([neg[0] - 1.0, neg[1] - 2.0 * 0.0, neg[2] - 2.0])).sum(1)
+    assert torch.allclose(dual_bpr_loss(obs, neg, is_pos, 2.0, prune=(0.4, "high_loss")),
+                          code_rows.max())
 
 
 def test_pruning_reaches_the_lightgcn_loss_and_the_log(tmp_path, monkeypatch):

@@ -203,6 +203,7 @@ def test_fixed_epochs_log_test_and_resume_exactly(tmp_path, toy_protocol, monkey
     assert metrics["best_validation"] == {} and not (straight / "best.pt").exists()
     log = (straight / "train.log").read_text()
     assert "protocol: toy_random_split split 1" in log and "Best Validation" not in log
+    assert "inputs: a protocol folder made by" in log
     _interrupt_second_epoch(monkeypatch, model)
     assert run_main(args, tmp_path, "split")[0] == 130
     monkeypatch.undo()
