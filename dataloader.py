@@ -108,6 +108,35 @@ def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str
     return train_df, frames["validation"], frames["test"], files
 
 
+def _eval_rows(path: Path | None, df: pd.DataFrame, user_index: pd.Index,
+               item_index: pd.Index, spec: dict | None, warn) -> Interactions:
+    """A validation/test split's ground-truth rows (rating >= 4) in index space; rows of
+    users/items outside the index dropped with a counted warning. ``path`` None: a protocol
+    folder's missing validation split (no rows)."""
+    if path is None:
+        return Interactions(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    user_ids, item_ids = user_index.to_numpy(), item_index.to_numpy()
+    low = df[RATING_COL] < 4
+    kept = df[~low]
+    users, items = _encode(kept, user_index, item_index)
+    seen = (users >= 0) & (items >= 0)
+    if not seen.any():
+        raise DataError(checks.why_empty(path, df, user_ids, item_ids))
+    if low.any() and spec is not None:
+        warn(f"{path.name}: {int(low.sum())} row(s) rated below 4 are not ground truth "
+             f"(threshold {spec['threshold']})")
+    elif low.any():
+        warn(f"warning: {path.name}: dropped {int(low.sum())} row(s) with rating < 4")
+    if not seen.all():
+        clash = checks.id_format_clash(path, kept[~seen], user_ids, item_ids)
+        if clash:  # not unseen users/items: the same ones written another way
+            raise DataError(clash)
+        warn(f"warning: {path.name}: dropped {int((~seen).sum())} row(s) whose user or item "
+             f"is not in the training data")
+    return Interactions(torch.as_tensor(users[seen], dtype=torch.long),
+                        torch.as_tensor(items[seen], dtype=torch.long))
+
+
 def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
                  warn=print, allow_overlap: bool = False) -> RecData:
     """Load the split files of ``dataset`` (``read_checked_splits``) and encode them
@@ -140,28 +169,8 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
         warn(f"warning: {int((~known).sum())} neutral training row(s) of users/items absent "
              f"from T ignored")
 
-    def eval_split(path: Path, df: pd.DataFrame) -> Interactions:
-        low = df[RATING_COL] < 4
-        kept = df[~low]
-        users, items = _encode(kept, user_index, item_index)
-        seen = (users >= 0) & (items >= 0)
-        if path is None:  # a protocol folder has no validation split
-            return Interactions(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-        if not seen.any():
-            raise DataError(checks.why_empty(path, df, user_ids, item_ids))
-        if low.any() and spec is not None:
-            warn(f"{path.name}: {int(low.sum())} row(s) rated below 4 are not ground truth "
-                 f"(threshold {spec['threshold']})")
-        elif low.any():
-            warn(f"warning: {path.name}: dropped {int(low.sum())} row(s) with rating < 4")
-        if not seen.all():
-            clash = checks.id_format_clash(path, kept[~seen], user_ids, item_ids)
-            if clash:  # not unseen users/items: the same ones written another way
-                raise DataError(clash)
-            warn(f"warning: {path.name}: dropped {int((~seen).sum())} row(s) whose user or item "
-                 f"is not in the training data")
-        return Interactions(torch.as_tensor(users[seen], dtype=torch.long),
-                            torch.as_tensor(items[seen], dtype=torch.long))
+    def eval_split(path: Path | None, df: pd.DataFrame) -> Interactions:
+        return _eval_rows(path, df, user_index, item_index, spec, warn)
 
     return RecData(
         dataset=dataset, num_users=len(user_ids), num_items=len(item_ids),

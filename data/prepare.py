@@ -122,6 +122,8 @@ def read_raw_ratings(path: Path) -> pd.DataFrame:
         raise DataError(f"missing raw file {path}: python dataloader.py download --dataset "
                         f"ML-1M --raw, or place it there")
     df = _read_inter(Path(path), 0, 0, log=lambda line: None)
+    if (pd.to_numeric(df[RATING_COL], errors="coerce") % 1 != 0).any():
+        raise DataError(f"{path}: ratings must be whole numbers (1..5) for this protocol")
     try:
         return pd.DataFrame({"userId": df[USER_COL].astype(np.int64),
                              "movieId": df[ITEM_COL].astype(np.int64),

@@ -65,7 +65,11 @@ def read_protocol(data_dir, dataset: str) -> dict | None:
 
 def check_protocol_files(data_dir, dataset: str, spec: dict) -> None:
     """The train and test files are the ones protocol.json was written with."""
-    for split, blob in spec["files"].items():
+    files = spec["files"] if isinstance(spec["files"], dict) else {}
+    if set(files) != {"train_original", "test"}:
+        raise DataError(f"{protocol_path(data_dir, dataset)}: its \"files\" must record "
+                        f"train_original and test; prepare the folder again (--overwrite)")
+    for split, blob in files.items():
         path = split_path(data_dir, dataset, split)
         if not path.is_file():
             raise DataError(f"missing data file {path}: prepare the folder again with "
@@ -139,10 +143,17 @@ def read_edges(path: Path, protocol: RandomSplitProtocol, log=print) -> tuple[pd
         if list(df.columns[:3]) != RAW_COLUMNS:
             raise DataError(f"--augment_edges {path}: expected the header "
                             f"{','.join(RAW_COLUMNS)}, found {','.join(map(str, df.columns))}")
-    df = df[RAW_COLUMNS].astype(np.float64)
-    if df.isna().any().any() or not df["rating"].isin((1, 2, 3, 4, 5)).all():
-        raise DataError(f"--augment_edges {path}: empty cells or ratings outside 1..5")
+    df = df[RAW_COLUMNS].apply(pd.to_numeric, errors="coerce")
+    if df.isna().any().any() or not df["rating"].isin((1, 2, 3, 4, 5)).all() \
+            or (df[["userId", "movieId"]] % 1 != 0).any().any():
+        raise DataError(f"--augment_edges {path}: empty or non-integer cells, or ratings "
+                        f"outside 1..5")
     df = df.astype(np.int64)
+    duplicated = df.duplicated(["userId", "movieId"], keep="first")
+    if duplicated.any():
+        log(f"warning: --augment_edges {path}: {int(duplicated.sum())} duplicate (user, movie) "
+            f"edge(s); kept the first of each")
+        df = df[~duplicated].reset_index(drop=True)
     source = {"path": path.name, "git_blob": blob, "sha1": file_sha1(path),
               "authors_file": blob == protocol.edges_blob}
     log(f"read {len(df):,} LLM edges from {path}"
@@ -193,15 +204,21 @@ def random_split_frames(ratings: pd.DataFrame, test: pd.DataFrame, edges: pd.Dat
     train = ratings[~pd.Series(key(ratings)).isin(key(test)).to_numpy()]
     counts = {"train_rows": len(train), "test_rows": len(test)}
     if edges is not None:
+        # an edge naming a user or movie with no rating at all: dropped (their code skips
+        # movie ids beyond ML-1M's; none of the authors' edges is one)
+        known = edges["userId"].isin(ratings["userId"]) & edges["movieId"].isin(ratings["movieId"])
+        dropped = int((~known).sum())
+        edges = edges[known.to_numpy()]
         on_train = pd.Series(key(edges)).isin(key(train)).to_numpy()
         in_test = pd.Series(key(edges)).isin(key(test)).to_numpy()
         test_pos = pd.Series(key(edges)).isin(key(test[test["rating"] > 3.5])).to_numpy()
-        replaced = dict(zip(key(edges[on_train]), edges.loc[on_train, "rating"]))
-        train = train.copy()
-        hit = pd.Series(key(train)).isin(list(replaced)).to_numpy()
-        train.loc[hit, "rating"] = [replaced[k] for k in key(train[hit])]
+        edge_rating = pd.Series(edges["rating"].to_numpy(), index=key(edges))
+        train_keys = pd.Series(key(train), index=train.index)
+        train = train.assign(rating=train_keys.map(edge_rating).fillna(train["rating"])
+                             .astype(np.int64))
         train = pd.concat([train, edges[~on_train]], ignore_index=True)
-        counts.update(edges=len(edges), edges_replacing_a_train_rating=int(on_train.sum()),
+        counts.update(edges=len(edges), edges_dropped_unknown_ids=dropped,
+                      edges_replacing_a_train_rating=int(on_train.sum()),
                       edges_on_test_pairs=int(in_test.sum()),
                       edges_on_test_positives=int(test_pos.sum()))
     return train.reset_index(drop=True), test.reset_index(drop=True), counts

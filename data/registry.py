@@ -131,17 +131,6 @@ PROTOCOLS = {p.name: p for p in (
 )}
 
 
-def protocol_of(dataset: str) -> RandomSplitProtocol | None:
-    """The protocol whose prepared folders are named like ``dataset`` (``ML-1M_split2``,
-    ``ML-1M_split1_llm``), or None."""
-    for protocol in PROTOCOLS.values():
-        stem = dataset.removesuffix("_llm")
-        if stem.startswith(f"{protocol.base}_split") and \
-                stem[len(protocol.base) + 6:].isdigit():
-            return protocol
-    return None
-
-
 def published_key(dataset: str, split: str) -> str:
     """A split file's path inside a data folder: "<dataset>/<dataset>_<split>.csv"."""
     return f"{dataset}/{dataset}_{split}.csv"

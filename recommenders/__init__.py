@@ -20,7 +20,8 @@ from dataclasses import fields
 
 from recommenders import (hnlmrec, lightgcn, mixgcf, pngnn, refine, refine_plus, semantic_neg,
                           siren)
-from data.registry import protocol_of
+from data.protocols import read_protocol
+from data.splits import resolve_data_dir
 from recommenders.base import Recommender, general_defaults
 from runs.config import GENERAL_FIELDS, Config, ConfigError
 from runs.seeds import resolve_seeds
@@ -56,9 +57,11 @@ def make_config(strict: bool = True, **flat) -> Config:
                           f"not of --model {model}")
     given = {k: v for k, v in flat.items() if v is not None or k in own}
     values = {**general_defaults(dataset), **recommender.defaults(dataset), **given}
-    if "evaluation_step" not in given and "epochs" in given and protocol_of(dataset):
-        # a protocol folder tests at the last epoch anyway: a short run needs no step flag
-        values["evaluation_step"] = min(values["evaluation_step"], given["epochs"])
+    spec = read_protocol(resolve_data_dir(values.get("data_dir")), dataset)
+    if spec is not None:  # a protocol folder (no validation): its epochs and test step
+        values.setdefault("epochs", spec["epochs"])
+        # it tests at the last epoch anyway: a short run needs no step flag
+        values.setdefault("evaluation_step", min(spec["evaluation_step"], values["epochs"]))
     try:
         seeds = resolve_seeds(values.get("seeds"), values.get("num_seeds"),
                               values.get("random_seed", Config.random_seed))

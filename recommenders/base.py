@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import dataloader
-from data.registry import DATASETS, protocol_of
+from data.registry import DATASETS
 from data.schema import UserError
 from dataloader import Interactions, RecData, RowIndex
 from model import GraphRecommender
@@ -61,13 +61,9 @@ class Recommender:
 
 
 def general_defaults(dataset: str) -> dict:
-    """learning rate 1e-3; the paper's LightGCN depth of the dataset (4, Amazon_Books 2); on
-    a protocol folder (``ML-1M_split2``: no validation) its epochs and evaluation step."""
-    protocol = protocol_of(dataset)
-    fixed = {"epochs": protocol.epochs, "evaluation_step": protocol.evaluation_step} \
-        if protocol is not None else {}
+    """learning rate 1e-3; the paper's LightGCN depth of the dataset (4, Amazon_Books 2)."""
     return {"learning_rate": 1e-3, "layers": DATASETS[dataset].layers if dataset in DATASETS
-            else 4, **fixed}
+            else 4}
 
 
 # ----------------------------------------------------------------------------- graphs

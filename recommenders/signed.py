@@ -229,7 +229,7 @@ def check_degree_sampling(users: Tensor, item_weights: Tensor, seen: RowIndex) -
     empty = seen_drawable == int(drawable.sum())
     if empty.any():
         raise TrainingError(f"{int(empty.sum())} user(s) have a train-file row with every item "
-                            f"that has a positive row: no negative to sample for them")
+                            f"the sampler can draw (deg > 0): no negative to sample for them")
 
 
 @dataclass

@@ -123,13 +123,13 @@ def test_edges_replace_a_train_rating_or_are_appended(tmp_path, toy_protocol):
     test_pair = next((u, i) for u, i, r in test if r >= 4 and (u, i) != (1, 99))
     edges = tmp_path / "edges.csv"
     edges.write_text(f"userId,movieId,rating\n{train_pair[0]},{train_pair[1]},5\n"
-                     f"3,77,5\n{test_pair[0]},{test_pair[1]},5\n")
+                     f"3,99,5\n{test_pair[0]},{test_pair[1]},5\n")
     train_path, _ = prepare(tmp_path, raw, test_file, augment_edges=edges)
     assert train_path.parent.name == "Toy_split1_llm"
     rows = rows_of(train_path)
     base = [(u, i, 5.0 if (u, i) == train_pair else r) for u, i, r in ratings
             if (u, i) not in pairs]
-    assert rows == base + [(3, 77, 5.0), (*test_pair, 5.0)]
+    assert rows == base + [(3, 99, 5.0), (*test_pair, 5.0)]
     spec = json.loads((train_path.parent / "protocol.json").read_text())
     assert spec["counts"]["edges_replacing_a_train_rating"] == 1
     assert spec["counts"]["edges_on_test_pairs"] == 1 == spec["allowed_test_overlap"]
@@ -166,11 +166,52 @@ def test_loader_catalogue_ground_truth_and_stale_files(tmp_path, toy_protocol):
         dataloader.load_dataset(tmp_path / "data", "Toy_split1", "original")
 
 
-def test_protocol_defaults_come_from_the_folder_name():
-    config = make_config(model="pngnn", dataset="ML-1M_split2")
-    assert (config.epochs, config.evaluation_step) == (60, 5)
-    assert make_config(model="pngnn", dataset="ML-1M_split1_llm", epochs=2).evaluation_step == 2
-    assert make_config(model="pngnn", dataset="ML-1M").epochs == 1000
+def test_protocol_defaults_come_from_protocol_json(tmp_path, toy_protocol):
+    _, _, raw, test_file = toy_protocol
+    prepare(tmp_path, raw, test_file, name="any_name")
+    data_dir = str(tmp_path / "data")
+    config = make_config(model="pngnn", dataset="any_name", data_dir=data_dir)
+    assert (config.epochs, config.evaluation_step) == (3, 2)  # the toy protocol's
+    assert make_config(model="pngnn", dataset="any_name", data_dir=data_dir,
+                       epochs=1).evaluation_step == 1  # tested at its last epoch anyway
+    # a folder without protocol.json keeps the general defaults, whatever its name
+    assert make_config(model="pngnn", dataset="ML-1M_split9", data_dir=data_dir).epochs == 1000
+
+
+def test_edges_without_a_train_pair_duplicates_and_unknown_ids(tmp_path, toy_protocol):
+    ratings, test, raw, test_file = toy_protocol
+    edges = tmp_path / "edges.csv"
+    # (3, 99) is new; it comes twice; user 500 and movie 1000 have no rating at all
+    edges.write_text("userId,movieId,rating\n3,99,5\n3,99,4\n500,1,5\n2,1000,5\n")
+    said = []
+    protocols.prepare_random_split("toy_random_split", 1, raw, tmp_path / "data",
+                                   test_file=test_file, augment_edges=edges, log=said.append)
+    assert any("1 duplicate (user, movie) edge(s)" in line for line in said)
+    spec = protocols.read_protocol(tmp_path / "data", "Toy_split1_llm")
+    assert spec["counts"]["edges"] == 1 and spec["counts"]["edges_dropped_unknown_ids"] == 2
+    rows = rows_of(tmp_path / "data" / "Toy_split1_llm" / "Toy_split1_llm_train_original.csv")
+    assert rows[-1] == (3, 99, 5.0) and len(rows) == spec["counts"]["train_rows"] + 1
+    edges.write_text("userId,movieId,rating\n3,seventy,5\n")
+    with pytest.raises(DataError, match="non-integer cells"):
+        prepare(tmp_path, raw, test_file, augment_edges=edges, overwrite=True)
+
+
+def test_a_protocol_file_without_its_file_records_is_refused(tmp_path, toy_protocol):
+    _, _, raw, test_file = toy_protocol
+    prepare(tmp_path, raw, test_file)
+    path = tmp_path / "data" / "Toy_split1" / "protocol.json"
+    spec = json.loads(path.read_text())
+    path.write_text(json.dumps({**spec, "files": {}}))
+    with pytest.raises(DataError, match="must record train_original and test"):
+        dataloader.load_dataset(tmp_path / "data", "Toy_split1", "original")
+
+
+def test_half_star_ratings_are_refused(tmp_path, toy_protocol):
+    ratings, _, raw, test_file = toy_protocol
+    (raw / "toy.inter").write_text(RATINGS_HEADER + "".join(
+        f"{u}\t{i}\t{r - 0.5 if k == 3 else r}\n" for k, (u, i, r) in enumerate(ratings)))
+    with pytest.raises(DataError, match="whole numbers"):
+        prepare(tmp_path, raw, test_file)
 
 
 def _interrupt_second_epoch(monkeypatch, model):
