@@ -228,7 +228,11 @@ def plot(entries: list[Entry], out: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    panels = (("validation Recall@20", 1), ("validation NDCG@20", 2), ("loss", None))
+    # a run on a folder without validation logs its test metrics per epoch instead
+    fixed = {log["best_valid"] is None for entry in entries for log in entry.logs}
+    split = {frozenset({False}): "validation", frozenset({True}): "test (no validation)"}.get(
+        frozenset(fixed), "validation, or test where a run has none")
+    panels = ((f"{split} Recall@20", 1), (f"{split} NDCG@20", 2), ("loss", None))
     for c, entry in enumerate(entries):
         colour = f"C{c % 10}"
         for s, log in enumerate(entry.logs):
