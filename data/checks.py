@@ -83,7 +83,7 @@ def check_manifest(augment_path: Path, original_path: Path, warn=print) -> None:
              f"edited after refine_llm.py wrote it)")
 
 
-def _pair_keys(df: pd.DataFrame) -> pd.Series:
+def pair_keys(df: pd.DataFrame) -> pd.Series:
     return df[USER_COL].astype(str) + "\x1f" + df[ITEM_COL].astype(str)
 
 
@@ -91,7 +91,7 @@ def check_overlap(splits: list[tuple[str, pd.DataFrame]], allow: bool = False,
                   warn=print) -> None:
     """No (user, item) pair in two of the named frames: DataError naming the count and the
     first pair, or (``allow``) a warning."""
-    keys = [(name, _pair_keys(df)) for name, df in splits]
+    keys = [(name, pair_keys(df)) for name, df in splits]
     for a in range(len(keys)):
         for b in range(a + 1, len(keys)):
             (name_a, keys_a), (name_b, keys_b) = keys[a], keys[b]

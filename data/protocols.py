@@ -92,8 +92,7 @@ def read_protocol_splits(data_dir, dataset: str, dataset_augment: str, spec: dic
     train = read_split(paths["train_original"], is_train=True, warn=warn)
     test = read_split(paths["test"], is_train=False, warn=warn)
     allowed = int(spec.get("allowed_test_overlap", 0))
-    keys = lambda df: df[USER_COL].astype(str) + "\x1f" + df[ITEM_COL].astype(str)  # noqa
-    overlap = int(keys(test).isin(keys(train)).sum())
+    overlap = int(checks.pair_keys(test).isin(checks.pair_keys(train)).sum())
     if overlap != allowed and not allow_overlap:
         checks.check_overlap([(p.name, df) for p, df in ((paths["train_original"], train),
                                                          (paths["test"], test))], warn=warn)
