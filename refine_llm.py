@@ -9,6 +9,9 @@ output CSV is written atomically with a manifest JSON next to it.
     python refine_llm.py --dataset ML-100K --backend hf --model meta-llama/Llama-2-7b-hf
     python refine_llm.py --dataset ML-100K --backend embedding --compare_to PUBLISHED.csv
     python refine_llm.py --dataset ML-100K --decisions CACHE_OR_DECISIONS_OR_AUGMENT
+    python refine_llm.py --dataset ML-100K --procedure reference --backend hf --model ...
+
+``--procedure reference`` asks exactly what the authors' notebook asked (llm/reference.py).
 
 This script writes files only; main.py (training) never imports it.
 """
@@ -33,9 +36,14 @@ from llm.answers import AnswerCache, answer_requests, load_decisions, write_deci
 from llm.backends import BACKENDS, BackendSettings, add_backend_flags, make_backend
 from llm.procedure import (agreement, build_requests, decisions_from_records, plan_users,
                            relabel, sorted_users)
+from llm.notebook import notebook_entry
 from llm.prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate
+from llm.run_reference import ask_reference
 from runs.cli import command_line, run_cli
 from runs.files import atomic_write_text
+
+PROCEDURES = ("own", "reference")
+
 
 @dataclass(kw_only=True)
 class RefineConfig(BackendSettings):
@@ -44,6 +52,10 @@ class RefineConfig(BackendSettings):
 
     dataset: str
     data_dir: str | None = None
+    procedure: str = "own"
+    notebook: str | None = None
+    no_download: bool = False
+    dump_prompts: str | None = None
     max_prompt_tokens: int = 5000
     chunk_size: int = 5
     seed: int = 2024
@@ -61,6 +73,18 @@ class RefineConfig(BackendSettings):
     overwrite: bool = False
 
     def __post_init__(self):
+        if self.procedure not in PROCEDURES:
+            raise DataError(f"unknown procedure {self.procedure!r}; choose one of "
+                            f"{', '.join(PROCEDURES)}")
+        if self.procedure == "reference":
+            notebook_entry(self.dataset)  # one line for a dataset without the authors' step
+            if self.decisions:
+                raise DataError("--decisions replays decisions as they are; --procedure "
+                                "reference does not apply (drop one of them)")
+            if not self.dump_prompts and not self.dry_run and (
+                    self.backend not in ("hf", "openai") or self.chat):
+                raise DataError("--procedure reference asks an LLM with the authors' plain "
+                                "prompts: --backend hf or openai, without --chat")
         if self.backend not in BACKENDS:
             raise DataError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.template is not None and self.template not in TEMPLATES:
@@ -74,7 +98,7 @@ class RefineConfig(BackendSettings):
         if self.limit_users is not None and self.limit_users < 1:
             raise DataError(f"--limit_users must be >= 1, got {self.limit_users}")
         if (self.backend in ("hf", "openai") and not self.model and not self.gguf_file
-                and self.decisions is None and not self.dry_run):
+                and self.decisions is None and not self.dry_run and not self.dump_prompts):
             raise DataError(f"--backend {self.backend} needs --model")
 
     @property
@@ -115,6 +139,16 @@ def parse_args(argv=None) -> RefineConfig:
     d = RefineConfig
     p.add_argument("--dataset", required=True)
     p.add_argument("--data_dir", default=None, help="folder holding <DATASET>/ (default: $REFINE_DATA_DIR or dataset/)")
+    p.add_argument("--procedure", default=d.procedure, choices=PROCEDURES,
+                   help="own: this project's prompts (docs/llm.md); reference: the authors' "
+                        "notebook request for request, its prompts read from the notebook")
+    p.add_argument("--notebook", default=None,
+                   help="reference: the authors' 2_augmenting_LLM_llama.ipynb (default: "
+                        "<data_dir>/<DATASET>/, downloaded at the pinned commit if missing)")
+    p.add_argument("--no_download", action="store_true",
+                   help="reference: never download the notebook")
+    p.add_argument("--dump_prompts", default=None,
+                   help="write every prompt (JSON lines: user, chunk, prompt) and exit")
     add_backend_flags(p, d, BACKENDS)
     p.add_argument("--max_prompt_tokens", type=int, default=d.max_prompt_tokens,
                    help="skip a chunk whose prompt is longer")
@@ -157,6 +191,12 @@ def ask_backend(cfg: RefineConfig, train: pd.DataFrame, texts, output: Path, log
     if cfg.limit_users:
         plans = plans[:cfg.limit_users]
     requests = build_requests(plans, texts(), cfg)
+    if cfg.dump_prompts:
+        lines = [json.dumps({"user": r.user, "chunk": n, "prompt": r.prompt("main")},
+                            ensure_ascii=False) for n, r in enumerate(requests)]
+        atomic_write_text(Path(cfg.dump_prompts), "".join(line + "\n" for line in lines))
+        log(f"wrote {len(lines)} prompts to {cfg.dump_prompts}")
+        return None
     if cfg.dry_run:
         for r in requests[:cfg.dry_run]:
             log(f"--- user {r.user}, items {r.items}\n{r.prompt('main')}")
@@ -196,7 +236,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
     source, output = cfg.input_path(), cfg.output_path()
     if output.resolve() == source.resolve():
         raise DataError(f"refusing to write the output over train_original ({source})")
-    if output.exists() and not cfg.overwrite and not cfg.dry_run:
+    if output.exists() and not cfg.overwrite and not cfg.dry_run and not cfg.dump_prompts:
         raise DataError(f"{output} exists; pass --overwrite to replace it or --output elsewhere")
     train = read_train(source)
     texts_cache = {}
@@ -210,9 +250,15 @@ def run(cfg: RefineConfig, log=print) -> dict:
     if cfg.decisions:
         decisions = load_decisions(Path(cfg.decisions), train, texts)
         keep_missing, users, counts = None, sorted_users(train[USER_COL]), {}
+    elif cfg.procedure == "reference":
+        asked = ask_reference(cfg, train, output, log)
+        if asked is None:  # --dry_run / --dump_prompts
+            return {}
+        decisions, users, counts, notebook = asked
+        keep_missing = None  # the authors' rule: every 2/3 row of a refined user
     else:
         asked = ask_backend(cfg, train, texts, output, log)
-        if asked is None:  # --dry_run
+        if asked is None:  # --dry_run / --dump_prompts
             return {}
         decisions, users, counts = asked
         keep_missing = texts()
@@ -227,10 +273,12 @@ def run(cfg: RefineConfig, log=print) -> dict:
     if cfg.write_decisions:
         write_decisions(Path(cfg.write_decisions), decisions, users)
     template = cfg.prompt_template
+    prompts = (dict(template=template.name, template_digest=template.digest)
+               if cfg.procedure == "own" else dict(notebook=notebook))
     manifest = dict(
         command=command_line("python refine_llm.py"), dataset=cfg.dataset,
-        backend=None if cfg.decisions else cfg.backend, model=None if cfg.decisions else cfg.model_id(),
-        replayed_from=cfg.decisions, template=template.name, template_digest=template.digest,
+        procedure=cfg.procedure, backend=None if cfg.decisions else cfg.backend,
+        model=None if cfg.decisions else cfg.model_id(), replayed_from=cfg.decisions, **prompts,
         seed=cfg.seed, chunk_size=cfg.chunk_size, max_prompt_tokens=cfg.max_prompt_tokens,
         input=str(source), input_sha1=file_sha1(source), output=str(output),
         output_sha1=file_sha1(output), counts=counts, config=asdict(cfg),

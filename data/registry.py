@@ -144,3 +144,57 @@ PUBLISHED_BLOBS = {published_key(d.name, split): blob
 def item_file_stem(dataset: str) -> str:
     """The RecBole stem of a dataset's raw files (its own name for an unpublished one)."""
     return DATASETS[dataset].raw.stem if dataset in DATASETS else dataset
+
+
+# ----------------------------------------------------------------------------- the authors' LLM step
+
+REFINE_NOTEBOOK_REPO = "Chanwoo-Jeong-2000/ReFINe"
+REFINE_NOTEBOOK_COMMIT = "f9b6a92aa0c3a2a76b3a2ac317d18b9c5cde0d6e"
+SKIP_USERS_FILE = "refine_skip_users.json"  # beside this file
+
+
+@dataclass(frozen=True)
+class RefineNotebook:
+    """The authors' relabeling notebook of one dataset (``refine_llm.py --procedure
+    reference``, docs/llm.md): ``path`` in REFINE_NOTEBOOK_REPO at REFINE_NOTEBOOK_COMMIT with
+    git blob ``blob``; the raw item columns its ``title_genre`` text is built from; how many
+    candidates one request holds; whether it seeds numpy once (False) or again before every
+    user (True). Its prompt templates are read from the notebook file, never stored here;
+    its list of skipped users is data, in SKIP_USERS_FILE."""
+
+    dataset: str
+    blob: str
+    title_col: str
+    genre_col: str
+    chunk_size: int = 5
+    reseed_per_user: bool = False
+    seed: int = 2024
+    token_limit: int = 5000
+
+    @property
+    def path(self) -> str:
+        return f"dataset/{self.dataset}/2_augmenting_LLM_llama.ipynb"
+
+    @property
+    def url(self) -> str:
+        return (f"https://raw.githubusercontent.com/{REFINE_NOTEBOOK_REPO}/"
+                f"{REFINE_NOTEBOOK_COMMIT}/{self.path}")
+
+    def skip_users(self) -> list[int]:
+        import json
+        from pathlib import Path
+        with open(Path(__file__).with_name(SKIP_USERS_FILE), encoding="utf-8") as f:
+            return json.load(f)[self.dataset]
+
+
+REFINE_NOTEBOOKS = {n.dataset: n for n in (
+    RefineNotebook("ML-100K", "564183e9bc19ca5548b19663bf012d6a470cea6d",
+                   "movie_title:token_seq", "class:token_seq"),
+    RefineNotebook("ML-1M", "c2914db30523918e0f437682c77f513eca4f5dfd",
+                   "movie_title:token_seq", "genre:token_seq"),
+    RefineNotebook("Netflix-1M", "4506fbe5ce1862db30e5c4bd4d4b4c4a283c601b",
+                   "title:token", "genres:token", chunk_size=10, reseed_per_user=True),
+)}
+# Amazon_Digital_Music and Amazon_Books: neither REFINE_NOTEBOOK_REPO nor the ReFINe_plus
+# repository (at any commit) holds their LLM step, so there is no reference procedure.
+NO_REFERENCE_PROCEDURE = ("Amazon_Digital_Music", "Amazon_Books")

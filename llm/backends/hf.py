@@ -71,4 +71,16 @@ class HFBackend:
         new = out[:, batch["input_ids"].shape[1]:]  # (B, new tokens)
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
+    def full_completion(self, prompt: str, max_length: int) -> str:
+        """``--procedure reference``: one unpadded prompt, greedy, until EOS or ``max_length``
+        tokens in all (prompt included), no stop string; the whole sequence decoded (the
+        prompt's text as the tokenizer gives it back, then the continuation)."""
+        batch = self.tokenizer(prompt, return_tensors="pt").to(self.model.device)
+        n_new = max(max_length - batch["input_ids"].shape[1], 0)
+        with self.torch.no_grad():
+            out = self.model.generate(
+                **batch, do_sample=False, num_beams=1, max_new_tokens=n_new,
+                pad_token_id=self.tokenizer.pad_token_id)
+        return self.tokenizer.decode(out[0], skip_special_tokens=True)
+
 

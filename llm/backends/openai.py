@@ -97,9 +97,19 @@ class OpenAIBackend:
             self._warned = True
         return -(-len(prompt) // 3)
 
-    def _complete(self, prompt: str) -> str:
-        common = {"model": self.model, "max_tokens": self.max_new_tokens, "temperature": 0.0,
-                  "top_p": 1.0, "stop": [SEPARATOR]}
+    def full_completion(self, prompt: str, max_length: int) -> str:
+        """``--procedure reference``: the prompt followed by the server's greedy completion of
+        up to ``max_length`` tokens in all (prompt included; counted by the server's
+        tokenizer or estimated), no stop string. A server does not give the prompt back
+        decoded as a local tokenizer would, so the prompt's own text stands for it."""
+        n_new = max(max_length - self.count_tokens(prompt), 1)
+        return prompt + self._complete(prompt, max_tokens=n_new, stop=None)
+
+    def _complete(self, prompt: str, max_tokens: int | None = None, stop=(SEPARATOR,)) -> str:
+        common = {"model": self.model, "max_tokens": max_tokens or self.max_new_tokens,
+                  "temperature": 0.0, "top_p": 1.0}
+        if stop:
+            common["stop"] = list(stop)
         if self.chat:
             path, payload = "/chat/completions", {**common, "messages": [
                 {"role": "user", "content": prompt}]}
