@@ -43,6 +43,9 @@ from runs.cli import command_line, run_cli
 from runs.files import atomic_write_text
 
 PROCEDURES = ("own", "reference")
+# settings of the own procedure that the authors' notebook fixes (refused with reference)
+REFERENCE_FIXED = ("seed", "chunk_size", "max_prompt_tokens", "template", "max_new_tokens",
+                   "batch_size", "concurrency")
 
 
 @dataclass(kw_only=True)
@@ -85,6 +88,12 @@ class RefineConfig(BackendSettings):
                     self.backend not in ("hf", "openai") or self.chat):
                 raise DataError("--procedure reference asks an LLM with the authors' plain "
                                 "prompts: --backend hf or openai, without --chat")
+            fixed = [f"--{n}" for n in REFERENCE_FIXED
+                     if getattr(self, n) != RefineConfig.__dataclass_fields__[n].default]
+            if fixed:
+                raise DataError(f"{', '.join(fixed)}: the authors' notebook fixes these for "
+                                f"--procedure reference (one request at a time, its seed, "
+                                f"chunks, template, token rule and generation length)")
         if self.backend not in BACKENDS:
             raise DataError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.template is not None and self.template not in TEMPLATES:
@@ -230,6 +239,17 @@ def ask_backend(cfg: RefineConfig, train: pd.DataFrame, texts, output: Path, log
     return decisions, [p.user for p in plans], counts
 
 
+def procedure_record(cfg: RefineConfig, notebook: dict | None) -> dict:
+    """The manifest's record of what shaped the prompts."""
+    if cfg.procedure == "reference":
+        entry = notebook_entry(cfg.dataset)
+        return dict(notebook=notebook, seed=entry.seed, reseed_per_user=entry.reseed_per_user,
+                    chunk_size=entry.chunk_size, max_prompt_tokens=entry.token_limit)
+    template = cfg.prompt_template
+    return dict(template=template.name, template_digest=template.digest, seed=cfg.seed,
+                chunk_size=cfg.chunk_size, max_prompt_tokens=cfg.max_prompt_tokens)
+
+
 def run(cfg: RefineConfig, log=print) -> dict:
     """One relabeling run; returns the manifest (also written next to the output)."""
     started = time.perf_counter()
@@ -247,6 +267,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
             texts_cache.update(item_texts(train, item_file))
         return texts_cache
 
+    notebook = None
     if cfg.decisions:
         decisions = load_decisions(Path(cfg.decisions), train, texts)
         keep_missing, users, counts = None, sorted_users(train[USER_COL]), {}
@@ -272,15 +293,12 @@ def run(cfg: RefineConfig, log=print) -> dict:
     write_augment(train, ratings, output)
     if cfg.write_decisions:
         write_decisions(Path(cfg.write_decisions), decisions, users)
-    template = cfg.prompt_template
-    prompts = (dict(template=template.name, template_digest=template.digest)
-               if cfg.procedure == "own" else dict(notebook=notebook))
     manifest = dict(
         command=command_line("python refine_llm.py"), dataset=cfg.dataset,
         procedure=cfg.procedure, backend=None if cfg.decisions else cfg.backend,
-        model=None if cfg.decisions else cfg.model_id(), replayed_from=cfg.decisions, **prompts,
-        seed=cfg.seed, chunk_size=cfg.chunk_size, max_prompt_tokens=cfg.max_prompt_tokens,
-        input=str(source), input_sha1=file_sha1(source), output=str(output),
+        model=None if cfg.decisions else cfg.model_id(), replayed_from=cfg.decisions,
+        **procedure_record(cfg, notebook), input=str(source), input_sha1=file_sha1(source),
+        output=str(output),
         output_sha1=file_sha1(output), counts=counts, config=asdict(cfg),
         seconds=round(time.perf_counter() - started, 2))
     if cfg.compare_to:

@@ -200,8 +200,9 @@ def ask_request(backend, request: RefRequest, rules: NotebookRules, token_limit:
     record = dict(ask_once(backend, request.prompt(rules.main), rules.main_stop, token_limit),
                   layout="main")
     if record["status"] == "malformed":
+        first = record
         record = dict(ask_once(backend, request.prompt(rules.retry), rules.retry_stop,
-                               token_limit), layout="retry")
+                               token_limit), layout="retry", first=first)
     return record
 
 

@@ -32,11 +32,39 @@ def reference_table(cfg, train: pd.DataFrame, entry) -> pd.DataFrame:
     return ref.notebook_table(train, items, item_file)
 
 
+def ask_all(backend, todo, rules, token_limit: int, cache: AnswerCache) -> None:
+    """Ask every request of ``todo`` in order, one at a time; each record is in the cache
+    as soon as it is answered (a killed run resumes from there)."""
+    from tqdm import tqdm
+    try:
+        with tqdm(total=len(todo), unit="request", desc="refine", file=sys.stderr) as bar:
+            for r in todo:
+                began = time.perf_counter()
+                record = ref.ask_request(backend, r, rules, token_limit)
+                cache.append(dict(record, key=r.key, user=r.user, chunk=r.chunk,
+                                  procedure="reference",
+                                  seconds=round(time.perf_counter() - began, 4)))
+                bar.update(1)
+    finally:
+        cache.close()
+
+
+def reference_counts(records: list[dict], asked: int, seconds: float) -> dict:
+    status = pd.Series([rec["status"] for rec in records], dtype=object)
+    return dict(
+        chunks=len(records), chunks_asked_now=asked,
+        chunks_answered=int((status == "answered").sum()),
+        chunks_skipped_too_long=int((status == "too_long").sum()),
+        chunks_skipped_malformed=int((status == "malformed").sum()),
+        chunks_retried=sum(rec.get("layout") == "retry" for rec in records),
+        chunks_retry_impossible=int((status == "no_marker").sum()),
+        generation_seconds=round(seconds, 2),
+        seconds_per_chunk=round(seconds / asked, 4) if asked else None)
+
+
 def ask_reference(cfg, train: pd.DataFrame, output: Path, log=print):
     """(decisions, users asked, counts, notebook record), or None after ``--dry_run`` /
     ``--dump_prompts``."""
-    from tqdm import tqdm
-
     from llm.backends import make_backend
     entry = notebook_entry(cfg.dataset)
     folder = split_path(resolve_data_dir(cfg.data_dir), cfg.dataset, "train_original").parent
@@ -63,30 +91,10 @@ def ask_reference(cfg, train: pd.DataFrame, output: Path, log=print):
         f"{len(requests) - len(todo)} cached, {len(todo)} to ask ({cfg.backend})")
     started = time.perf_counter()
     if todo:
-        backend = make_backend(cfg, {})
-        try:
-            with tqdm(total=len(todo), unit="request", desc="refine", file=sys.stderr) as bar:
-                for r in todo:
-                    began = time.perf_counter()
-                    record = ref.ask_request(backend, r, rules, entry.token_limit)
-                    cache.append(dict(record, key=r.key, user=r.user, chunk=r.chunk,
-                                      procedure="reference",
-                                      seconds=round(time.perf_counter() - began, 4)))
-                    bar.update(1)
-        finally:
-            cache.close()
-    seconds = time.perf_counter() - started
+        ask_all(make_backend(cfg, {}), todo, rules, entry.token_limit, cache)
     records = [cache.records[r.key] for r in requests]
-    status = pd.Series([rec["status"] for rec in records], dtype=object)
-    counts = dict(
-        users=len(users), users_skipped_by_list=len(rules.skip), chunks=len(requests),
-        chunks_asked_now=len(todo), chunks_answered=int((status == "answered").sum()),
-        chunks_skipped_too_long=int((status == "too_long").sum()),
-        chunks_skipped_malformed=int((status == "malformed").sum()),
-        chunks_retried=sum(rec.get("layout") == "retry" for rec in records),
-        chunks_retry_impossible=int((status == "no_marker").sum()),
-        generation_seconds=round(seconds, 2),
-        seconds_per_chunk=round(seconds / len(todo), 4) if todo else None)
+    counts = dict(users=len(users), users_skipped_by_list=len(rules.skip),
+                  **reference_counts(records, len(todo), time.perf_counter() - started))
     if counts["chunks_retry_impossible"]:
         log(f"warning: {counts['chunks_retry_impossible']} answers did not end with \"]\" and "
             f"the notebook's retry prompt has no second \"{ref.MARKER}\": the notebook stops "

