@@ -120,7 +120,12 @@ def load_decisions(path: Path, train: pd.DataFrame, texts_fn) -> dict[str, set[s
     except json.JSONDecodeError:
         raise DataError(f"{path}: neither a CSV nor JSONL decisions/cache file") from None
     if "key" in head:
-        return decisions_from_records(AnswerCache(path).records.values(), train, texts_fn())
+        records = AnswerCache(path).records.values()
+        if any(r.get("procedure") == "reference" for r in records):
+            raise DataError(f"{path} holds answers of --procedure reference, which are read "
+                            f"by the authors' rules: run that command again (it reads its "
+                            f"cache and asks nothing answered) instead of --decisions")
+        return decisions_from_records(records, train, texts_fn())
     decisions = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):

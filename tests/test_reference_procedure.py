@@ -249,3 +249,6 @@ def test_end_to_end_with_a_stub_resumes_from_the_cache(tmp_path, monkeypatch):
     assert manifest["counts"]["rows_to_4_5"] == 4 and manifest["counts"]["users_refined"] == 2
     rl.run(rl.RefineConfig(**cfg), **QUIET)
     assert len(backend.lengths) == 4  # everything came from the cache
+    # its cache is not replayed with the own procedure's parser
+    assert rl.main(["--dataset", "ML-100K", "--data_dir", str(tmp_path), "--decisions",
+                    str(tmp_path / "out.csv.cache.jsonl"), "--output", str(tmp_path / "o2.csv")]) == 2
