@@ -38,6 +38,7 @@ from llm.procedure import (agreement, build_requests, decisions_from_records, pl
                            relabel, sorted_users)
 from llm.notebook import notebook_entry
 from llm.prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate
+from llm.reference import write_prompts
 from llm.run_reference import ask_reference
 from runs.cli import command_line, run_cli
 from runs.files import atomic_write_text
@@ -88,6 +89,8 @@ class RefineConfig(BackendSettings):
                     self.backend not in ("hf", "openai") or self.chat):
                 raise DataError("--procedure reference asks an LLM with the authors' plain "
                                 "prompts: --backend hf or openai, without --chat")
+            if self.dtype == "auto":  # the notebook loaded the model with transformers 4's
+                self.dtype = "float32"  # default, float32 (transformers 5's "auto": float16)
             fixed = [f"--{n}" for n in REFERENCE_FIXED
                      if getattr(self, n) != RefineConfig.__dataclass_fields__[n].default]
             if fixed:
@@ -201,10 +204,13 @@ def ask_backend(cfg: RefineConfig, train: pd.DataFrame, texts, output: Path, log
         plans = plans[:cfg.limit_users]
     requests = build_requests(plans, texts(), cfg)
     if cfg.dump_prompts:
-        lines = [json.dumps({"user": r.user, "chunk": n, "prompt": r.prompt("main")},
-                            ensure_ascii=False) for n, r in enumerate(requests)]
-        atomic_write_text(Path(cfg.dump_prompts), "".join(line + "\n" for line in lines))
-        log(f"wrote {len(lines)} prompts to {cfg.dump_prompts}")
+        seen: dict[str, int] = {}  # a user's chunks numbered from 0
+        rows = []
+        for r in requests:
+            seen[r.user] = seen.get(r.user, -1) + 1
+            rows.append((r.user, seen[r.user], r.prompt("main")))
+        n = write_prompts(Path(cfg.dump_prompts), rows)
+        log(f"wrote {n} prompts to {cfg.dump_prompts}")
         return None
     if cfg.dry_run:
         for r in requests[:cfg.dry_run]:

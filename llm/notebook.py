@@ -67,7 +67,8 @@ def locate_notebook(entry: RefineNotebook, path: str | None, folder: Path, downl
     by git blob) when missing and ``download``."""
     if path:
         if not Path(path).is_file():
-            raise DataError(f"--notebook {path} does not exist")
+            what = "is a folder" if Path(path).is_dir() else "does not exist"
+            raise DataError(f"--notebook {path} {what}; give the notebook file")
         return Path(path)
     dest = folder / Path(entry.path).name
     if dest.is_file():
@@ -84,8 +85,9 @@ def _code_cells(path: Path) -> list[ast.Module]:
     try:
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         sources = ["".join(c["source"]) for c in cells if c.get("cell_type") == "code"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise DataError(f"{path}: not a Jupyter notebook ({err})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError,
+            AttributeError) as err:
+        raise DataError(f"{path}: not a Jupyter notebook ({type(err).__name__}: {err})") from None
     trees = []
     for source in sources:
         try:
@@ -109,11 +111,17 @@ def _stop_rule(trees, function: str, path: Path) -> StopRule:
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef) and node.name == function:
                 args = node.args.args[len(node.args.args) - len(node.args.defaults):]
-                defaults = {a.arg: ast.literal_eval(d) for a, d in zip(args, node.args.defaults)}
                 try:
-                    return StopRule(str(defaults["stop_token"]), int(defaults["max_occurrences"]))
-                except KeyError as err:
-                    raise DataError(f"{path}: {function}() has no default for {err}") from None
+                    defaults = {a.arg: ast.literal_eval(d)
+                                for a, d in zip(args, node.args.defaults)}
+                    separator, keep = defaults["stop_token"], defaults["max_occurrences"]
+                except (KeyError, ValueError, TypeError, SyntaxError) as err:
+                    raise DataError(f"{path}: {function}()'s defaults are not the literal "
+                                    f"stop_token / max_occurrences it should have ({err})") from None
+                if not (isinstance(separator, str) and separator and isinstance(keep, int)):
+                    raise DataError(f"{path}: {function}()'s stop_token / max_occurrences are "
+                                    f"{separator!r} / {keep!r}, not a text and a count")
+                return StopRule(separator, keep)
     raise DataError(f"{path}: no function {function}() (not the authors' relabeling notebook?)")
 
 
@@ -122,7 +130,10 @@ def _template(trees, name: str, path: Path) -> str:
     if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
         raise DataError(f"{path}: no string assigned to {name} (not the authors' relabeling "
                         f"notebook?)")
-    fields = {f for _, f, _, _ in string.Formatter().parse(node.value) if f is not None}
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(node.value) if f is not None}
+    except ValueError as err:
+        raise DataError(f"{path}: {name} is not a format template ({err})") from None
     if fields != set(FIELDS):
         raise DataError(f"{path}: {name} has fields {sorted(fields)}, expected {sorted(FIELDS)}")
     return node.value

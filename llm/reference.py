@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError
+from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError, canonical_int_ids
 from llm.notebook import FIELDS, NotebookRules, StopRule
 
 MARKER = "Candidate List:"  # the token rule measures the prompt from its second occurrence
@@ -27,6 +27,7 @@ TITLE, GENRE = "title", "genre"
 _GENRE_TAIL = re.compile(r"\s*\(genre:.*$")  # the worked example's answer: genre dropped
 _ANSWER_TITLE = re.compile(r"<([^>]+)>")
 _ANSWER_GENRE = re.compile(r"\s\(genre:.*\)")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # how their parser's text-mode file splits lines
 
 
 # ----------------------------------------------------------------------------- input
@@ -58,6 +59,8 @@ def read_netflix_items(folder: Path, titles: str, genres: str) -> pd.DataFrame:
     bad = next((n for n, r in enumerate(rows, 1) if len(r) != 3), None)
     if bad is not None:
         raise DataError(f"{folder / titles}: line {bad} is not 'id,year,title'")
+    if genre.shape[1] != 2:
+        raise DataError(f"{folder / genres}: {genre.shape[1]} columns, expected 2 (id, genres)")
     table = pd.DataFrame(rows, columns=[ITEM_COL, "year", TITLE])
     genre.columns = [ITEM_COL, GENRE]
     return table[[ITEM_COL, TITLE]].merge(genre, on=ITEM_COL, how="left")
@@ -66,7 +69,11 @@ def read_netflix_items(folder: Path, titles: str, genres: str) -> pd.DataFrame:
 def notebook_table(train: pd.DataFrame, items: pd.DataFrame, source) -> pd.DataFrame:
     """train_original's rows, in file order, with the title and genre of each item (the
     notebook's input file holds them as columns)."""
-    items = items.drop_duplicates(ITEM_COL)
+    repeated = items[ITEM_COL][items[ITEM_COL].duplicated()]
+    if len(repeated):
+        raise DataError(f"{source}: item {repeated.iloc[0]} has {int((items[ITEM_COL] == repeated.iloc[0]).sum())} "
+                        f"rows; the authors' preprocessing joined ratings to items, so it never "
+                        f"had an item twice")
     table = train[[USER_COL, ITEM_COL, RATING_COL]].merge(items, on=ITEM_COL, how="left")
     lacking = table[TITLE].isna() | table[GENRE].isna()
     if lacking.any():
@@ -77,11 +84,18 @@ def notebook_table(train: pd.DataFrame, items: pd.DataFrame, source) -> pd.DataF
 
 
 def _user_key(users: pd.Series) -> pd.Series:
-    """User ids as the notebook holds them: integers when every id is one, else text."""
-    numbers = pd.to_numeric(users, errors="coerce")
-    if numbers.notna().all() and (numbers == numbers.round()).all():
-        return numbers.astype(np.int64)
-    return users
+    """User ids as the notebook holds them (pandas read them): integers when every id is
+    one written canonically, else text (where its integer skip list cannot apply)."""
+    return users.astype(np.int64) if canonical_int_ids(users) else users.astype(str)
+
+
+def listed_users(table: pd.DataFrame, rules: NotebookRules) -> int:
+    """How many of the table's users the notebook's skip list leaves out (none when the
+    ids are not integers: the list holds integers)."""
+    key = _user_key(table[USER_COL])
+    if key.dtype.kind != "i":
+        return 0
+    return int(np.isin(np.unique(key.to_numpy()), np.array(rules.skip, dtype=np.int64)).sum())
 
 
 # ----------------------------------------------------------------------------- requests
@@ -209,14 +223,15 @@ def ask_request(backend, request: RefRequest, rules: NotebookRules, token_limit:
 # ----------------------------------------------------------------------------- decisions
 
 def parse_answers(records: list[dict]) -> dict[str, set[str]]:
-    """User -> titles, as the notebook's parser reads its answer file: every answer line
-    that starts with "[" (after stripping) makes its user refined; each <...> on it is a
+    """User -> titles, as the notebook's parser reads its answer file (lines end at "\n",
+    "\r\n" or "\r"): every answer line that starts with "[" (after stripping) makes its
+    user refined; each <...> on it is a
     title, a whitespace + "(genre: ...)" part removed."""
     chosen: dict[str, set[str]] = {}
     for record in records:
         if record.get("status") != "answered":
             continue
-        for line in record["answer"].split("\n"):
+        for line in _LINE_BREAK.split(record["answer"]):
             line = line.strip()
             if line.startswith("["):
                 titles = chosen.setdefault(record["user"], set())
@@ -235,10 +250,17 @@ def decisions_by_title(table: pd.DataFrame, chosen: dict[str, set[str]]) -> dict
     return decisions
 
 
-def dump_prompts(path: Path, requests: list[RefRequest], template: str) -> int:
-    """Every main prompt as JSON lines {"user", "chunk", "prompt"}; returns the count."""
+def write_prompts(path: Path, rows) -> int:
+    """(user, chunk, prompt) rows as JSON lines {"user", "chunk", "prompt"}, written
+    atomically; returns the count."""
     from runs.files import atomic_write_text
-    lines = [json.dumps({"user": r.user, "chunk": r.chunk, "prompt": r.prompt(template)},
-                        ensure_ascii=False) for r in requests]
-    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    if path.is_dir():
+        raise DataError(f"--dump_prompts {path} is a folder; give a file name")
+    lines = [json.dumps({"user": u, "chunk": c, "prompt": p}, ensure_ascii=False)
+             for u, c, p in rows]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "".join(line + "\n" for line in lines))
+    except OSError as err:
+        raise DataError(f"--dump_prompts {path}: cannot write ({err.strerror})") from None
     return len(lines)

@@ -12,6 +12,7 @@ import pandas as pd
 
 from data.items import find_item_file
 from data.registry import NETFLIX_GENRES, NETFLIX_TITLES
+from data.schema import USER_COL, DataError, canonical_int_ids
 from data.splits import resolve_data_dir, split_path
 from llm import reference as ref
 from llm.answers import AnswerCache
@@ -26,7 +27,6 @@ def reference_table(cfg, train: pd.DataFrame, entry) -> pd.DataFrame:
         items = ref.read_netflix_items(folder, NETFLIX_TITLES, NETFLIX_GENRES)
         return ref.notebook_table(train, items, folder)
     if not item_file.is_file():
-        from data.schema import DataError
         raise DataError(f"missing item file {item_file} (titles and genres); pass --item_file")
     items = ref.read_items(item_file, entry.title_col, entry.genre_col)
     return ref.notebook_table(train, items, item_file)
@@ -74,7 +74,8 @@ def ask_reference(cfg, train: pd.DataFrame, output: Path, log=print):
     requests = ref.plan_requests(table, rules, entry.chunk_size, entry.seed,
                                  entry.reseed_per_user, cfg.limit_users)
     if cfg.dump_prompts:
-        n = ref.dump_prompts(Path(cfg.dump_prompts), requests, rules.main)
+        n = ref.write_prompts(Path(cfg.dump_prompts),
+                              ((r.user, r.chunk, r.prompt(rules.main)) for r in requests))
         log(f"wrote {n} prompts to {cfg.dump_prompts}")
         return None
     if cfg.dry_run:
@@ -86,14 +87,17 @@ def ask_reference(cfg, train: pd.DataFrame, output: Path, log=print):
                         else output.with_name(output.name + ".cache.jsonl"))
     todo = [r for r in requests if r.key not in cache.records]
     users = list(dict.fromkeys(r.user for r in requests))
+    listed = ref.listed_users(table, rules)
+    if rules.skip and not canonical_int_ids(table[USER_COL]):
+        log("warning: the user ids are not integers; the notebook's skip list does not apply")
     log(f"{cfg.dataset} (the authors' procedure, {path.name}): {len(users)} users "
-        f"({len(rules.skip)} skipped by the notebook's list), {len(requests)} requests, "
+        f"({listed} left out by the notebook's skip list), {len(requests)} requests, "
         f"{len(requests) - len(todo)} cached, {len(todo)} to ask ({cfg.backend})")
     started = time.perf_counter()
     if todo:
         ask_all(make_backend(cfg, {}), todo, rules, entry.token_limit, cache)
     records = [cache.records[r.key] for r in requests]
-    counts = dict(users=len(users), users_skipped_by_list=len(rules.skip),
+    counts = dict(users=len(users), users_skipped_by_list=listed,
                   **reference_counts(records, len(todo), time.perf_counter() - started))
     if counts["chunks_retry_impossible"]:
         log(f"warning: {counts['chunks_retry_impossible']} answers did not end with \"]\" and "

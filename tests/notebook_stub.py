@@ -18,8 +18,9 @@ from pathlib import Path
 SEPARATOR = "-" * 45  # the notebooks' separator line (a fact of their files)
 
 # answer formats (``{0}`` = the chosen titles as "<Title>" items joined by ", ", ``{g}`` the
-# same with their genre part); every one ends with "]" once cut, so the notebooks' retry
-# (which fails in the ML-100K notebook) is never needed unless a test asks for it
+# same with their genre part, ``{all}`` every candidate); every one ends with "]" once cut,
+# so the notebooks' retry (which fails in the ML-100K notebook) is never needed unless a
+# test asks for it
 FORMATS = [
     "[{0}]",
     "[{g}]",
@@ -28,12 +29,13 @@ FORMATS = [
     "Answer: [{0}]",  # no line starting with "[": parsed as nothing, yet complete
     "[{0}]\n[{g}]",
     "  [{0}]  ",
-    "[{0}]\n" + SEPARATOR + "\n[<Not Asked At All>]\n",  # cut at the separator line
+    "[{0}]\n" + SEPARATOR + "\n[{all}]\n",  # cut at the separator line
     "[{0}]\nCandidate List:\n[<Not Asked (genre: Drama)>]\n\nOutput (Answer):\n[{g}]",
     "The user would like these.\n[{0}]",
     "[{0}, <Some Title Nobody Rated>]",
     "[{0}]\n\n" + SEPARATOR,
     "[{0}]]",
+    "[{0}]\r[{all}]",  # a lone carriage return: a line break to their parser's file
 ]
 
 
@@ -62,7 +64,8 @@ def canned_answer(prompt: str, formats=FORMATS) -> str:
     plain = ", ".join(f"<{t}>" for t, _ in chosen)
     genre = ", ".join(f"<{t} (genre: {g})>" for t, g in chosen)
     nospace = ", ".join(f"<{t}(genre: {g})>" for t, g in chosen)
-    return formats[digest[0] % len(formats)].format(plain, g=genre, nospace=nospace)
+    every = ", ".join(f"<{t}>" for t, _ in items)
+    return formats[digest[0] % len(formats)].format(plain, g=genre, nospace=nospace, all=every)
 
 
 class _Ids(list):

@@ -179,11 +179,43 @@ def test_parse_answers_and_title_decisions():
                dict(user="3", status="answered", answer="[]"),
                dict(user="4", status="too_long", answer=None)]
     assert ref.parse_answers(records) == {"1": {"A", "B(genre: Y)", "D"}, "3": set()}
-    table = pd.DataFrame({"user_id:token": ["1", "1", "1", "3", "1"],
-                          "item_id:token": ["a", "b", "c", "d", "e"],
-                          "rating:float": [3.0, 2.0, 3.0, 2.0, 4.0],
-                          "title": ["A", "B", "D", "A", "A"]})
+    table = pd.DataFrame({"user_id:token": ["1", "1", "1", "3", "1", "1"],
+                          "item_id:token": ["a", "b", "c", "d", "e", "f"],
+                          "rating:float": [3.0, 2.0, 3.0, 2.0, 4.0, 1.0],
+                          "title": ["A", "B", "D", "A", "A", "A"]})
     assert ref.decisions_by_title(table, ref.parse_answers(records)) == {"1": {"a", "c"}, "3": set()}
+
+
+BROKEN = [("def ask_llama1(q, stop_token='=====', max_occurrences=N):\n    pass\n", "defaults"),
+          ("def ask_llama1(q, stop_token='=====', max_occurrences=None):\n    pass\n", "a count"),
+          ("prompt1 = 'a {positive_movies_5'\n", "not a format template")]
+
+
+@pytest.mark.parametrize("cell, message", BROKEN)
+def test_broken_notebooks_are_one_line_errors(tmp_path, cell, message):
+    path = write_notebook(tmp_path / "nb.ipynb")
+    notebook = json.loads(path.read_text())
+    notebook["cells"].insert(0, {"cell_type": "code", "source": cell})  # the first one is read
+    path.write_text(json.dumps(notebook))
+    with pytest.raises(DataError, match=message):
+        read_notebook(path, REFINE_NOTEBOOKS["ML-100K"], warn=lambda *a: None)
+    path.write_text(json.dumps({"cells": "x"}))
+    with pytest.raises(DataError, match="not a Jupyter notebook"):
+        read_notebook(path, REFINE_NOTEBOOKS["ML-100K"])
+
+
+def test_unusable_inputs_are_one_line_errors(tmp_path, capsys):
+    write_data(tmp_path)
+    notebook = str(write_notebook(tmp_path / "nb.ipynb"))
+    base = ["--dataset", "ML-100K", "--data_dir", str(tmp_path), "--procedure", "reference"]
+    assert rl.main(base + ["--notebook", notebook, "--dump_prompts", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert rl.main(base + ["--notebook", str(tmp_path), "--dump_prompts", "x"]) == 2
+    assert "is a folder; give the notebook file" in capsys.readouterr().err
+    item = tmp_path / "raw" / "ml-100k" / "ml-100k.item"
+    item.write_text(item.read_text() + item.read_text().splitlines()[1] + "\n")
+    assert rl.main(base + ["--notebook", notebook, "--dump_prompts", str(tmp_path / "p")]) == 2
+    assert "item 1 has 2 rows" in capsys.readouterr().err
 
 
 def test_notebook_read_errors(tmp_path):
