@@ -38,7 +38,7 @@ from llm.procedure import (agreement, build_requests, decisions_from_records, pl
                            relabel, sorted_users)
 from llm.notebook import notebook_entry
 from llm.prompts import FAMILY_OF_DATASET, TEMPLATES, PromptTemplate
-from llm.reference import write_prompts
+from llm.reference import show_prompts
 from llm.run_reference import ask_reference
 from runs.cli import command_line, run_cli
 from runs.files import atomic_write_text
@@ -203,18 +203,13 @@ def ask_backend(cfg: RefineConfig, train: pd.DataFrame, texts, output: Path, log
     if cfg.limit_users:
         plans = plans[:cfg.limit_users]
     requests = build_requests(plans, texts(), cfg)
-    if cfg.dump_prompts:
+    if cfg.dump_prompts or cfg.dry_run:
         seen: dict[str, int] = {}  # a user's chunks numbered from 0
         rows = []
         for r in requests:
             seen[r.user] = seen.get(r.user, -1) + 1
             rows.append((r.user, seen[r.user], r.prompt("main")))
-        n = write_prompts(Path(cfg.dump_prompts), rows)
-        log(f"wrote {n} prompts to {cfg.dump_prompts}")
-        return None
-    if cfg.dry_run:
-        for r in requests[:cfg.dry_run]:
-            log(f"--- user {r.user}, items {r.items}\n{r.prompt('main')}")
+        show_prompts(cfg, rows, log)
         return None
     cache = AnswerCache(Path(cfg.cache) if cfg.cache
                         else output.with_name(output.name + ".cache.jsonl"))

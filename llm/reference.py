@@ -264,3 +264,14 @@ def write_prompts(path: Path, rows) -> int:
     except OSError as err:
         raise DataError(f"--dump_prompts {path}: cannot write ({err.strerror})") from None
     return len(lines)
+
+
+def show_prompts(cfg, rows, log) -> None:
+    """``--dump_prompts`` (every row written) or ``--dry_run N`` (the first N printed);
+    ``rows``: (user, chunk, prompt) triples, the same for both procedures."""
+    if cfg.dump_prompts:
+        n = write_prompts(Path(cfg.dump_prompts), rows)
+        log(f"wrote {n} prompts to {cfg.dump_prompts}")
+        return
+    for user, chunk, prompt in list(rows)[:cfg.dry_run]:
+        log(f"--- user {user}, chunk {chunk}\n{prompt}")

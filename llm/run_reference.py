@@ -73,14 +73,8 @@ def ask_reference(cfg, train: pd.DataFrame, output: Path, log=print):
     table = reference_table(cfg, train, entry)
     requests = ref.plan_requests(table, rules, entry.chunk_size, entry.seed,
                                  entry.reseed_per_user, cfg.limit_users)
-    if cfg.dump_prompts:
-        n = ref.write_prompts(Path(cfg.dump_prompts),
-                              ((r.user, r.chunk, r.prompt(rules.main)) for r in requests))
-        log(f"wrote {n} prompts to {cfg.dump_prompts}")
-        return None
-    if cfg.dry_run:
-        for r in requests[:cfg.dry_run]:
-            log(f"--- user {r.user}, chunk {r.chunk}\n{r.prompt(rules.main)}")
+    if cfg.dump_prompts or cfg.dry_run:
+        ref.show_prompts(cfg, [(r.user, r.chunk, r.prompt(rules.main)) for r in requests], log)
         return None
     requests = ref.keyed(requests, rules, cfg.model_id())
     cache = AnswerCache(Path(cfg.cache) if cfg.cache
