@@ -14,7 +14,8 @@ from pathlib import Path
 import compare
 from data.registry import DATASETS
 from data.splits import resolve_data_dir
-from recommenders import MODELS, add_setting_flags, make_config
+from recommenders import (DEFAULT_MODEL, MODELS, add_setting_flags, default_text,
+                          make_config, not_a_setting, owner_of)
 from runs import distributed, seeds, trainer
 from runs.cli import run_cli
 from runs.config import Config, ConfigError
@@ -26,38 +27,47 @@ INTERRUPTED = ("interrupted: continue with --resume <run folder> (last.pt holds 
                "finished epoch)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                argument_default=argparse.SUPPRESS)
+def build_parser(model: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
+    """The general flags and ``model``'s own; every stated default is the model's
+    (recommenders.defaults_of), so ``--model X -h`` tells X's truth."""
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], argument_default=argparse.SUPPRESS,
+        epilog=f"Each model has its own flags: python main.py --model M -h "
+               f"(M: {', '.join(MODELS)}).")
     a = p.add_argument
-    a("--model", help=f"{', '.join(MODELS)} (default refine_plus); see recommenders/")
-    a("--dataset", help=f"{', '.join(DATASETS)}, or a folder name under --data_dir "
-                        f"(default ML-100K)")
+
+    def d(name: str) -> str:  # " (default X)" for --name, as --model states it
+        return f" (default {default_text(model, name)})"
+
+    a("--model", help=f"{', '.join(MODELS)} (default {DEFAULT_MODEL}); see recommenders/")
+    a("--dataset", help=f"{', '.join(DATASETS)}, or a folder name under --data_dir"
+                        f"{d('dataset')}")
     a("--dataset_augment", choices=("augment", "original"),
-      help="train on the LLM-refined file (augment, default) or the raw ratings (original)")
-    a("--data_dir", help="folder holding <DATASET>/ (default $REFINE_DATA_DIR or dataset/)")
-    a("--random_seed", type=int, help="seed for python, numpy, torch (default 2024)")
-    a("--batch_size", type=int, help="rows of T per step (default 1024)")
-    a("--test_batch_size", type=int, help="users per evaluation block (default 8192)")
-    a("--embedding_dim", type=int, help="d (default 64)")
-    a("--layers", type=int, help="LightGCN layers K (default 4; 2 for Amazon_Books except "
-                                 "pngnn, siren)")
-    a("--learning_rate", type=float, help="Adam learning rate (default 1e-3; pngnn, siren 5e-3)")
-    a("--evaluation_step", type=int, help="validate every N epochs (default 1)")
-    a("--early_stopping_step", type=int, help="patience on validation Recall@20 (default 50)")
-    a("--top_k", type=int, nargs="+", help="cut-offs (default 5 10 15 20)")
-    a("--epochs", type=int, help="maximum epochs (default 1000); with --resume: new maximum")
+      help="train on the LLM-refined file (augment) or the raw ratings (original)"
+           + d("dataset_augment"))
+    a("--data_dir", help="folder holding <DATASET>/ (default: $REFINE_DATA_DIR or dataset/)")
+    a("--random_seed", type=int, help="seed for python, numpy, torch" + d("random_seed"))
+    a("--batch_size", type=int, help="rows of T per step" + d("batch_size"))
+    a("--test_batch_size", type=int, help="users per evaluation block" + d("test_batch_size"))
+    a("--embedding_dim", type=int, help="d" + d("embedding_dim"))
+    a("--layers", type=int, help="LightGCN layers K" + d("layers"))
+    a("--learning_rate", type=float, help="Adam learning rate" + d("learning_rate"))
+    a("--evaluation_step", type=int, help="validate every N epochs" + d("evaluation_step"))
+    a("--early_stopping_step", type=int,
+      help="patience on validation Recall@20" + d("early_stopping_step"))
+    a("--top_k", type=int, nargs="+", help="cut-offs" + d("top_k"))
+    a("--epochs", type=int, help="maximum epochs; with --resume: the new maximum" + d("epochs"))
     a("--mask_valid_in_test", action="store_true",
       help="also mask validation rows when scoring the test split (reference: not masked)")
     a("--allow_split_overlap", action="store_true",
       help="train even when a (user, item) pair is in two of train/validation/test (a "
            "warning in train.log); default: refuse such data")
-    a("--device", help="auto (default), cpu, cuda or cuda:N")
+    a("--device", help="auto, cpu, cuda or cuda:N" + d("device"))
     a("--gpu_id", type=int, help="GPU index used by --device auto (reference flag)")
     a("--threads", type=int, help="CPU threads (default: all cores available to the process)")
     a("--path_name", help="run folder name under <result_dir>/<dataset>/ (default: timestamp "
                           "and process id)")
-    a("--result_dir", help="root of run folders (default result)")
+    a("--result_dir", help="root of run folders" + d("result_dir"))
     a("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     a("--quiet", action="store_true", help="log to train.log only: no stdout, no progress bar")
     a("--keep_denormals", dest="flush_denormal", action="store_false",
@@ -71,13 +81,48 @@ def build_parser() -> argparse.ArgumentParser:
     a("--num_seeds", type=int, help="as --seeds with random_seed, random_seed + 1, ...")
     a("--compare_to", nargs="+", metavar="PATH",
       help="logs or run folders to print side by side with this run at the end (compare.py)")
-    add_setting_flags(p)  # each model's own flags, from its Settings (recommenders/*.py)
+    add_setting_flags(p, model)  # the model's own flags, from its Settings (recommenders/)
     return p
 
 
+def parse_flags(argv: list[str]) -> dict:
+    """The given flags, parsed by the parser of the run's model (--model, the model of the
+    --resume run, or the default); a flag of another model is refused naming its owner."""
+    first = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    first.add_argument("--model")
+    first.add_argument("--resume")
+    known, _ = first.parse_known_args(argv)
+    model = getattr(known, "model", None)
+    if model is None and getattr(known, "resume", None):
+        model = saved_model(Path(known.resume))
+    model = model or DEFAULT_MODEL
+    if model not in MODELS:
+        raise ConfigError(f"--model must be one of {', '.join(MODELS)}")
+    parser = build_parser(model)
+    ours = {option for action in parser._actions for option in action.option_strings}
+    for arg in argv:  # before argparse, which would read --b as an abbreviation of ours
+        name = arg.split("=", 1)[0]
+        if name.startswith("--") and name not in ours and owner_of(name[2:]):
+            raise ConfigError(not_a_setting(name[2:], model))
+    return vars(parser.parse_args(argv))
+
+
+def saved_model(run_dir: Path) -> str | None:
+    """The --model of the run in ``run_dir`` (None when it cannot be read: --resume's own
+    checks say why later)."""
+    for name in (seeds.SEEDS_FILE, "config.json"):
+        try:
+            saved = json.loads((run_dir / name).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(saved, dict) and saved.get("model") in MODELS:
+            return saved["model"]
+    return None
+
+
 def config_from_args(argv=None) -> Config:
-    parser = build_parser()
-    given = vars(parser.parse_args(argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    given = parse_flags(argv)
     if "resume" not in given:
         return make_config(**given)
     run_dir = Path(given["resume"])
@@ -91,10 +136,10 @@ def config_from_args(argv=None) -> Config:
         saved = read_saved_config(run_dir / "config.json")
     ignored = sorted(set(given) - set(RESUME_OVERRIDES) - {"resume"})
     if ignored:
-        flag = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
+        flag = {a.dest: a.option_strings[0] for a in build_parser()._actions if a.option_strings}
         raise ConfigError(f"--resume keeps the run's settings; only "
                           f"{', '.join(flag[k] for k in RESUME_OVERRIDES)} may be given "
-                          f"(got {', '.join(flag[k] for k in ignored)})")
+                          f"(got {', '.join(flag.get(k, '--' + k) for k in ignored)})")
     saved.pop("inputs", None)
     return make_config(strict=False, **{**saved, "num_seeds": None, **given})
 

@@ -83,6 +83,32 @@ class LightGCN(nn.Module):
             out = out + x if k == 0 else out.add_(x)
         return out / (len(self.convs) + 1)
 
+    def layers(self, norm_adj: Tensor) -> Tensor:
+        """Every layer, unpooled: (U+I, K+1, d) with [:, k] = E(k) (MixGCF and SCFT read
+        them layer by layer)."""
+        x = self.embedding.weight
+        out = [x]
+        for conv in self.convs:
+            x = conv(x, norm_adj)
+            out.append(x)
+        return torch.stack(out, 1)
+
+
+class LightGCNRecommender(nn.Module):
+    """A recommender on LightGCN: the nodes are the users then the items; ``forward`` gives
+    the final embeddings split into (users U x d, items I x d). Alone it is the LightGCN
+    and ReFINe baselines' model; ReFINe++ and the other baselines add parts to it."""
+
+    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
+                 num_layers: int = 4, symmetric_backward: bool = True):
+        super().__init__()
+        self.num_users, self.num_items = num_users, num_items
+        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers, symmetric_backward)
+
+    def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.gcn(norm_adj)
+        return out[:self.num_users], out[self.num_users:]
+
 
 class DispreferenceAE(nn.Module):
     """Autoencoder of a binary dispreference row: in -> 600 -> 64 -> 600 -> in, sigmoid output."""
@@ -103,22 +129,15 @@ class DispreferenceAE(nn.Module):
         return z, self.decoder(z)
 
 
-class ReFINePlus(nn.Module):
+class ReFINePlus(LightGCNRecommender):
     """LightGCN over T plus the user AE (input: a user's row of X, length I) and the item
     AE (input: an item's column of X, length U)."""
 
     def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
                  num_layers: int = 4, symmetric_backward: bool = True):
-        super().__init__()
-        self.num_users, self.num_items = num_users, num_items
-        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers, symmetric_backward)
+        super().__init__(num_users, num_items, embedding_dim, num_layers, symmetric_backward)
         self.user_ae = DispreferenceAE(num_items, code_dim=embedding_dim)
         self.item_ae = DispreferenceAE(num_users, code_dim=embedding_dim)
-
-    def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
-        """Final embeddings split into (users U x d, items I x d)."""
-        out = self.gcn(norm_adj)
-        return out[:self.num_users], out[self.num_users:]
 
 
 # ------------------------------------------------------------------------------ losses
@@ -294,21 +313,6 @@ def multinomial_without_replacement(weights: Tensor, n: int,
 
 
 # ---------------------------------------------------------------- the BPR baselines' parts
-
-class GraphRecommender(nn.Module):
-    """LightGCN alone, as the LightGCN and ReFINe baselines use it (no autoencoders)."""
-
-    def __init__(self, num_users: int, num_items: int, embedding_dim: int = 64,
-                 num_layers: int = 4, symmetric_backward: bool = True):
-        super().__init__()
-        self.num_users, self.num_items = num_users, num_items
-        self.gcn = LightGCN(num_users + num_items, embedding_dim, num_layers, symmetric_backward)
-
-    def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
-        """Final embeddings split into (users U x d, items I x d)."""
-        out = self.gcn(norm_adj)
-        return out[:self.num_users], out[self.num_users:]
-
 
 def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
     """L_bpr = mean_b -log sigmoid(s(u_b, i_b) - s(u_b, j_b)) = mean softplus(s_j - s_i).

@@ -104,7 +104,7 @@ def measure(shape: str, data_dir: str, dataset: str, train_file: str, batches: i
     optimizer = refine_plus.make_optimizer(model, config)
     peaks["graphs+model"] = peak_mib()
 
-    sampling = refine_plus.Sampling(n, config.real_neg_samp_prob, None)
+    sampling = refine_plus.Sampling(n, config.settings.real_neg_samp_prob, None)
 
     def some_batches(count: int) -> None:  # part of an epoch: the first ``count`` batches
         rows = itertools.islice(base.batches(len(graphs.train), config.batch_size, device), count)

@@ -31,16 +31,14 @@ class RawFormat:
 @dataclass(frozen=True)
 class Dataset:
     """A published dataset. ``blobs``: split -> git blob SHA-1 of its published file;
-    ``prompt_family``: refine_llm.py's prompt template; ``refine_r``: ReFINe's r;
-    ``layers``: the paper's LightGCN depth for it; ``hnlm_pairs_per_user``: the default cap
-    of HNLMRec's hard-negative requests per user (None: every positive pair)."""
+    ``prompt_family``: refine_llm.py's prompt template; ``hnlm_pairs_per_user``: the default
+    cap of HNLMRec's hard-negative requests per user (None: every positive pair). A model's
+    defaults on a dataset live in the model's file (recommenders/)."""
 
     name: str
     raw: RawFormat
     blobs: dict[str, str] = field(repr=False)
     prompt_family: str
-    refine_r: int = 100
-    layers: int = 4
     hnlm_pairs_per_user: int | None = None
 
 
@@ -52,7 +50,7 @@ DATASETS = {d.name: d for d in (
              "train_original": "38def0b51e296992900303f611ff2bf85c1a0b73",
              "validation": "dc14ca7fcd367346f249d6aeb23a3e09f20cbef1",
              "test": "f3cbe95698f3cd22627cf92045ff0eb5a0e951f5"},
-            "movies", refine_r=100),
+            "movies"),
     Dataset("ML-1M",
             RawFormat("ml-1m", ("movie_title:token_seq", "release_year:token",
                                 "genre:token_seq"), "MovieLens/ml-1m.zip"),
@@ -60,7 +58,7 @@ DATASETS = {d.name: d for d in (
              "train_original": "e3baf41eef82249f4af08dc0e9e846a84892a7a0",
              "validation": "474b0a7448e43441e02b924b4fc446f5492654f8",
              "test": "c1407e658b3e0815ace9822ea64dbfed13165d6a"},
-            "movies", refine_r=250,
+            "movies",
             hnlm_pairs_per_user=20),  # its train_original has 407,268 positive pairs
     Dataset("Netflix-1M",
             RawFormat("netflix", ("title:token", "year:token", "genres:token"),
@@ -69,7 +67,7 @@ DATASETS = {d.name: d for d in (
              "train_original": "f4341eb1be8f1d794297e33f6ef3f022fc138b1e",
              "validation": "1d16d5157068acc8230ad6b234b5f6992401689d",
              "test": "d1b455f977e866fa707819dbb1df54ae1e563390"},
-            "movies", refine_r=300),
+            "movies"),
     Dataset("Amazon_Digital_Music",
             RawFormat("Amazon_Digital_Music", ("title:token", "categories:token_seq"),
                       "Amazon_ratings/Amazon_Digital_Music.zip"),
@@ -85,7 +83,7 @@ DATASETS = {d.name: d for d in (
              "train_original": "cc9a161e2c5055808411b7d8395ac1f6dfb91c6d",
              "validation": "3fe96a092f12828ed143f29863fbdde88cd871ee",
              "test": "a3ac9499f5124ddef4d8eba80047736a2fc53a58"},
-            "books", layers=2),
+            "books"),
 )}
 
 @dataclass(frozen=True)

@@ -253,7 +253,7 @@ def mixgcf_records(cfg: SCFTConfig, chunk: int = 4096) -> Records:
     from runs.trained import load_trained
     run = load_trained(Path(cfg.mixgcf_run), cfg.dataset, cfg.data_dir, "--mixgcf_run",
                        model="mixgcf")
-    g, pool, U = run.graphs, run.config.pool, run.graphs.num_users
+    g, pool, U = run.graphs, run.config.settings.pool, run.graphs.num_users
     users, items = g.train.users[g.is_pos], g.train.items[g.is_pos]
     picked = torch.arange(users.numel())
     if cfg.max_records and cfg.max_records < picked.numel():

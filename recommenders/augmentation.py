@@ -48,34 +48,34 @@ def file_setting():
 
 
 def mode_setting(default: str):
-    return setting(default, "rows: extra rows in every batch (LLMRec; lightgcn's default); "
-                            "edges: training interactions (LLM-PNGNN; pngnn's default)",
+    return setting(default, "rows: extra rows in every batch (LLMRec); "
+                            "edges: training interactions (LLM-PNGNN)",
                    choices=("rows", "edges"))
 
 
 def weight_setting():
-    return setting(1.0, "weight of an augmented BPR row in rows mode (1)")
+    return setting(1.0, "weight of an augmented BPR row in rows mode")
 
 
 def prune_drop_setting():
     return setting(0.0, "LLMRec's noise pruning: share of each batch's rows left out of the "
-                        "loss (0: off, the default; 0.71 replicates LLMRec)")
+                        "loss (0: off; 0.71 replicates LLMRec)")
 
 
 def prune_keep_setting():
     return setting("high_loss", "with --prune_drop > 0, which rows stay: high_loss (LLMRec's "
-                                "code, default) or low_loss (what its paper describes)",
+                                "code) or low_loss (what its paper describes)",
                    choices=("high_loss", "low_loss"))
 
 
 def header(config: Config) -> list:
     """The log header's augmentation and pruning lines (none when both are off)."""
     lines = []
-    if config.augment_file:
-        lines += [("augment_file", config.augment_file), ("augment_mode", config.augment_mode),
-                  ("augment_weight", config.augment_weight)]
-    if config.prune_drop > 0:
-        lines += [("prune_drop", config.prune_drop), ("prune_keep", config.prune_keep)]
+    if config.settings.augment_file:
+        lines += [("augment_file", config.settings.augment_file), ("augment_mode", config.settings.augment_mode),
+                  ("augment_weight", config.settings.augment_weight)]
+    if config.settings.prune_drop > 0:
+        lines += [("prune_drop", config.settings.prune_drop), ("prune_keep", config.settings.prune_keep)]
     return lines
 
 
@@ -121,18 +121,19 @@ def held_out_pairs(data: RecData) -> set:
             for u, i in zip(split.users.tolist(), split.items.tolist())}
 
 
-def transform(data: RecData, config: Config, warn) -> RecData:
+def transform(data: RecData, config: Config, warn, negatives: bool = False) -> RecData:
     """The recommender hook before the graphs are built: record the file, and in edges
-    mode add the triples to T (negatives too when the model learns from negative rows)."""
-    if not config.augment_file:
+    mode add the triples to T (``negatives``: the (u, i-) rows too, for a model that learns
+    from negative rows)."""
+    if not config.settings.augment_file:
         return data
-    data.files.append(("augment_file", Path(config.augment_file)))
-    triples = read_triples(config.augment_file, data.user_ids, data.item_ids,
+    data.files.append(("augment_file", Path(config.settings.augment_file)))
+    triples = read_triples(config.settings.augment_file, data.user_ids, data.item_ids,
                            held_out_pairs(data), warn)
     data = dataclasses.replace(data, augmented=triples)
-    if config.augment_mode != "edges":
+    if config.settings.augment_mode != "edges":
         return data
-    return add_edges(data, triples, negatives=config.model == "pngnn")
+    return add_edges(data, triples, negatives=negatives)
 
 
 def add_edges(data: RecData, triples: Triples, negatives: bool) -> RecData:

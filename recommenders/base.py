@@ -4,17 +4,16 @@ mini-batch epoch of the BPR-style models."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
 import dataloader
-from data.registry import DATASETS
 from data.schema import UserError
 from dataloader import Interactions, RecData, RowIndex
-from model import GraphRecommender
+from model import LightGCNRecommender
 
 if TYPE_CHECKING:
     from runs.config import Config
@@ -38,12 +37,16 @@ def on_off(default: str, help_text: str):
 class Recommender:
     """One model, as its file declares it (see docs/extending.md).
 
-    ``settings``: the dataclass of its own flags; ``defaults(dataset)``: defaults of general
-    settings (learning_rate, layers) and of its own that depend on the dataset;
-    ``prepare(graphs, config)`` builds the sampling state once per run (raising
-    TrainingError when sampling is infeasible); ``train_epoch(model, optimizer, graphs,
-    config, epoch, state, shard=None)`` returns the epoch's loss; ``header(config)`` gives
-    (lines for the reference's block, our lines) of the log header."""
+    ``settings``: the dataclass of its own flags (their defaults: the field defaults);
+    ``defaults``: its defaults of general settings (learning_rate, layers, ...) where they
+    differ from Config's; ``dataset_defaults``: dataset -> the defaults, general or its own,
+    that differ on that dataset. Nothing else declares a default (make_config merges them,
+    ``main.py --model X -h`` prints them). ``prepare(graphs, config)`` builds the sampling
+    state once per run (raising TrainingError when sampling is infeasible);
+    ``train_epoch(model, optimizer, graphs, config, epoch, state, shard=None)`` returns the
+    epoch's loss; ``header(config)`` gives (lines for the reference's block, our lines) of
+    the log header; ``distributed``: None when the model does not train under torchrun,
+    else a function of its settings giving why these settings cannot (or None)."""
 
     name: str
     settings: type
@@ -53,17 +56,16 @@ class Recommender:
     prepare: Callable[[Graphs, Config], Any]
     train_epoch: Callable[..., float]
     header: Callable[[Config], tuple[list, list]]
-    defaults: Callable[[str], dict] = lambda dataset: {}
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    dataset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     check: Callable[[Config], None] = lambda config: None  # cross-setting checks
     # (data, config, warn) -> data, before the graphs are built (an LLM augmentation)
     transform: Callable[..., RecData] = lambda data, config, warn: data
-    distributed: bool = False
+    distributed: Callable[[Any], str | None] | None = None
 
 
-def general_defaults(dataset: str) -> dict:
-    """learning rate 1e-3; the paper's LightGCN depth of the dataset (4, Amazon_Books 2)."""
-    return {"learning_rate": 1e-3, "layers": DATASETS[dataset].layers if dataset in DATASETS
-            else 4}
+# the papers' LightGCN depth where it is not 4 (ReFINe++'s Amazon_Books runs)
+PAPER_DEPTH = {"Amazon_Books": {"layers": 2}}
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -165,7 +167,7 @@ def no_shard(name: str, shard) -> None:
 
 
 def build_gcn(graphs: Graphs, config: Config) -> nn.Module:
-    return GraphRecommender(graphs.num_users, graphs.num_items, config.embedding_dim,
+    return LightGCNRecommender(graphs.num_users, graphs.num_items, config.embedding_dim,
                             config.layers)
 
 
@@ -176,9 +178,9 @@ def adam(model: nn.Module, config: Config) -> torch.optim.Optimizer:
 
 def gamma():
     """The reference's --real_neg_samp_prob: the sampling weight of a confirmed negative."""
-    return setting(1.5, "gamma, sampling weight of a user's confirmed negatives (1.5)")
+    return setting(1.5, "gamma, sampling weight of a user's confirmed negatives")
 
 
 def lambda_reg(default: float):
-    return setting(default, "L2 weight (default 1e-4; pngnn, siren 0.05); each "
-                            "model's file says which embeddings it covers", type=float)
+    return setting(default, "L2 weight; the model's file says which embeddings it "
+                            "covers", type=float)

@@ -17,10 +17,11 @@ if TYPE_CHECKING:
     from runs.config import Config
 
 
-@dataclass
+@dataclass(frozen=True)
 class BPRSampling:
-    """The positive rows a BPR epoch iterates over and the U x I sampling weights;
-    ``reweight(model, epoch)`` gives the weights of an epoch (None: ``base_weights``)."""
+    """The positive rows a BPR epoch iterates over and the U x I sampling weights, built
+    once per run; ``reweight(model, epoch)`` gives the weights of an epoch (None:
+    ``base_weights``)."""
 
     pos_users: Tensor
     pos_items: Tensor
@@ -51,11 +52,13 @@ def check_candidates(weights: Tensor, users: Tensor, what: str) -> None:
                             f"sample a negative from ({what})")
 
 
-def bpr_sampling(graphs: Graphs, base_weights: Tensor, what: str) -> BPRSampling:
+def bpr_sampling(graphs: Graphs, base_weights: Tensor, what: str, **extra) -> BPRSampling:
+    """The sampling state of T's positive rows; ``extra``: BPRSampling's optional fields.
+    TrainingError (naming ``what`` the weights are) when a user has nothing to draw."""
     is_pos = graphs.is_pos
     users, items = graphs.train.users, graphs.train.items
     state = BPRSampling(users[is_pos], items[is_pos], base_weights, users[~is_pos],
-                        items[~is_pos])
+                        items[~is_pos], **extra)
     check_candidates(base_weights, torch.unique(state.pos_users), what)
     return state
 
@@ -100,13 +103,13 @@ def bpr_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
             negatives = torch.where(use, hard, negatives)
         extra = sample_rows(state.augment_rows, batch.numel(), users.device)
         if extra is None:
-            return bpr_batch_loss(model, graphs, users, items, negatives, config.lambda_reg,
+            return bpr_batch_loss(model, graphs, users, items, negatives, config.settings.lambda_reg,
                                   prune=state.prune)
         row_weight = torch.cat([torch.ones(users.numel(), device=users.device),
                                 torch.full((len(extra),), state.augment_weight,
                                            device=users.device)])
         return bpr_batch_loss(model, graphs, torch.cat([users, extra.users]),
                               torch.cat([items, extra.pos]), torch.cat([negatives, extra.neg]),
-                              config.lambda_reg, row_weight, state.prune)
+                              config.settings.lambda_reg, row_weight, state.prune)
     return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
                            weights.device, step_loss, progress)

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from data.schema import DataError
 from data.vectors import pair_vector_dim, read_pair_vectors
-from model import GraphRecommender, batch_l2, bpr_loss, categorical_sample
+from model import LightGCNRecommender, batch_l2, bpr_loss, categorical_sample
 from recommenders.base import (Graphs, Recommender, TrainingError, lambda_reg, minibatch_epoch,
                                no_shard, on_off, setting)
 from recommenders.bpr import check_candidates, unseen_weights
@@ -52,17 +52,17 @@ class Settings:
     negative_file: str | None = setting(None, "the (user, item) hard-negative vectors "
                                               "(python -m llm.hnlm; required)", type=str)
     lambda_reg: float = lambda_reg(1e-4)
-    alpha: float = setting(0.01, "weight of the LLM negative in the mixed negative (0.01)")
-    rank_loss: str = setting("bpr", "bpr (the paper's, default) or hinge (margin 0.3, the "
+    alpha: float = setting(0.01, "weight of the LLM negative in the mixed negative")
+    rank_loss: str = setting("bpr", "bpr (the paper's) or hinge (margin 0.3, the "
                                     "released code's)", choices=("bpr", "hinge"))
-    align_weight: float = setting(0.001, "weight of the alignment InfoNCE (hnlmrec 0.001; "
-                                         "semantic_neg 0: off)")
-    align_temperature: float = setting(0.2, "InfoNCE temperature (0.2)")
-    missing: str = setting("mask", "rows without a vector: mask (mix nothing, no L_CL; "
-                                   "default) or random (a fresh N(0, I) vector, the code's)",
+    align_weight: float = setting(0.001, "weight of the user / LLM-negative alignment "
+                                         "InfoNCE (0: off)")
+    align_temperature: float = setting(0.2, "InfoNCE temperature")
+    missing: str = setting("mask", "rows without a vector: mask (mix nothing, no L_CL) "
+                                   "or random (a fresh N(0, I) vector, the code's)",
                            choices=("mask", "random"))
     adapter_final_relu: str = on_off("off", "a ReLU after the adapter's last layer (the "
-                                            "code's; off by default: CF embeddings are signed)")
+                                            "code's; off: CF embeddings are signed)")
     freeze_adapter: str = on_off("off", "keep the adapter at its initial weights (the "
                                         "released code's bug)")
     cl_inbatch: str = on_off("off", "L_CL also contrasts e_u with the other rows' adapted "
@@ -77,7 +77,7 @@ class Settings:
                 (self.missing in ("mask", "random"), "--missing must be mask or random"))
 
 
-class HNLMRecGCN(GraphRecommender):
+class HNLMRecGCN(LightGCNRecommender):
     """LightGCN plus the adapter g (built from its own generator, so that the global random
     stream — batches, negatives — is the one LightGCN's training sees)."""
 
@@ -127,16 +127,16 @@ def vectors_of_rows(path: Path, users: Tensor, items: Tensor, graphs: Graphs
 
 
 def prepare(graphs: Graphs, config: Config) -> HNLMState:
-    if not config.negative_file:
+    if not config.settings.negative_file:
         raise TrainingError("--model hnlmrec needs --negative_file (python -m llm.hnlm)")
     device = graphs.norm_adj.device
     weights = unseen_weights(graphs)
     users, items = graphs.train.users[graphs.is_pos], graphs.train.items[graphs.is_pos]
     check_candidates(weights, torch.unique(users), "every item has a training row")
-    row_vector, vectors, line = vectors_of_rows(Path(config.negative_file), users.cpu(),
+    row_vector, vectors, line = vectors_of_rows(Path(config.settings.negative_file), users.cpu(),
                                                 items.cpu(), graphs)
     return HNLMState(users, items, weights, row_vector.to(device), vectors.to(device),
-                     [("negative_file", Path(config.negative_file))], [line])
+                     [("negative_file", Path(config.settings.negative_file))], [line])
 
 
 def hnlm_batch_loss(model: HNLMRecGCN, graphs: Graphs, users: Tensor, items: Tensor,
@@ -150,25 +150,25 @@ def hnlm_batch_loss(model: HNLMRecGCN, graphs: Graphs, users: Tensor, items: Ten
     if h is not None:
         rows = has.nonzero().squeeze(1)
         h_hat = model.adapter(h)  # (H, d)
-        mixed = config.alpha * h_hat + (1 - config.alpha) * e_neg[rows]
+        mixed = config.settings.alpha * h_hat + (1 - config.settings.alpha) * e_neg[rows]
         e_neg = e_neg.index_put((rows,), mixed)
     pos_scores, neg_scores = (u * e_pos).sum(1), (u * e_neg).sum(1)
-    if config.rank_loss == "bpr":
+    if config.settings.rank_loss == "bpr":
         loss = bpr_loss(pos_scores, neg_scores)
     else:
         loss = (neg_scores - pos_scores + HINGE_MARGIN).clamp_min(0).mean()
     U = graphs.num_users
     nodes = torch.unique(torch.cat([users, items + U, negatives + U]))
-    loss = loss + batch_l2(model.gcn.embedding.weight[nodes], users.numel(), config.lambda_reg)
-    if config.align_weight > 0 and h_hat is not None:
-        tau = config.align_temperature
+    loss = loss + batch_l2(model.gcn.embedding.weight[nodes], users.numel(), config.settings.lambda_reg)
+    if config.settings.align_weight > 0 and h_hat is not None:
+        tau = config.settings.align_temperature
         c_pos = F.cosine_similarity(u[rows], e_pos[rows]) / tau
-        if config.cl_inbatch == "on":  # (H, H): row r against every row's h^
+        if config.settings.cl_inbatch == "on":  # (H, H): row r against every row's h^
             c_neg = F.normalize(u[rows], dim=1) @ F.normalize(h_hat, dim=1).T / tau
             l_cl = torch.logsumexp(torch.cat([c_pos.unsqueeze(1), c_neg], 1), 1) - c_pos
         else:
             l_cl = F.softplus(F.cosine_similarity(u[rows], h_hat) / tau - c_pos)
-        loss = loss + config.align_weight * l_cl.mean()
+        loss = loss + config.settings.align_weight * l_cl.mean()
     return loss
 
 
@@ -181,7 +181,7 @@ def train_epoch(model: HNLMRecGCN, optimizer, graphs: Graphs, config: Config, ep
         negatives = categorical_sample(state.weights[users])  # as LightGCN draws them
         at = state.row_vector[batch]
         has = at >= 0
-        if config.missing == "random":
+        if config.settings.missing == "random":
             h = torch.randn(users.numel(), state.vectors.size(1), device=users.device)
             h[has] = state.vectors[at[has]]
             has = torch.ones_like(has)
@@ -193,15 +193,15 @@ def train_epoch(model: HNLMRecGCN, optimizer, graphs: Graphs, config: Config, ep
 
 
 def build(graphs: Graphs, config: Config) -> HNLMRecGCN:
-    if not config.negative_file:
+    if not config.settings.negative_file:
         raise TrainingError("--model hnlmrec needs --negative_file (python -m llm.hnlm)")
     try:
-        input_dim = pair_vector_dim(Path(config.negative_file))
+        input_dim = pair_vector_dim(Path(config.settings.negative_file))
     except DataError as err:
         raise TrainingError(str(err)) from None
     model = HNLMRecGCN(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers,
-                       input_dim, config.adapter_final_relu == "on", config.random_seed)
-    if config.freeze_adapter == "on":
+                       input_dim, config.settings.adapter_final_relu == "on", config.random_seed)
+    if config.settings.freeze_adapter == "on":
         model.adapter.requires_grad_(False)
     return model
 
@@ -213,7 +213,7 @@ def make_optimizer(model: HNLMRecGCN, config: Config) -> torch.optim.Optimizer:
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "hnlmrec"), *[(k, getattr(config, k)) for k in (
+    return [], [("model", "hnlmrec"), *[(k, getattr(config.settings, k)) for k in (
         "negative_file", "lambda_reg", "alpha", "rank_loss", "align_weight", "align_temperature",
         "missing", "adapter_final_relu", "freeze_adapter", "cl_inbatch")]]
 
@@ -221,4 +221,4 @@ def header(config: Config) -> tuple[list, list]:
 RECOMMENDER = Recommender("hnlmrec", Settings, positives_graph=True, build=build,
                           make_optimizer=make_optimizer, prepare=prepare,
                           train_epoch=train_epoch, header=header,
-                          defaults=lambda dataset: {"layers": 3})  # HNLMRec's L
+                          defaults={"layers": 3})  # HNLMRec's L

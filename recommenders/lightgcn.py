@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 import recommenders.augmentation as augmentation
-from recommenders.base import Graphs, Recommender, adam, build_gcn, lambda_reg
+from recommenders.base import PAPER_DEPTH, Graphs, Recommender, adam, build_gcn, lambda_reg
 from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling, unseen_weights
 from runs.config import require
 
@@ -32,24 +32,24 @@ class Settings:
 
 
 def prepare(graphs: Graphs, config: Config) -> BPRSampling:
+    settings, triples = config.settings, graphs.augmented
     weights = unseen_weights(graphs)
-    state = bpr_sampling(graphs, weights, "every item has a training row")
-    state.prune = (config.prune_drop, config.prune_keep)
-    triples = graphs.augmented
-    if triples is not None and config.augment_mode == "rows":
-        state.augment_rows, state.augment_weight = triples, config.augment_weight
+    extra = {"prune": (settings.prune_drop, settings.prune_keep)}
+    if triples is not None and settings.augment_mode == "rows":
+        extra.update(augment_rows=triples, augment_weight=settings.augment_weight)
     elif triples is not None:  # edges: i- is the user's fixed hard negative
-        state.hard_negative = torch.full((graphs.num_users,), -1, dtype=torch.long,
-                                         device=weights.device)
-        state.hard_negative[triples.users.to(weights.device)] = triples.neg.to(weights.device)
-    return state
+        hard = torch.full((graphs.num_users,), -1, dtype=torch.long, device=weights.device)
+        hard[triples.users.to(weights.device)] = triples.neg.to(weights.device)
+        extra.update(hard_negative=hard)
+    return bpr_sampling(graphs, weights, "every item has a training row", **extra)
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "lightgcn"), ("lambda_reg", config.lambda_reg),
+    return [], [("model", "lightgcn"), ("lambda_reg", config.settings.lambda_reg),
                 *augmentation.header(config)]
 
 
 RECOMMENDER = Recommender("lightgcn", Settings, positives_graph=True, build=build_gcn,
                           make_optimizer=adam, prepare=prepare, train_epoch=bpr_epoch,
-                          header=header, transform=augmentation.transform)
+                          header=header, dataset_defaults=PAPER_DEPTH,
+                          transform=augmentation.transform)

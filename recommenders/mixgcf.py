@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from model import Propagation, draws_from_cdf
+from model import LightGCN, draws_from_cdf
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, minibatch_epoch, no_shard, \
     on_off, setting
 from recommenders.bpr import check_candidates, unseen_weights
@@ -51,24 +51,14 @@ def pool_layers(layers: Tensor, pool: str) -> Tensor:
     return layers[..., -1, :]
 
 
-class LayerGCN(nn.Module):
-    """LightGCN that keeps every layer: (L+1, U+I, d), E^(l+1) = D^-1/2 A D^-1/2 E^(l)."""
+class LayerGCN(LightGCN):
+    """LightGCN whose scoring embeddings pool its layers (``--pool``) instead of averaging
+    them: (users, items) = pool(E(0..L)) split."""
 
     def __init__(self, num_users: int, num_items: int, embedding_dim: int, num_layers: int,
                  pool: str):
-        super().__init__()
+        super().__init__(num_users + num_items, embedding_dim, num_layers)
         self.num_users, self.num_items, self.pool = num_users, num_items, pool
-        self.embedding = nn.Embedding(num_users + num_items, embedding_dim)
-        nn.init.xavier_uniform_(self.embedding.weight)
-        self.convs = nn.ModuleList(Propagation() for _ in range(num_layers))
-
-    def layers(self, norm_adj: Tensor) -> Tensor:
-        x = self.embedding.weight
-        out = [x]
-        for conv in self.convs:
-            x = conv(x, norm_adj)
-            out.append(x)
-        return torch.stack(out, 1)  # (U+I, L+1, d)
 
     def forward(self, norm_adj: Tensor) -> tuple[Tensor, Tensor]:
         """Pooled embeddings (users, items), the scoring embeddings."""
@@ -135,10 +125,9 @@ def mixgcf_loss(user_layers: Tensor, pos_layers: Tensor, cand_layers: Tensor, al
 @dataclass
 class Settings:
     lambda_reg: float = lambda_reg(1e-4)
-    candidates: int = setting(None, "M, candidates per synthesized negative (default 16; "
-                                    "ML-1M 32)", type=int)
+    candidates: int = setting(16, "M, candidates per synthesized negative", type=int)
     num_negatives: int = setting(1, "K, synthesized negatives per row (1: BPR)", type=int)
-    pool: str = setting("mean", "layer pooling of users, items and negatives (mean)",
+    pool: str = setting("mean", "layer pooling of users, items and negatives",
                         choices=POOLS)
     drop_last: str = on_off("off", "on: skip each epoch's last partial batch, as the official "
                                    "code does")
@@ -167,7 +156,7 @@ def prepare(graphs: Graphs, config: Config) -> MixState:
 def train_epoch(model: LayerGCN, optimizer, graphs: Graphs, config: Config, epoch: int,
                 state: MixState, shard=None, progress=None) -> float:
     no_shard(config.model, shard)
-    K, M, U = config.num_negatives, config.candidates, graphs.num_users
+    K, M, U = config.settings.num_negatives, config.settings.candidates, graphs.num_users
 
     def step_loss(batch: Tensor) -> Tensor:
         users, items = state.pos_users[batch], state.pos_items[batch]
@@ -175,27 +164,24 @@ def train_epoch(model: LayerGCN, optimizer, graphs: Graphs, config: Config, epoc
         layers = model.layers(graphs.norm_adj)  # (U+I, L+1, d)
         alpha = torch.rand(users.numel(), K, layers.size(1), device=layers.device)
         return mixgcf_loss(layers[users], layers[items + U], layers[cands + U], alpha,
-                           config.pool, config.lambda_reg)
+                           config.settings.pool, config.settings.lambda_reg)
     return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
                            state.cdf.device, step_loss, progress,
-                           drop_last=config.drop_last == "on")
+                           drop_last=config.settings.drop_last == "on")
 
 
 def build(graphs: Graphs, config: Config) -> LayerGCN:
     return LayerGCN(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers,
-                    config.pool)
-
-
-def defaults(dataset: str) -> dict:
-    return {"learning_rate": 1e-3, "layers": 3, "candidates": 32 if dataset == "ML-1M" else 16}
+                    config.settings.pool)
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "mixgcf"), ("lambda_reg", config.lambda_reg),
-                ("candidates", config.candidates), ("num_negatives", config.num_negatives),
-                ("pool", config.pool), ("drop_last", config.drop_last)]
+    return [], [("model", "mixgcf"), ("lambda_reg", config.settings.lambda_reg),
+                ("candidates", config.settings.candidates), ("num_negatives", config.settings.num_negatives),
+                ("pool", config.settings.pool), ("drop_last", config.settings.drop_last)]
 
 
 RECOMMENDER = Recommender("mixgcf", Settings, positives_graph=True, build=build,
                           make_optimizer=adam, prepare=prepare, train_epoch=train_epoch,
-                          header=header, defaults=defaults)
+                          header=header, defaults={"layers": 3},
+                          dataset_defaults={"ML-1M": {"candidates": 32}})

@@ -13,6 +13,7 @@ positive``, ``--reduction mean``, ``--dropout 0`` and ``--neg_graph_input own``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
@@ -91,12 +92,12 @@ def dual_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, b: flo
 class Settings:
     lambda_reg: float = lambda_reg(0.05)
     num_negatives: int = num_negatives(40)
-    b: float = setting(2.0, "Dual-BPR weight of a negative-graph row's observed score (>= 1; 2)")
+    b: float = setting(2.0, "Dual-BPR weight of a negative-graph row's observed score (>= 1)")
     neg_form: str = neg_form("the report's Eq. 10 read as -log sigmoid(s(u,j) - b s(u,k))")
     degree_rows: str = degree_rows()
     reduction: str = reduction()
     sampler: str = sampler()
-    dropout: float = setting(0.5, "attention dropout (0.5, the authors' code; 0: off)")
+    dropout: float = setting(0.5, "attention dropout (the authors' code: 0.5; 0: off)")
     neg_graph_input: str = setting(
         "positive", "what the negative graph's layer 1 propagates: the positive table "
                     "(positive; the authors' code) or its own (own; the report)",
@@ -134,24 +135,27 @@ def build(graphs: Graphs, config: Config) -> nn.Module:
     neg = negative_graph_rows(graphs, config.dataset_augment)
     neg_adj = dataloader.build_norm_adj(neg, graphs.num_users, graphs.num_items)
     model = PositiveNegativeGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
-                                config.layers, config.dropout, config.neg_graph_input,
+                                config.layers, config.settings.dropout, config.settings.neg_graph_input,
                                 init="normal")
     return WithNegativeGraph(model, neg_adj.to(graphs.norm_adj.device))
 
 
 def loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, config: Config) -> Tensor:
-    return dual_bpr_loss(obs_scores, neg_scores, is_pos, config.b, config.neg_form,
-                         config.reduction, (config.prune_drop, config.prune_keep))
+    return dual_bpr_loss(obs_scores, neg_scores, is_pos, config.settings.b, config.settings.neg_form,
+                         config.settings.reduction, (config.settings.prune_drop, config.settings.prune_keep))
+
+
+def prepare(graphs: Graphs, config: Config):
+    return signed_prepare(graphs, config, augment_rows=config.settings.augment_mode == "rows")
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "pngnn"), ("lambda_reg", config.lambda_reg),
-                *negative_graph_header(config), ("b", config.b), ("dropout", config.dropout),
-                ("neg_graph_input", config.neg_graph_input), *augmentation.header(config)]
+    return [], [("model", "pngnn"), ("lambda_reg", config.settings.lambda_reg),
+                *negative_graph_header(config), ("b", config.settings.b), ("dropout", config.settings.dropout),
+                ("neg_graph_input", config.settings.neg_graph_input), *augmentation.header(config)]
 
 
 RECOMMENDER = Recommender(
     "pngnn", Settings, positives_graph=True, build=build, make_optimizer=adam,
-    prepare=signed_prepare, train_epoch=signed_epoch(loss), header=header,
-    defaults=lambda dataset: {"learning_rate": 5e-3, "layers": 4},
-    transform=augmentation.transform)
+    prepare=prepare, train_epoch=signed_epoch(loss), header=header,
+    defaults={"learning_rate": 5e-3}, transform=partial(augmentation.transform, negatives=True))

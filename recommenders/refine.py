@@ -4,15 +4,14 @@ confirmed negatives, 1 elsewhere); from epoch t on the weights are re-derived ea
 from the item-item similarity of the current embeddings (p, q, r, s; docs/baselines.md)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-from data.registry import DATASETS
-from recommenders.base import (Graphs, Recommender, TrainingError, adam, build_gcn, gamma,
-                               lambda_reg, setting)
+from recommenders.base import (PAPER_DEPTH, Graphs, Recommender, TrainingError, adam,
+                               build_gcn, gamma, lambda_reg, setting)
 from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling, check_candidates
 from recommenders.refine_plus import dense_sampling_weights
 from runs.config import ConfigError
@@ -25,12 +24,11 @@ if TYPE_CHECKING:
 class Settings:
     lambda_reg: float = lambda_reg(1e-4)
     real_neg_samp_prob: float = gamma()
-    p: float = setting(1.5, "weight of items similar to a confirmed negative (1.5)")
-    q: float = setting(0.75, "weight of items similar to a positive (0.75)")
-    r: int = setting(100, "similar items per confirmed negative (100; ML-1M 250, "
-                          "Netflix-1M 300)")
-    s: int = setting(5, "similar items per positive (5)")
-    t: int = setting(50, "first epoch of the similarity re-weighting (50)")
+    p: float = setting(1.5, "weight of items similar to a confirmed negative")
+    q: float = setting(0.75, "weight of items similar to a positive")
+    r: int = setting(100, "similar items per confirmed negative")
+    s: int = setting(5, "similar items per positive")
+    t: int = setting(50, "first epoch of the similarity re-weighting")
 
     def __post_init__(self):
         if min(self.p, self.q, self.lambda_reg) < 0 or min(self.r, self.s, self.t) < 1:
@@ -71,20 +69,15 @@ def similarity_sampling_weights(base: Tensor, item_emb: Tensor, pos_users: Tenso
     return weights
 
 
-def defaults(dataset: str) -> dict:
-    return {"r": DATASETS[dataset].refine_r} if dataset in DATASETS else {}
-
-
 def prepare(graphs: Graphs, config: Config) -> BPRSampling:
-    for flag, k in (("--r", config.r), ("--s", config.s)):
+    for flag, k in (("--r", config.settings.r), ("--s", config.settings.s)):
         if k >= graphs.num_items:
             raise TrainingError(f"{flag} {k} similar items need more than the dataset's "
                                 f"{graphs.num_items} items; lower {flag}")
-    state = bpr_sampling(graphs, dense_sampling_weights(graphs, config.real_neg_samp_prob),
-                         "weights are 0 on every item")
-    state.reweight = lambda model, epoch: (epoch_weights(model, graphs, config, state)
-                                           if epoch >= config.t else None)
-    return state
+    base = bpr_sampling(graphs, dense_sampling_weights(graphs, config.settings.real_neg_samp_prob),
+                        "weights are 0 on every item")
+    return replace(base, reweight=lambda model, epoch: (
+        epoch_weights(model, graphs, config, base) if epoch >= config.settings.t else None))
 
 
 def epoch_weights(model: nn.Module, graphs: Graphs, config: Config,
@@ -95,18 +88,20 @@ def epoch_weights(model: nn.Module, graphs: Graphs, config: Config,
         _, item_emb = model(graphs.norm_adj)
         weights = similarity_sampling_weights(
             state.base_weights, item_emb, state.pos_users, state.pos_items, state.neg_users,
-            state.neg_items, config.p, config.q, config.r, config.s)
+            state.neg_items, config.settings.p, config.settings.q, config.settings.r, config.settings.s)
     check_candidates(weights, torch.unique(state.pos_users), "after re-weighting")
     return weights
 
 
 def header(config: Config) -> tuple[list, list]:
     """p, q, r, s, t sit in the reference's own block (ReFINe's reference logs them)."""
-    return ([("real_negative_sampling_probabilities", config.real_neg_samp_prob),
-             *((k, getattr(config, k)) for k in "pqrst")],
-            [("model", "refine"), ("lambda_reg", config.lambda_reg)])
+    return ([("real_negative_sampling_probabilities", config.settings.real_neg_samp_prob),
+             *((k, getattr(config.settings, k)) for k in "pqrst")],
+            [("model", "refine"), ("lambda_reg", config.settings.lambda_reg)])
 
 
 RECOMMENDER = Recommender("refine", Settings, positives_graph=True, build=build_gcn,
                           make_optimizer=adam, prepare=prepare, train_epoch=bpr_epoch,
-                          header=header, defaults=defaults)
+                          header=header,
+                          dataset_defaults={"ML-1M": {"r": 250}, "Netflix-1M": {"r": 300},
+                                            **PAPER_DEPTH})

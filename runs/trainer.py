@@ -67,11 +67,14 @@ def run(config: Config) -> dict | None:
 def setup_device(config: Config):
     """The device (one GPU per process under torchrun), CPU threads, the process group."""
     world = distributed.world_size_from_env()
-    if world > 1 and not MODELS[config.model].distributed:
-        raise ConfigError(f"torchrun (distributed) training supports --model refine_plus "
-                          f"only, not {config.model}")
-    if world > 1 and config.impl != "fast":
-        raise ConfigError("torchrun (distributed) training needs --impl fast")
+    recommender = MODELS[config.model]
+    if world > 1 and recommender.distributed is None:
+        able = ", ".join(name for name, r in MODELS.items() if r.distributed is not None)
+        raise ConfigError(f"--model {config.model} does not train under torchrun "
+                          f"(distributed); models that do: {able}")
+    refusal = recommender.distributed(config.settings) if world > 1 else None
+    if refusal:
+        raise ConfigError(refusal)
     try:
         device = resolve_device(config.device, config.gpu_id)
     except ValueError as err:

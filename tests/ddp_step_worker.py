@@ -29,7 +29,7 @@ def step(graphs, config, shard=None):
     pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
     negatives = refine_plus.draw_negatives(pos_users, graphs,
                                            refine_plus.num_negatives(graphs.num_items),
-                                           config.real_neg_samp_prob, config.negatives == "shared")
+                                           config.settings.real_neg_samp_prob, config.settings.negatives == "shared")
     loss, value, _ = refine_plus.loss_of(model, graphs, batch, negatives, config, shard)
     loss.backward()
     return value, model

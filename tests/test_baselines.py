@@ -12,7 +12,7 @@ from recommenders import make_config
 import recommenders
 from recommenders import bpr as bpr_training
 from conftest import SHARED_DATASETS, SHARED_REFERENCE, shared_dataset, write_split_folder
-from model import GraphRecommender, batch_l2, bpr_loss, categorical_sample
+from model import LightGCNRecommender, batch_l2, bpr_loss, categorical_sample
 from recommenders.refine import similarity_sampling_weights
 from conftest import fails_with, run_main, synthetic_rows
 from utils import parse_log
@@ -56,7 +56,7 @@ class _Graphs:
 
 
 def test_bpr_batch_loss_counts_each_node_once():
-    model = GraphRecommender(num_users=2, num_items=3, embedding_dim=2, num_layers=0)
+    model = LightGCNRecommender(num_users=2, num_items=3, embedding_dim=2, num_layers=0)
     with torch.no_grad():  # 0 layers: E = E0; rows: u0, u1, i0, i1, i2
         model.gcn.embedding.weight.copy_(torch.tensor(
             [[1.0, 0.0], [5.0, 5.0], [2.0, 1.0], [0.0, 1.0], [7.0, 7.0]]))
@@ -72,7 +72,7 @@ def test_bpr_batch_loss_counts_each_node_once():
 def test_bpr_batch_loss_with_weights_and_pruning_by_hand(keep, expected_rows):
     """Rows (u0, i0, j=i1) loss softplus(-2), (u0, i1, j=i1) loss softplus(0) with weight 3;
     drop 0.5 keeps 1 row: the higher-loss second (high_loss) or the first (low_loss)."""
-    model = GraphRecommender(num_users=2, num_items=3, embedding_dim=2, num_layers=0)
+    model = LightGCNRecommender(num_users=2, num_items=3, embedding_dim=2, num_layers=0)
     with torch.no_grad():
         model.gcn.embedding.weight.copy_(torch.tensor(
             [[1.0, 0.0], [5.0, 5.0], [2.0, 1.0], [0.0, 1.0], [7.0, 7.0]]))
@@ -189,9 +189,9 @@ def test_bad_model_flags(args, fragment, tmp_path, capsys):
 
 
 def test_per_dataset_r():
-    assert [make_config(dataset=d, model="refine").r for d in ("ML-100K", "ML-1M", "Netflix-1M")] \
+    assert [make_config(dataset=d, model="refine").settings.r for d in ("ML-100K", "ML-1M", "Netflix-1M")] \
         == [100, 250, 300]
-    assert make_config(dataset="ML-1M", model="refine", r=7).r == 7
+    assert make_config(dataset="ML-1M", model="refine", r=7).settings.r == 7
 
 
 @shared_dataset("ML-100K")

@@ -37,7 +37,7 @@ def test_compiled_step_equals_eager_step(graphs, negatives):
     for step in range(3):  # batches of other sizes: the dynamic shapes are exercised
         batch = torch.randperm(len(graphs.train))[:1024 - 100 * step]
         pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-        negs = refine_plus.draw_negatives(pos_users, graphs, n, config.real_neg_samp_prob,
+        negs = refine_plus.draw_negatives(pos_users, graphs, n, config.settings.real_neg_samp_prob,
                                           negatives == "shared")
         results = []
         for model, k in ((eager, compiled.EAGER), (fused, kernels)):

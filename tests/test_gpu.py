@@ -47,7 +47,7 @@ def test_cuda_step_equals_cpu_step(data, negatives):
     pos_users = graphs["cpu"].train.users[batch][graphs["cpu"].is_pos[batch]]
     negs = refine_plus.draw_negatives(pos_users, graphs["cpu"],
                                       refine_plus.num_negatives(data.num_items),
-                                      config.real_neg_samp_prob, config.negatives == "shared")
+                                      config.settings.real_neg_samp_prob, config.settings.negatives == "shared")
     loss_c, value_c, _ = refine_plus.loss_of(cpu_model, graphs["cpu"], batch, negs, config)
     loss_g, value_g, _ = refine_plus.loss_of(cuda_model, graphs["cuda"], batch.cuda(),
                                              negs.cuda(), config)

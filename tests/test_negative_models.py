@@ -139,12 +139,13 @@ def test_bad_negative_model_flags(args, fragment, tmp_path, capsys):
 
 def test_per_model_defaults():
     pngnn = make_config(model="pngnn", dataset="Amazon_Books")
-    assert (pngnn.learning_rate, pngnn.lambda_reg, pngnn.layers, pngnn.num_negatives) == \
+    assert (pngnn.learning_rate, pngnn.settings.lambda_reg, pngnn.layers,
+            pngnn.settings.num_negatives) == \
         (5e-3, 0.05, 4, 40)
     assert make_config(model="pngnn", learning_rate=0.01, layers=2).learning_rate == 0.01
     lightgcn = make_config(model="lightgcn", dataset="Amazon_Books")
-    assert (lightgcn.learning_rate, lightgcn.lambda_reg, lightgcn.layers) == (1e-3, 1e-4, 2)
-    assert make_config(model="semantic_neg").num_negatives == 1
+    assert (lightgcn.learning_rate, lightgcn.settings.lambda_reg, lightgcn.layers) == (1e-3, 1e-4, 2)
+    assert make_config(model="semantic_neg").settings.num_negatives == 1
 
 
 @has_text_model

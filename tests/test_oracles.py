@@ -193,7 +193,7 @@ def test_fast_step_equals_reference_step(ml100k_graphs, negatives, ae_input):
     pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
     negs = refine_plus.draw_negatives(pos_users, graphs,
                                       refine_plus.num_negatives(graphs.num_items),
-                                      fast_cfg.real_neg_samp_prob, fast_cfg.negatives == "shared")
+                                      fast_cfg.settings.real_neg_samp_prob, fast_cfg.settings.negatives == "shared")
 
     loss_f, value_f, _ = refine_plus.loss_of(fast, graphs, batch, negs, fast_cfg)
     loss_r, value_r, _ = refine_plus.loss_of(ref, graphs, batch, negs, ref_cfg)
@@ -202,7 +202,7 @@ def test_fast_step_equals_reference_step(ml100k_graphs, negatives, ae_input):
     loss_r.backward()
     # the fast path leaves (λ/2)||θ||² to the optimizer: its gradient is λθ
     for name, p in fast.named_parameters():
-        lam = fast_cfg.lambda1 if name.startswith("gcn.embedding") else fast_cfg.lambda2
+        lam = fast_cfg.settings.lambda1 if name.startswith("gcn.embedding") else fast_cfg.settings.lambda2
         p.grad += lam * p.detach()
     assert_grads_close(fast, ref, rtol=1e-9, atol=1e-15)
 
@@ -220,8 +220,8 @@ def test_fast_optimizer_step_equals_reference_step(ml100k_graphs):
     for _ in range(3):
         batch = torch.randperm(len(graphs.train))[:1024]
         pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-        negs = refine_plus.draw_negatives(pos_users, graphs, n, fast_cfg.real_neg_samp_prob,
-                                          fast_cfg.negatives == "shared")
+        negs = refine_plus.draw_negatives(pos_users, graphs, n, fast_cfg.settings.real_neg_samp_prob,
+                                          fast_cfg.settings.negatives == "shared")
         for model, opt, cfg in ((fast, opt_f, fast_cfg), (ref, opt_r, ref_cfg)):
             loss, _, _ = refine_plus.loss_of(model, graphs, batch, negs, cfg)
             opt.zero_grad()

@@ -102,8 +102,8 @@ def test_shared_negatives_come_from_the_second_positive(tiny):
     b_items = set(graphs.t_by_user.indices[graphs.t_by_user.indptr[1]:graphs.t_by_user.indptr[2]]
                   .tolist())
     for _ in range(50):
-        negs = refine_plus.draw_negatives(pos_users, graphs, 2, config.real_neg_samp_prob,
-        config.negatives == "shared")
+        negs = refine_plus.draw_negatives(pos_users, graphs, 2, config.settings.real_neg_samp_prob,
+        config.settings.negatives == "shared")
         assert negs.shape == (2,) and not (set(negs.tolist()) & b_items)
     per_user = refine_plus.draw_negatives(pos_users, graphs, 2, 1.5, shared=False)
     assert per_user.shape == (4, 2)

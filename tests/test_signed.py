@@ -130,10 +130,10 @@ def _plain_signed_loss(model, graphs, users, items, is_pos, negatives, config):
     e_users, e_items = model(graphs.norm_adj)
     u, i, j = e_users[users], e_items[items], e_items[negatives]
     obs, neg = (u * i).sum(1), torch.einsum("bd,bnd->bn", u, j)
-    loss = dual_bpr_loss(obs, neg, is_pos, config.b, config.neg_form, config.reduction) \
+    loss = dual_bpr_loss(obs, neg, is_pos, config.settings.b, config.settings.neg_form, config.settings.reduction) \
         if config.model == "pngnn" else \
-        sign_aware_bpr_loss(obs, neg, is_pos, config.c_neg, config.neg_form, config.reduction)
-    return loss + pairwise_l2(u, i, j, config.lambda_reg, config.reduction)
+        sign_aware_bpr_loss(obs, neg, is_pos, config.settings.c_neg, config.settings.neg_form, config.settings.reduction)
+    return loss + pairwise_l2(u, i, j, config.settings.lambda_reg, config.settings.reduction)
 
 
 @pytest.mark.parametrize("form", ["code", "reversed"])
