@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from data.splits import read_table
-from recommenders.base import setting
+from recommenders.base import setting, setting_lines
 from runs.config import require
 
 if TYPE_CHECKING:
@@ -70,12 +70,11 @@ def prune_keep_setting():
 
 def header(config: Config) -> list:
     """The log header's augmentation and pruning lines (none when both are off)."""
-    lines = []
-    if config.settings.augment_file:
-        lines += [("augment_file", config.settings.augment_file), ("augment_mode", config.settings.augment_mode),
-                  ("augment_weight", config.settings.augment_weight)]
-    if config.settings.prune_drop > 0:
-        lines += [("prune_drop", config.settings.prune_drop), ("prune_keep", config.settings.prune_keep)]
+    settings, lines = config.settings, []
+    if settings.augment_file:
+        lines += setting_lines(settings, "augment_file", "augment_mode", "augment_weight")
+    if settings.prune_drop > 0:
+        lines += setting_lines(settings, "prune_drop", "prune_keep")
     return lines
 
 

@@ -28,6 +28,11 @@ def setting(default, help: str, type=None, choices=None):  # noqa: A002 - argpar
     return field(default=default, metadata={"help": help, "type": type, "choices": choices})
 
 
+def setting_lines(settings, *names: str) -> list[tuple[str, Any]]:
+    """The log header's ``(name, value)`` lines of the given settings."""
+    return [(name, getattr(settings, name)) for name in names]
+
+
 def on_off(default: str, help_text: str):
     """A setting whose flag takes on/off."""
     return setting(default, help_text, choices=("on", "off"))

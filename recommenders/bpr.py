@@ -103,8 +103,8 @@ def bpr_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
             negatives = torch.where(use, hard, negatives)
         extra = sample_rows(state.augment_rows, batch.numel(), users.device)
         if extra is None:
-            return bpr_batch_loss(model, graphs, users, items, negatives, config.settings.lambda_reg,
-                                  prune=state.prune)
+            return bpr_batch_loss(model, graphs, users, items, negatives,
+                                  config.settings.lambda_reg, prune=state.prune)
         row_weight = torch.cat([torch.ones(users.numel(), device=users.device),
                                 torch.full((len(extra),), state.augment_weight,
                                            device=users.device)])

@@ -159,7 +159,8 @@ def hnlm_batch_loss(model: HNLMRecGCN, graphs: Graphs, users: Tensor, items: Ten
         loss = (neg_scores - pos_scores + HINGE_MARGIN).clamp_min(0).mean()
     U = graphs.num_users
     nodes = torch.unique(torch.cat([users, items + U, negatives + U]))
-    loss = loss + batch_l2(model.gcn.embedding.weight[nodes], users.numel(), config.settings.lambda_reg)
+    loss = loss + batch_l2(model.gcn.embedding.weight[nodes], users.numel(),
+                           config.settings.lambda_reg)
     if config.settings.align_weight > 0 and h_hat is not None:
         tau = config.settings.align_temperature
         c_pos = F.cosine_similarity(u[rows], e_pos[rows]) / tau

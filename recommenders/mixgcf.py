@@ -30,7 +30,7 @@ from torch import Tensor
 
 from model import LightGCN, draws_from_cdf
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, minibatch_epoch, no_shard, \
-    on_off, setting
+    on_off, setting, setting_lines
 from recommenders.bpr import check_candidates, unseen_weights
 from runs.config import require
 
@@ -176,9 +176,8 @@ def build(graphs: Graphs, config: Config) -> LayerGCN:
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "mixgcf"), ("lambda_reg", config.settings.lambda_reg),
-                ("candidates", config.settings.candidates), ("num_negatives", config.settings.num_negatives),
-                ("pool", config.settings.pool), ("drop_last", config.settings.drop_last)]
+    return [], [("model", "mixgcf"), *setting_lines(
+        config.settings, "lambda_reg", "candidates", "num_negatives", "pool", "drop_last")]
 
 
 RECOMMENDER = Recommender("mixgcf", Settings, positives_graph=True, build=build,

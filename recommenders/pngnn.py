@@ -23,7 +23,7 @@ from torch import Tensor, nn
 import dataloader
 import recommenders.augmentation as augmentation
 from model import LightGCN
-from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting
+from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting, setting_lines
 from recommenders.signed import (ViewAttention, degree_rows, neg_form, negative_graph_header,
                                  negative_graph_rows, num_negatives, reduce_pairs, reduction,
                                  sampler, signed_epoch, signed_prepare, weighted_bpr_pairs)
@@ -135,14 +135,15 @@ def build(graphs: Graphs, config: Config) -> nn.Module:
     neg = negative_graph_rows(graphs, config.dataset_augment)
     neg_adj = dataloader.build_norm_adj(neg, graphs.num_users, graphs.num_items)
     model = PositiveNegativeGCN(graphs.num_users, graphs.num_items, config.embedding_dim,
-                                config.layers, config.settings.dropout, config.settings.neg_graph_input,
-                                init="normal")
+                                config.layers, config.settings.dropout,
+                                config.settings.neg_graph_input, init="normal")
     return WithNegativeGraph(model, neg_adj.to(graphs.norm_adj.device))
 
 
 def loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, config: Config) -> Tensor:
-    return dual_bpr_loss(obs_scores, neg_scores, is_pos, config.settings.b, config.settings.neg_form,
-                         config.settings.reduction, (config.settings.prune_drop, config.settings.prune_keep))
+    s = config.settings
+    return dual_bpr_loss(obs_scores, neg_scores, is_pos, s.b, s.neg_form, s.reduction,
+                         (s.prune_drop, s.prune_keep))
 
 
 def prepare(graphs: Graphs, config: Config):
@@ -150,9 +151,10 @@ def prepare(graphs: Graphs, config: Config):
 
 
 def header(config: Config) -> tuple[list, list]:
-    return [], [("model", "pngnn"), ("lambda_reg", config.settings.lambda_reg),
-                *negative_graph_header(config), ("b", config.settings.b), ("dropout", config.settings.dropout),
-                ("neg_graph_input", config.settings.neg_graph_input), *augmentation.header(config)]
+    return [], [("model", "pngnn"), *setting_lines(config.settings, "lambda_reg"),
+                *negative_graph_header(config),
+                *setting_lines(config.settings, "b", "dropout", "neg_graph_input"),
+                *augmentation.header(config)]
 
 
 RECOMMENDER = Recommender(

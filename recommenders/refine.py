@@ -88,7 +88,7 @@ def epoch_weights(model: nn.Module, graphs: Graphs, config: Config,
         _, item_emb = model(graphs.norm_adj)
         weights = similarity_sampling_weights(
             state.base_weights, item_emb, state.pos_users, state.pos_items, state.neg_users,
-            state.neg_items, config.settings.p, config.settings.q, config.settings.r, config.settings.s)
+            state.neg_items, *(getattr(config.settings, k) for k in "pqrs"))
     check_candidates(weights, torch.unique(state.pos_users), "after re-weighting")
     return weights
 

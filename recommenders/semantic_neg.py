@@ -211,8 +211,8 @@ def semantic_negatives(users: Tensor, items: Tensor, state: SemanticSampling, n:
 
 def prepare(graphs: Graphs, config: Config) -> SemanticSampling:
     if config.settings.hard_pool >= graphs.num_items:
-        raise TrainingError(f"--hard_pool {config.settings.hard_pool} needs more than the dataset's "
-                            f"{graphs.num_items} items; lower it")
+        raise TrainingError(f"--hard_pool {config.settings.hard_pool} needs more than the "
+                            f"dataset's {graphs.num_items} items; lower it")
     device = graphs.norm_adj.device
     text_emb, inputs = item_text_matrix(config, graphs.item_ids)
     U, I = graphs.num_users, graphs.num_items
@@ -250,11 +250,12 @@ def semantic_batch_loss(model: TextAlignedGCN, graphs: Graphs, users: Tensor, it
     loss = bpr_loss(pos_scores.expand_as(neg_scores), neg_scores)
     U = graphs.num_users
     nodes = torch.unique(torch.cat([users, items + U, negatives.flatten() + U]))
-    loss = loss + batch_l2(model.gcn.embedding.weight[nodes], users.numel(), config.settings.lambda_reg)
-    if config.settings.align_weight > 0:
+    s = config.settings
+    loss = loss + batch_l2(model.gcn.embedding.weight[nodes], users.numel(), s.lambda_reg)
+    if s.align_weight > 0:
         distinct = torch.unique(items)
-        loss = loss + config.settings.align_weight * info_nce(model.text_proj(state.text_emb[distinct]),
-                                                     e_items[distinct], config.settings.align_temperature)
+        loss = loss + s.align_weight * info_nce(model.text_proj(state.text_emb[distinct]),
+                                                e_items[distinct], s.align_temperature)
     return loss
 
 

@@ -261,8 +261,9 @@ def signed_prepare(graphs: Graphs, config: Config, augment_rows: bool = False) -
     is_pos = torch.cat([torch.ones_like(pos_users, dtype=torch.bool),
                         torch.zeros_like(neg.users, dtype=torch.bool)])
     rows = SignedRows(torch.cat([pos_users, neg.users]), torch.cat([pos_items, neg.items]),
-                      is_pos, degree_weights(graphs, config.settings.degree_rows), graphs.seen_by_user,
-                      config.settings.sampler, graphs.augmented if augment_rows else None)
+                      is_pos, degree_weights(graphs, config.settings.degree_rows),
+                      graphs.seen_by_user, config.settings.sampler,
+                      graphs.augmented if augment_rows else None)
     check_degree_sampling(rows.users, rows.item_weights, rows.seen)
     return rows
 
@@ -282,7 +283,8 @@ def signed_batch_loss(model: nn.Module, graphs: Graphs, users: Tensor, items: Te
     # pairwise_l2 of that (B, n, d) copy, without the copy (tests/test_negative_models.py)
     neg_scores = per_row_scores(u, e_items, negatives)
     return loss_fn(obs_scores, neg_scores, is_pos, config) \
-        + pairwise_l2_counted(u, i, e_items, negatives, config.settings.lambda_reg, config.settings.reduction)
+        + pairwise_l2_counted(u, i, e_items, negatives, config.settings.lambda_reg,
+                              config.settings.reduction)
 
 
 def signed_epoch(loss_fn: Loss):

@@ -103,8 +103,8 @@ def build(graphs: Graphs, config: Config) -> nn.Module:
 
 
 def loss(obs_scores: Tensor, neg_scores: Tensor, is_pos: Tensor, config: Config) -> Tensor:
-    return sign_aware_bpr_loss(obs_scores, neg_scores, is_pos, config.settings.c_neg, config.settings.neg_form,
-                               config.settings.reduction)
+    s = config.settings
+    return sign_aware_bpr_loss(obs_scores, neg_scores, is_pos, s.c_neg, s.neg_form, s.reduction)
 
 
 def header(config: Config) -> tuple[list, list]:

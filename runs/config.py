@@ -3,8 +3,9 @@
 ``Config`` holds what every model shares — data, batches, embedding size, layers, learning
 rate, evaluation, early stopping, device, run folder — under the reference's flag names;
 ``settings`` holds the model's own, a dataclass declared in its file under recommenders/
-(``config.settings.<name>``; generic code never reads it). ``to_dict`` is the flat form config.json keeps, so the
-config.json of any earlier run still loads. Imports nothing of the project but the error
+(read as ``config.settings.<name>`` by that model's code; generic code never reads it).
+``to_dict`` is the flat form config.json keeps, so the config.json of any earlier run still
+loads. Imports nothing of the project but the error
 base class.
 """
 from __future__ import annotations
