@@ -206,7 +206,10 @@ def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives
                            kernels)
     pos_users, pos_items = users[is_pos], items[is_pos]
     e_users, e_items = model(graphs.norm_adj)
-    pos_scores, neg_scores = _scores(e_users[pos_users], e_items, pos_items, negatives)
+    # two gathers of the users' rows, so their gradients reach E in the same two sums as
+    # ever (one shared gather would round differently: runs would not repeat bit for bit)
+    pos_scores, neg_scores = _scores(e_users[pos_users], e_users[pos_users], e_items, pos_items,
+                                     negatives)
     user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, settings.ae_input)
     bce_u, z_users = ae_terms_sparse(model.user_ae, *user_in, graphs.num_users,
                                      kernels=kernels.bce)
@@ -217,14 +220,16 @@ def batch_loss(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor, negatives
     return loss, loss.detach() + _l2_value(model, settings), int(pos_users.numel())
 
 
-def _scores(u_emb: torch.Tensor, e_items: torch.Tensor, pos_items: torch.Tensor,
-            negatives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s(u_p, i_p) (P,), s(u_p, j) (P, n)) of the fast path: shared negatives (n,) by one
-    (P, d) @ (d, n) product, per-user ones (P, n) by one GEMM and a gather."""
-    pos_scores = (u_emb * e_items[pos_items]).sum(1)
+def _scores(u_pos: torch.Tensor, u_neg: torch.Tensor, e_items: torch.Tensor,
+            pos_items: torch.Tensor, negatives: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s(u_p, i_p) (P,), s(u_p, j) (P, n)) of the fast path from the positives' user rows
+    (``u_pos``, ``u_neg``: the same values, gathered once or twice): shared negatives (n,)
+    by one (P, d) @ (d, n) product, per-user ones (P, n) by one GEMM and a gather."""
+    pos_scores = (u_pos * e_items[pos_items]).sum(1)
     if negatives.dim() == 1:
-        return pos_scores, u_emb @ e_items[negatives].t()
-    return pos_scores, per_row_scores(u_emb, e_items, negatives)
+        return pos_scores, u_neg @ e_items[negatives].t()
+    return pos_scores, per_row_scores(u_neg, e_items, negatives)
 
 
 def batch_loss_reference(model: ReFINePlus, graphs: Graphs, batch: torch.Tensor,
@@ -281,8 +286,8 @@ def _shard_loss(model: ReFINePlus, graphs: Graphs, users, items, is_pos, negativ
     loss = e_users.new_zeros(())
     if hi > lo:  # mean over the part, times part/|P|: the part's sum divided by |P|
         part = negatives if negatives.dim() == 1 else negatives[lo:hi]
-        pos_scores, neg_scores = _scores(e_users[pos_users[lo:hi]], e_items, pos_items[lo:hi],
-                                         part)
+        u_emb = e_users[pos_users[lo:hi]]
+        pos_scores, neg_scores = _scores(u_emb, u_emb, e_items, pos_items[lo:hi], part)
         loss = kernels.sampled_softmax(pos_scores, neg_scores) * ((hi - lo) / num_pos)
 
     user_in, item_in = ae_inputs(users[~is_pos], items[~is_pos], graphs, settings.ae_input)
