@@ -1,9 +1,12 @@
 """Shared test helpers: where the real data is, and tiny synthetic split folders.
 
-Tests that read real files find them through environment variables (.ci/run sets them):
-``$REFINE_DATA_DIR`` the published split folders (<dir>/<DATASET>/...), ``$REFINE_RAW_DIR``
-the raw RecBole files (default: ``raw/`` beside the split folder) and
-``$REFINE_REFERENCE_DIR`` the reference training logs. Unset: those tests skip.
+Tests that read real files find them where main.py does, or through environment variables
+(.ci/run sets them): the published split folders (<dir>/<DATASET>/...) in ``$REFINE_DATA_DIR``,
+else in the repository's ``dataset/`` (the default of data/splits.py resolve_data_dir, where
+``python main.py`` downloads them); the raw RecBole files in ``$REFINE_RAW_DIR``, else in
+``raw/`` inside that folder (where ``dataloader.py download --raw`` puts them) or beside it;
+the reference training logs in ``$REFINE_REFERENCE_DIR``, else ``reference/`` beside it.
+Where a file is missing, the tests that need it skip.
 """
 from __future__ import annotations
 
@@ -16,17 +19,25 @@ from pathlib import Path
 
 import pytest
 
-_NOWHERE = Path("/nonexistent-refine-test-data")
-SHARED_DATASETS = Path(os.environ.get("REFINE_DATA_DIR") or _NOWHERE)
-SHARED = SHARED_DATASETS.parent  # raw/ lies beside the split folder
-SHARED_RAW = Path(os.environ.get("REFINE_RAW_DIR") or SHARED / "raw")
+from data.splits import DATA_DIR_ENV, resolve_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+# main.py's data folder: $REFINE_DATA_DIR, else "dataset" (relative to the working folder),
+# which the tests take as the repository's dataset/, wherever pytest is started from
+_DATA_DIR = resolve_data_dir()
+SHARED_DATASETS = _DATA_DIR if os.environ.get(DATA_DIR_ENV) else REPO / _DATA_DIR
+SHARED = SHARED_DATASETS.parent
+# raw files: raw/ inside the data folder (dataloader.py download --raw) or beside it (.ci/run)
+_RAW_PLACES = [p for p in (SHARED_DATASETS / "raw", SHARED / "raw") if p.is_dir()]
+SHARED_RAW = Path(os.environ.get("REFINE_RAW_DIR") or (_RAW_PLACES or [SHARED / "raw"])[0])
 SHARED_REFERENCE = Path(os.environ.get("REFINE_REFERENCE_DIR") or SHARED / "reference")
 
 
 def shared_dataset(name: str):
-    """skipif marker for tests that read $REFINE_DATA_DIR/<name>."""
-    return pytest.mark.skipif(not (SHARED_DATASETS / name).is_dir(),
-                              reason=f"$REFINE_DATA_DIR/{name} is not present")
+    """skipif marker for tests that read <name> in $REFINE_DATA_DIR (else dataset/)."""
+    return pytest.mark.skipif(
+        not (SHARED_DATASETS / name).is_dir(),
+        reason=f"{name} is not in the data folder ($REFINE_DATA_DIR, else dataset/)")
 
 
 needs_reference_logs = pytest.mark.skipif(
