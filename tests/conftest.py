@@ -1,9 +1,14 @@
 """Shared test helpers: where the real data is, and tiny synthetic split folders.
 
-Tests that read real files find them through environment variables (.ci/run sets them):
-``$REFINE_DATA_DIR`` the published split folders (<dir>/<DATASET>/...), ``$REFINE_RAW_DIR``
-the raw RecBole files (default: ``raw/`` beside the split folder) and
-``$REFINE_REFERENCE_DIR`` the reference training logs. Unset: those tests skip.
+Tests that read real files find them where main.py does, or through environment variables
+(.ci/run sets them): the published split folders (<dir>/<DATASET>/...) in ``$REFINE_DATA_DIR``,
+else in the repository's ``dataset/`` (the default of data/splits.py resolve_data_dir, where
+``python main.py`` downloads them); the raw RecBole files in ``$REFINE_RAW_DIR``, else in
+``raw/`` inside that folder (where ``dataloader.py download --raw`` puts them) or beside it;
+the reference training logs in ``$REFINE_REFERENCE_DIR``, else ``reference/`` beside it.
+Where a file is missing, the tests that need it skip. The exactness tests (oracles, resume,
+compiled, distributed) run on synthetic rows (``varied_rows``) everywhere, and again on
+ML-100K where it is present (``STEP_SOURCES``).
 """
 from __future__ import annotations
 
@@ -16,17 +21,25 @@ from pathlib import Path
 
 import pytest
 
-_NOWHERE = Path("/nonexistent-refine-test-data")
-SHARED_DATASETS = Path(os.environ.get("REFINE_DATA_DIR") or _NOWHERE)
-SHARED = SHARED_DATASETS.parent  # raw/ lies beside the split folder
-SHARED_RAW = Path(os.environ.get("REFINE_RAW_DIR") or SHARED / "raw")
+from data.splits import DATA_DIR_ENV, resolve_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+# main.py's data folder: $REFINE_DATA_DIR, else "dataset" (relative to the working folder),
+# which the tests take as the repository's dataset/, wherever pytest is started from
+_DATA_DIR = resolve_data_dir()
+SHARED_DATASETS = _DATA_DIR if os.environ.get(DATA_DIR_ENV) else REPO / _DATA_DIR
+SHARED = SHARED_DATASETS.parent
+# raw files: raw/ inside the data folder (dataloader.py download --raw) or beside it (.ci/run)
+_RAW_PLACES = [p for p in (SHARED_DATASETS / "raw", SHARED / "raw") if p.is_dir()]
+SHARED_RAW = Path(os.environ.get("REFINE_RAW_DIR") or (_RAW_PLACES or [SHARED / "raw"])[0])
 SHARED_REFERENCE = Path(os.environ.get("REFINE_REFERENCE_DIR") or SHARED / "reference")
 
 
 def shared_dataset(name: str):
-    """skipif marker for tests that read $REFINE_DATA_DIR/<name>."""
-    return pytest.mark.skipif(not (SHARED_DATASETS / name).is_dir(),
-                              reason=f"$REFINE_DATA_DIR/{name} is not present")
+    """skipif marker for tests that read <name> in $REFINE_DATA_DIR (else dataset/)."""
+    return pytest.mark.skipif(
+        not (SHARED_DATASETS / name).is_dir(),
+        reason=f"{name} is not in the data folder ($REFINE_DATA_DIR, else dataset/)")
 
 
 needs_reference_logs = pytest.mark.skipif(
@@ -102,6 +115,47 @@ def synthetic_rows(num_users=30, num_items=40, seed=0):
         valid.append((u, items[13], 5))
         test += [(u, items[14], 4), (u, items[15], 5)]
     return train, valid, test
+
+
+def varied_rows(seed=0):
+    """``synthetic_rows`` (60 users, 80 items: n = 8 negatives per positive) varied so that a
+    training step meets every kind of row: users 1, 5, 9, ... have no confirmed negative,
+    neutral 2s beside the 3s, user 60 has confirmed negatives only (no positive, no
+    evaluation row) and item 80 is rated by confirmed negatives only."""
+    train, valid, test = synthetic_rows(num_users=60, num_items=80, seed=seed)
+    train = [(u, i, 2 if r == 3 and (u + i) % 2 else r) for u, i, r in train
+             if not (u % 4 == 1 and r <= 1)]
+    train += [(60, i, 1) for i in range(0, 80, 7)] + [(u, 80, 0.5) for u in range(0, 60, 7)]
+    return train, valid, test
+
+
+# the data of the exactness tests: synthetic always, ML-100K where it is present
+STEP_SOURCES = [pytest.param("synthetic", id="synthetic"),
+                pytest.param("ML-100K", id="ML-100K", marks=shared_dataset("ML-100K"))]
+
+
+def step_source(source: str, tmp_path_factory) -> tuple[Path, str]:
+    """(data folder, dataset) of a STEP_SOURCES entry: ``varied_rows`` written to a new
+    folder as the dataset "Synth", or the published ML-100K."""
+    if source == "ML-100K":
+        return SHARED_DATASETS, "ML-100K"
+    return write_split_folder(tmp_path_factory.mktemp("synthetic"), "Synth", *varied_rows()), \
+        "Synth"
+
+
+def step_rows(num_train_rows: int) -> int:
+    """Rows of T in one checked step: 1024 (ML-100K), at most half of T (synthetic), so
+    that the AE inputs --ae_input batch and user_negatives differ."""
+    return min(1024, num_train_rows // 2)
+
+
+@pytest.fixture(scope="module", params=STEP_SOURCES)
+def step_graphs(request, tmp_path_factory):
+    """The float32 training graphs (recommenders/base.py) of each STEP_SOURCES entry."""
+    import dataloader
+    from recommenders import base
+    data_dir, dataset = step_source(request.param, tmp_path_factory)
+    return base.build_graphs(dataloader.load_dataset(data_dir, dataset, "augment"), "cpu")
 
 
 def write_synthetic_with_items(data: Path, name: str = "Synth") -> Path:

@@ -8,36 +8,31 @@ import shutil
 import pytest
 import torch
 
-import dataloader
-from conftest import SHARED_DATASETS, shared_dataset
+from conftest import step_rows
 from model import ReFINePlus
-from recommenders import base, compiled, make_config, refine_plus
+from recommenders import compiled, make_config, refine_plus
 
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                     reason="torch.compile on CPU needs a C++ compiler")
 
 
-@pytest.fixture(scope="module")
-def graphs():
-    data = dataloader.load_dataset(SHARED_DATASETS, "ML-100K", "augment")
-    return base.build_graphs(data, "cpu")
-
-
 @needs_compiler
-@shared_dataset("ML-100K")
 @pytest.mark.parametrize("negatives", ["shared", "per_user"])
-def test_compiled_step_equals_eager_step(graphs, negatives):
-    config = make_config(negatives=negatives)
+def test_compiled_step_equals_eager_step(step_graphs, negatives):
+    """step_graphs: synthetic rows (conftest.varied_rows) and, where present, ML-100K."""
+    graphs, config = step_graphs, make_config(negatives=negatives)
     kernels = compiled.make_kernels(True, torch.device("cpu"), warn=pytest.fail)
     assert kernels.compiled
     torch.manual_seed(4)
     eager = ReFINePlus(graphs.num_users, graphs.num_items)
     fused = copy.deepcopy(eager)
     n = refine_plus.num_negatives(graphs.num_items)
+    rows = step_rows(len(graphs.train))
     for step in range(3):  # batches of other sizes: the dynamic shapes are exercised
-        batch = torch.randperm(len(graphs.train))[:1024 - 100 * step]
+        batch = torch.randperm(len(graphs.train))[:rows - rows // 10 * step]
         pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-        negs = refine_plus.draw_negatives(pos_users, graphs, n, config.settings.real_neg_samp_prob,
+        negs = refine_plus.draw_negatives(pos_users, graphs, n,
+                                          config.settings.real_neg_samp_prob,
                                           negatives == "shared")
         results = []
         for model, k in ((eager, compiled.EAGER), (fused, kernels)):

@@ -3,7 +3,8 @@
 The split of a batch into per-rank loss parts (distributed.Shard) is checked in-process
 against the whole-batch loss and gradients in float64; then real ``torchrun`` launches with
 2 gloo processes: one step's all-reduced gradients, and a 2-epoch main.py run against the
-single-process run.
+single-process run. Each on synthetic rows (conftest.varied_rows) and, where present, on
+ML-100K (conftest.STEP_SOURCES).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import main as M
 from recommenders import make_config
 from recommenders import refine_plus
 from runs import distributed
-from conftest import SHARED_DATASETS, shared_dataset
+from conftest import STEP_SOURCES, step_rows, step_source
 from model import DispreferenceAE, ae_terms_sparse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,21 +76,31 @@ def test_autoencoder_row_ranges_add_up_to_the_whole():
         torch.testing.assert_close(p.grad, g, rtol=1e-12, atol=1e-18)
 
 
-@pytest.fixture(scope="module")
-def ml100k_graphs():
-    return ddp_step_worker.load_graphs(SHARED_DATASETS)
+@pytest.fixture(scope="module", params=STEP_SOURCES)
+def source(request, tmp_path_factory):
+    """(data folder, dataset, its float64 graphs) of each conftest.STEP_SOURCES entry."""
+    data_dir, dataset = step_source(request.param, tmp_path_factory)
+    return data_dir, dataset, ddp_step_worker.load_graphs(data_dir, dataset)
 
 
-@shared_dataset("ML-100K")
+def test_the_checked_batches_split_unevenly(source):
+    """The step below: 5 ranks split its positives (ML-100K: 828), users and items unevenly."""
+    graphs = source[2]
+    torch.manual_seed(7)  # as ddp_step_worker.step draws its batch
+    batch = torch.randperm(len(graphs.train))[:step_rows(len(graphs.train))]
+    sizes = (int(graphs.is_pos[batch].sum()), graphs.num_users, graphs.num_items)
+    assert all(size % 5 for size in sizes), sizes
+
+
 @pytest.mark.parametrize("negatives,ae_input", ddp_step_worker.MODES)
-@pytest.mark.parametrize("world", [2, 5])  # the batch has 828 positives: 5 splits them unevenly
-def test_shard_losses_sum_to_the_batch_loss(ml100k_graphs, negatives, ae_input, world):
+@pytest.mark.parametrize("world", [2, 5])
+def test_shard_losses_sum_to_the_batch_loss(source, negatives, ae_input, world):
+    graphs = source[2]
     config = make_config(negatives=negatives, ae_input=ae_input)
-    value, whole = ddp_step_worker.step(ml100k_graphs, config)
+    value, whole = ddp_step_worker.step(graphs, config)
     total, grads = 0, None
     for rank in range(world):
-        part_value, part = ddp_step_worker.step(ml100k_graphs, config,
-                                                distributed.Shard(rank, world))
+        part_value, part = ddp_step_worker.step(graphs, config, distributed.Shard(rank, world))
         total = total + part_value
         part_grads = [p.grad for p in part.parameters()]
         grads = part_grads if grads is None else [a + b for a, b in zip(grads, part_grads)]
@@ -98,31 +109,34 @@ def test_shard_losses_sum_to_the_batch_loss(ml100k_graphs, negatives, ae_input, 
         torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-15, msg=name)
 
 
-@shared_dataset("ML-100K")
-def test_torchrun_gloo_step_gradients_equal_single_process(ml100k_graphs, tmp_path):
+def test_torchrun_gloo_step_gradients_equal_single_process(source, tmp_path):
+    data_dir, dataset, graphs = source
     out = tmp_path / "grads.pt"
-    proc = torchrun("tests/ddp_step_worker.py", str(SHARED_DATASETS), str(out))
+    proc = torchrun("tests/ddp_step_worker.py", str(data_dir), dataset, str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = torch.load(out, weights_only=False)
     assert saved["world"] == 2
     for (negatives, ae_input), got in saved["result"].items():
         config = make_config(negatives=negatives, ae_input=ae_input)
-        value, model = ddp_step_worker.step(ml100k_graphs, config)
+        value, model = ddp_step_worker.step(graphs, config)
         torch.testing.assert_close(got["value"], value, rtol=1e-13, atol=0)
         for name, p in model.named_parameters():
             torch.testing.assert_close(got["grads"][name], p.grad, rtol=1e-10, atol=1e-15,
                                        msg=f"{negatives}/{ae_input}: {name}")
 
 
-@shared_dataset("ML-100K")
-def test_torchrun_training_run_matches_single_process(tmp_path):
-    common = ["--dataset", "ML-100K", "--data_dir", str(SHARED_DATASETS), "--no_download",
-              "--epochs", "2", "--threads", "1", "--result_dir", str(tmp_path), "--quiet"]
+def test_torchrun_training_run_matches_single_process(source, tmp_path):
+    data_dir, dataset, _ = source
+    batch = 1024 if dataset == "ML-100K" else 64  # synthetic: 10 batches an epoch
+    common = ["--dataset", dataset, "--data_dir", str(data_dir), "--no_download", "--epochs",
+              "2", "--batch_size", str(batch), "--threads", "1", "--result_dir", str(tmp_path),
+              "--quiet"]
     proc = torchrun("main.py", *common, "--path_name", "ddp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert M.main([*common, "--path_name", "single"]) == 0
-    ddp, single = tmp_path / "ML-100K" / "ddp", tmp_path / "ML-100K" / "single"
-    assert "distributed: 2 processes (gloo), global batch 1024" in (ddp / "train.log").read_text()
+    ddp, single = tmp_path / dataset / "ddp", tmp_path / dataset / "single"
+    assert f"distributed: 2 processes (gloo), global batch {batch}" in \
+        (ddp / "train.log").read_text()
     assert sorted(p.name for p in ddp.iterdir()) == sorted(p.name for p in single.iterdir())
     epochs = [[json.loads(line) for line in open(run / "epochs.jsonl")] for run in (ddp, single)]
     assert [e["epoch"] for e in epochs[0]] == [1, 2]  # written once (rank 0), not per rank

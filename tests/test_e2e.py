@@ -1,5 +1,6 @@
 """End-to-end runs through main.main(): real 2-epoch runs on the published ML-100K and
-Amazon_Digital_Music, exact resume, and every bad input ending in one line + exit code 2."""
+Amazon_Digital_Music, exact resume (synthetic rows, and ML-100K where present), and every
+bad input ending in one line + exit code 2."""
 from __future__ import annotations
 
 import json
@@ -8,9 +9,9 @@ import pytest
 import torch
 
 import main as M
-from conftest import (SHARED_DATASETS, SHARED_REFERENCE, fails_with, interrupt_second_epoch,
-                      poison_batch_loss,
-                      run_main, shared_dataset, synthetic_rows, write_split_folder)
+from conftest import (SHARED_DATASETS, SHARED_REFERENCE, STEP_SOURCES, fails_with,
+                      interrupt_second_epoch, poison_batch_loss, run_main, step_source,
+                      synthetic_rows, write_split_folder)
 from utils import parse_log
 
 REFERENCE_LOG = {"ML-100K": "ML-100K.log", "Amazon_Digital_Music": "Amazon-Music.log"}
@@ -44,9 +45,12 @@ def test_two_epochs_on_real_data(dataset, tmp_path):
     assert best["config"]["dataset"] == dataset and best["epoch"] == metrics["best_epoch"]
 
 
-@shared_dataset("ML-100K")
-def test_resume_after_interrupt_equals_straight_run(tmp_path, monkeypatch):
-    args = ["--dataset", "ML-100K", "--data_dir", str(SHARED_DATASETS), "--batch_size", "4096",
+@pytest.mark.parametrize("source", STEP_SOURCES)
+def test_resume_after_interrupt_equals_straight_run(source, tmp_path, monkeypatch,
+                                                    tmp_path_factory):
+    data_dir, dataset = step_source(source, tmp_path_factory)
+    batch = "4096" if dataset == "ML-100K" else "64"  # synthetic: 10 batches an epoch
+    args = ["--dataset", dataset, "--data_dir", str(data_dir), "--batch_size", batch,
             "--epochs", "3"]
     rc, result = run_main(args, tmp_path, "straight")
     assert rc == 0
@@ -55,20 +59,20 @@ def test_resume_after_interrupt_equals_straight_run(tmp_path, monkeypatch):
     rc, _ = run_main(args, tmp_path, "split")
     assert rc == 130
     monkeypatch.undo()
-    split_dir = result / "ML-100K" / "split"
+    split_dir = result / dataset / "split"
     assert torch.load(split_dir / "last.pt", weights_only=False)["epoch"] == 1
     assert M.main(["--resume", str(split_dir), "--quiet", "--threads", "1"]) == 0
 
     def epochs(run):
-        rows = [json.loads(line) for line in (result / "ML-100K" / run / "epochs.jsonl").open()]
+        rows = [json.loads(line) for line in (result / dataset / run / "epochs.jsonl").open()]
         return [(r["epoch"], r["loss"], r["valid"]) for r in rows]
 
     assert epochs("split") == epochs("straight")
-    straight = json.loads((result / "ML-100K" / "straight" / "metrics.json").read_text())
+    straight = json.loads((result / dataset / "straight" / "metrics.json").read_text())
     resumed = json.loads((split_dir / "metrics.json").read_text())
     assert resumed["test"] == straight["test"] and resumed["best_epoch"] == straight["best_epoch"]
     assert parse_log(split_dir / "train.log")["test"] == \
-        parse_log(result / "ML-100K" / "straight" / "train.log")["test"]
+        parse_log(result / dataset / "straight" / "train.log")["test"]
 
 
 # ------------------------------------------------------------------------- bad inputs

@@ -20,14 +20,14 @@ import compare
 import dataloader
 import main as M
 import refine_llm
-from conftest import (SHARED, SHARED_DATASETS, fails_with, poison_batch_loss, run_main,
+from conftest import (SHARED_DATASETS, SHARED_RAW, fails_with, poison_batch_loss, run_main,
                       shared_dataset, synthetic_rows, write_split_folder)
 from dataloader import DataError, load_dataset
 from data.registry import PUBLISHED_BLOBS
 from utils import parse_log
 
 REPO = Path(__file__).resolve().parents[1]
-RAW_ML100K = SHARED / "raw" / "ml-100k"
+RAW_ML100K = SHARED_RAW / "ml-100k"
 HEADER = "user_id:token,item_id:token,rating:float\n"
 
 

@@ -19,7 +19,7 @@ from llm import embed_items, text_encoder
 from recommenders import semantic_neg as S
 from recommenders import base
 from conftest import SHARED_DATASETS, SHARED_RAW, shared_dataset
-from conftest import fails_with, run_main
+from conftest import fails_with, run_main, write_synthetic_with_items
 from utils import parse_log
 
 ITEM_FILE = SHARED_RAW / "ml-100k" / "ml-100k.item"
@@ -71,9 +71,25 @@ def test_similar_items_by_hand():
 
 # ------------------------------------------------------------------- text-embedding cache
 
-def _text_config(tmp_path, **kw):
-    return make_config(model="semantic_neg", dataset="ML-100K", data_dir=str(SHARED_DATASETS),
-                    item_file=str(ITEM_FILE), text_cache_dir=str(tmp_path / "cache"), **kw)
+ML100K_TEXTS = (SHARED_DATASETS, "ML-100K", ITEM_FILE)  # (data folder, dataset, item file)
+
+
+@pytest.fixture(params=[pytest.param("synthetic", id="synthetic"), pytest.param(
+    "ML-100K", id="ML-100K", marks=[shared_dataset("ML-100K"), pytest.mark.skipif(
+        not ITEM_FILE.is_file(), reason="$REFINE_RAW_DIR/ml-100k is not present")])])
+def texts(request, tmp_path):
+    """ML100K_TEXTS, or synthetic rows whose item i is "Item i" of "Genre<i % 3>"
+    (conftest.write_synthetic_with_items)."""
+    if request.param == "ML-100K":
+        return ML100K_TEXTS
+    data = write_synthetic_with_items(tmp_path / "data")
+    return data, "Synth", data / "Synth" / "Synth.item"
+
+
+def _text_config(tmp_path, texts, **kw):
+    data_dir, dataset, item_file = texts
+    return make_config(model="semantic_neg", dataset=dataset, data_dir=str(data_dir),
+                       item_file=str(item_file), text_cache_dir=str(tmp_path / "cache"), **kw)
 
 
 def _fake_encoder(monkeypatch, encode):
@@ -82,15 +98,14 @@ def _fake_encoder(monkeypatch, encode):
     monkeypatch.setattr(text_encoder, "encode", encode)
 
 
-def _embed(tmp_path, text_model, cache_dir=None):
-    return embed_items.embed_items("ML-100K", str(SHARED_DATASETS), item_file=str(ITEM_FILE),
+def _embed(tmp_path, text_model, cache_dir=None, texts=ML100K_TEXTS):
+    data_dir, dataset, item_file = texts
+    return embed_items.embed_items(dataset, str(data_dir), item_file=str(item_file),
                                    text_model=text_model,
                                    cache_dir=cache_dir or tmp_path / "cache", log=lambda _: None)
 
 
-@shared_dataset("ML-100K")
-@pytest.mark.skipif(not ITEM_FILE.is_file(), reason="$REFINE_RAW_DIR/ml-100k is not present")
-def test_text_embeddings_are_cached(tmp_path, monkeypatch):
+def test_text_embeddings_are_cached(tmp_path, monkeypatch, texts):
     calls = []
 
     def fake_encode(model_name, sentences):
@@ -99,31 +114,31 @@ def test_text_embeddings_are_cached(tmp_path, monkeypatch):
         return rng.standard_normal((len(sentences), 8)).astype(np.float32)
 
     _fake_encoder(monkeypatch, fake_encode)
-    path = _embed(tmp_path, "some/model")
+    path = _embed(tmp_path, "some/model", texts=texts)
     ids, emb = item_data.read_text_cache(path)
     assert calls == ["some/model"] and emb.shape == (len(ids), 8) and path.parent == tmp_path / "cache"
     # training reads exactly this file: the key of the model and the text source's bytes
-    assert S.text_files(_text_config(tmp_path, text_model="some/model"))[1] == path
-    train = SHARED_DATASETS / "ML-100K" / "ML-100K_train_augment.csv"
-    sentences, _ = item_data.item_sentences(train, ITEM_FILE)
-    assert sentences["1"] == "Toy Story (genre: Animation, Children's, Comedy)"
-    assert _embed(tmp_path, "some/model") == path and len(calls) == 1  # cached: no encoding
-    _embed(tmp_path, "other/model")  # another key
+    assert S.text_files(_text_config(tmp_path, texts, text_model="some/model"))[1] == path
+    data_dir, dataset, item_file = texts
+    sentences, _ = item_data.item_sentences(data_dir / dataset / f"{dataset}_train_augment.csv",
+                                            item_file)
+    assert sentences["1"] == {"ML-100K": "Toy Story (genre: Animation, Children's, Comedy)",
+                              "Synth": "Item 1 (genre: Genre1)"}[dataset]
+    assert _embed(tmp_path, "some/model", texts=texts) == path and len(calls) == 1  # cached
+    _embed(tmp_path, "other/model", texts=texts)  # another key
     assert len(calls) == 2
 
 
-@shared_dataset("ML-100K")
 def test_missing_text_embeddings_and_missing_sentence_transformers_are_one_line(
-        tmp_path, capsys, monkeypatch):
-    rc, _ = run_main(["--model", "semantic_neg", "--dataset", "ML-100K", "--data_dir",
-                      str(SHARED_DATASETS), "--item_file", str(ITEM_FILE), "--text_model",
-                      "x", "--text_cache_dir", str(tmp_path / "empty"), "--epochs", "1"],
-                     tmp_path)
-    fails_with(capsys, rc, "python -m llm.embed_items --dataset ML-100K", "--text_model x")
+        tmp_path, capsys, monkeypatch, texts):
+    data_dir, dataset, item_file = texts
+    where = ["--dataset", dataset, "--data_dir", str(data_dir), "--item_file", str(item_file),
+             "--text_model", "x", "--text_cache_dir", str(tmp_path / "empty")]
+    rc, _ = run_main(["--model", "semantic_neg", *where, "--hard_pool", "10", "--epochs", "1"],
+                     tmp_path)  # synthetic rows have 40 items: the default pool of 50 is too big
+    fails_with(capsys, rc, f"python -m llm.embed_items --dataset {dataset}", "--text_model x")
     monkeypatch.setitem(sys.modules, "sentence_transformers", None)  # import fails
-    rc = embed_items.main(["--dataset", "ML-100K", "--data_dir", str(SHARED_DATASETS),
-                           "--item_file", str(ITEM_FILE), "--text_model", "x",
-                           "--text_cache_dir", str(tmp_path / "empty")])
+    rc = embed_items.main(where)
     fails_with(capsys, rc, "pip install sentence-transformers")
 
 

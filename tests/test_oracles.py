@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch_geometric.nn import LGConv
 
 import dataloader
-from recommenders import base, make_config, refine_plus
-from conftest import SHARED_DATASETS, shared_dataset
+from recommenders import make_config, refine_plus
+from conftest import step_rows
 from dataloader import Interactions
 from model import (DispreferenceAE, LightGCN, Propagation, ReFINePlus, ae_terms_dense,
                    ae_terms_sparse, per_row_scores, sigmoid_bce_sum, spmm)
@@ -150,12 +150,6 @@ def test_fused_sigmoid_bce_matches_torch_including_saturation():
     assert float(per_entry.detach().max()) == pytest.approx(100.0)  # the clamp is exercised
 
 
-@pytest.fixture(scope="module")
-def ml100k_graphs():
-    data = dataloader.load_dataset(SHARED_DATASETS, "ML-100K", "augment")
-    return base.build_graphs(data, "cpu")
-
-
 def test_per_row_scores_equal_gathered_einsum():
     g = torch.Generator().manual_seed(3)
     queries = torch.randn(7, 5, dtype=torch.float64, generator=g)
@@ -177,11 +171,11 @@ def test_per_row_scores_equal_gathered_einsum():
     torch.testing.assert_close(grads[0][0][2, 5], queries[2] @ table[columns[2, 5]])
 
 
-@shared_dataset("ML-100K")
 @pytest.mark.parametrize("negatives", ["shared", "per_user"])
 @pytest.mark.parametrize("ae_input", ["batch", "user_negatives"])
-def test_fast_step_equals_reference_step(ml100k_graphs, negatives, ae_input):
-    graphs = copy.copy(ml100k_graphs)
+def test_fast_step_equals_reference_step(step_graphs, negatives, ae_input):
+    """step_graphs: synthetic rows (conftest.varied_rows) and, where present, ML-100K."""
+    graphs = copy.copy(step_graphs)
     graphs.norm_adj = graphs.norm_adj.double()
     fast_cfg = make_config(negatives=negatives, ae_input=ae_input)
     ref_cfg = make_config(negatives=negatives, ae_input=ae_input, impl="reference")
@@ -189,11 +183,11 @@ def test_fast_step_equals_reference_step(ml100k_graphs, negatives, ae_input):
     fast = ReFINePlus(graphs.num_users, graphs.num_items).double()
     ref = copy.deepcopy(fast)
     ref.gcn.convs = torch.nn.ModuleList(LGConv(normalize=False) for _ in range(4))
-    batch = torch.randperm(len(graphs.train))[:1024]
+    batch = torch.randperm(len(graphs.train))[:step_rows(len(graphs.train))]
     pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
     negs = refine_plus.draw_negatives(pos_users, graphs,
                                       refine_plus.num_negatives(graphs.num_items),
-                                      fast_cfg.settings.real_neg_samp_prob, fast_cfg.settings.negatives == "shared")
+                                      fast_cfg.settings.real_neg_samp_prob, negatives == "shared")
 
     loss_f, value_f, _ = refine_plus.loss_of(fast, graphs, batch, negs, fast_cfg)
     loss_r, value_r, _ = refine_plus.loss_of(ref, graphs, batch, negs, ref_cfg)
@@ -202,15 +196,15 @@ def test_fast_step_equals_reference_step(ml100k_graphs, negatives, ae_input):
     loss_r.backward()
     # the fast path leaves (λ/2)||θ||² to the optimizer: its gradient is λθ
     for name, p in fast.named_parameters():
-        lam = fast_cfg.settings.lambda1 if name.startswith("gcn.embedding") else fast_cfg.settings.lambda2
+        lam = fast_cfg.settings.lambda1 if name.startswith("gcn.embedding") \
+            else fast_cfg.settings.lambda2
         p.grad += lam * p.detach()
     assert_grads_close(fast, ref, rtol=1e-9, atol=1e-15)
 
 
-@shared_dataset("ML-100K")
-def test_fast_optimizer_step_equals_reference_step(ml100k_graphs):
+def test_fast_optimizer_step_equals_reference_step(step_graphs):
     """Fused Adam with L2 weight decay == plain Adam on the loss with the L2 terms."""
-    graphs = ml100k_graphs
+    graphs = step_graphs
     fast_cfg, ref_cfg = make_config(), make_config(impl="reference")
     torch.manual_seed(2)
     fast = ReFINePlus(graphs.num_users, graphs.num_items)
@@ -218,9 +212,10 @@ def test_fast_optimizer_step_equals_reference_step(ml100k_graphs):
     opt_f, opt_r = refine_plus.make_optimizer(fast, fast_cfg), refine_plus.make_optimizer(ref, ref_cfg)
     n = refine_plus.num_negatives(graphs.num_items)
     for _ in range(3):
-        batch = torch.randperm(len(graphs.train))[:1024]
+        batch = torch.randperm(len(graphs.train))[:step_rows(len(graphs.train))]
         pos_users = graphs.train.users[batch][graphs.is_pos[batch]]
-        negs = refine_plus.draw_negatives(pos_users, graphs, n, fast_cfg.settings.real_neg_samp_prob,
+        negs = refine_plus.draw_negatives(pos_users, graphs, n,
+                                          fast_cfg.settings.real_neg_samp_prob,
                                           fast_cfg.settings.negatives == "shared")
         for model, opt, cfg in ((fast, opt_f, fast_cfg), (ref, opt_r, ref_cfg)):
             loss, _, _ = refine_plus.loss_of(model, graphs, batch, negs, cfg)
