@@ -29,6 +29,7 @@ BACKENDS = {
     "openai": "llm.backends.openai",
     "embedding": "llm.backends.embedding",
     "rank": "llm.backends.rank",
+    "constant": "llm.backends.constant",
 }
 
 # what a backend can do (Backend.supports)
