@@ -29,7 +29,6 @@ BACKENDS = {
     "openai": "llm.backends.openai",
     "embedding": "llm.backends.embedding",
     "rank": "llm.backends.rank",
-    "constant": "llm.backends.constant",
 }
 
 # what a backend can do (Backend.supports)
