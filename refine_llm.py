@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,9 @@ from data.provenance import file_sha1
 from data.schema import RATING_COL, USER_COL, DataError
 from data.splits import resolve_data_dir, split_path
 from llm.answers import AnswerCache, answer_requests, load_decisions, write_decisions
-from llm.backends import BACKENDS, BackendSettings, add_backend_flags, make_backend
+from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, backend_names,
+                          can_do, check_backend, config_record, either, from_args,
+                          make_backend, require_model)
 from llm.procedure import (agreement, build_requests, decisions_from_records, plan_users,
                            relabel, sorted_users)
 from llm.notebook import notebook_entry
@@ -54,6 +56,7 @@ class RefineConfig(BackendSettings):
     """Every setting of one relabeling run (filled by ``parse_args``); the backend's are in
     ``BackendSettings``."""
 
+    jobs = ("relabel", "full_completion")  # the own procedure's and the reference one's
     dataset: str
     data_dir: str | None = None
     procedure: str = "own"
@@ -80,15 +83,17 @@ class RefineConfig(BackendSettings):
         if self.procedure not in PROCEDURES:
             raise DataError(f"unknown procedure {self.procedure!r}; choose one of "
                             f"{', '.join(PROCEDURES)}")
+        asks_reference = (self.procedure == "reference" and not self.dump_prompts
+                          and not self.dry_run)
         if self.procedure == "reference":
             notebook_entry(self.dataset)  # one line for a dataset without the authors' step
             if self.decisions:
                 raise DataError("--decisions replays decisions as they are; --procedure "
                                 "reference does not apply (drop one of them)")
-            if not self.dump_prompts and not self.dry_run and (
-                    self.backend not in ("hf", "openai") or self.chat):
-                raise DataError("--procedure reference asks an LLM with the authors' plain "
-                                "prompts: --backend hf or openai, without --chat")
+            if asks_reference and (not can_do(self.backend, "full_completion") or self.chat):
+                raise DataError(f"--procedure reference asks an LLM with the authors' plain "
+                                f"prompts: --backend {either(backend_names('full_completion'))}"
+                                f", without --chat")
             if self.dtype == "auto":  # the notebook loaded the model with transformers 4's
                 self.dtype = "float32"  # default, float32 (transformers 5's "auto": float16)
             fixed = [f"--{n}" for n in REFERENCE_FIXED
@@ -97,8 +102,7 @@ class RefineConfig(BackendSettings):
                 raise DataError(f"{', '.join(fixed)}: the authors' notebook fixes these for "
                                 f"--procedure reference (one request at a time, its seed, "
                                 f"chunks, template, token rule and generation length)")
-        if self.backend not in BACKENDS:
-            raise DataError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        check_backend(self.backend, "full_completion" if asks_reference else "relabel", self.chat)
         if self.template is not None and self.template not in TEMPLATES:
             raise DataError(f"unknown template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
         if self.template is None and self.dataset not in FAMILY_OF_DATASET:
@@ -109,9 +113,8 @@ class RefineConfig(BackendSettings):
                 raise DataError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if self.limit_users is not None and self.limit_users < 1:
             raise DataError(f"--limit_users must be >= 1, got {self.limit_users}")
-        if (self.backend in ("hf", "openai") and not self.model and not self.gguf_file
-                and self.decisions is None and not self.dry_run and not self.dump_prompts):
-            raise DataError(f"--backend {self.backend} needs --model")
+        if self.decisions is None and not self.dry_run and not self.dump_prompts:
+            require_model(self)
 
     @property
     def prompt_template(self) -> PromptTemplate:
@@ -127,11 +130,9 @@ class RefineConfig(BackendSettings):
 
     def model_id(self) -> str:
         """What identifies the answering model in the cache key."""
-        if self.backend == "embedding":
-            return (f"embedding:{self.embed_model or 'all-MiniLM-L6-v2'}:top{self.embed_top_k}"
-                    f":margin{self.embed_margin:g}")
         name = f"{self.model or ''}|{self.gguf_file or ''}"
-        return f"{self.backend}:{name}:chat={self.chat}:max_new={self.max_new_tokens}"
+        return backend_model_id(self, "relabel", f"{self.backend}:{name}:chat={self.chat}"
+                                                 f":max_new={self.max_new_tokens}")
 
 
 # ----------------------------------------------------------------------------- output
@@ -161,13 +162,11 @@ def parse_args(argv=None) -> RefineConfig:
                    help="reference: never download the notebook")
     p.add_argument("--dump_prompts", default=None,
                    help="write every prompt (JSON lines: user, chunk, prompt) and exit")
-    add_backend_flags(p, d, BACKENDS)
+    add_backend_flags(p, d)
     p.add_argument("--max_prompt_tokens", type=int, default=d.max_prompt_tokens,
                    help="skip a chunk whose prompt is longer")
     p.add_argument("--chunk_size", type=int, default=d.chunk_size)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--embed_top_k", type=int, default=d.embed_top_k)
-    p.add_argument("--embed_margin", type=float, default=d.embed_margin)
     p.add_argument("--item_file", default=None,
                    help="RecBole .item file (default: <data_dir>/raw/<stem>/<stem>.item, "
                         "else <data_dir>/<DATASET>/<stem>.item)")
@@ -183,7 +182,7 @@ def parse_args(argv=None) -> RefineConfig:
     p.add_argument("--cache", default=None, help="answer cache (default: <output>.cache.jsonl)")
     p.add_argument("--output", default=None, help="default: <data_dir>/<DATASET>/<DATASET>_train_augment.csv")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    return RefineConfig(**vars(p.parse_args(argv)))
+    return from_args(RefineConfig, p.parse_args(argv))
 
 
 def agreement_line(reference, a: dict) -> str:
@@ -218,7 +217,7 @@ def ask_backend(cfg: RefineConfig, train: pd.DataFrame, texts, output: Path, log
         f"cached, {todo} to ask ({cfg.backend})")
     started = time.perf_counter()
     if todo:
-        backend = make_backend(cfg, texts())
+        backend = make_backend(cfg, texts(), "relabel")
         with tqdm(total=todo, unit="chunk", desc="refine", file=sys.stderr) as progress:
             try:
                 answer_requests(backend, requests, cfg, cache, progress)
@@ -300,7 +299,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
         model=None if cfg.decisions else cfg.model_id(), replayed_from=cfg.decisions,
         **procedure_record(cfg, notebook), input=str(source), input_sha1=file_sha1(source),
         output=str(output),
-        output_sha1=file_sha1(output), counts=counts, config=asdict(cfg),
+        output_sha1=file_sha1(output), counts=counts, config=config_record(cfg),
         seconds=round(time.perf_counter() - started, 2))
     if cfg.compare_to:
         manifest["agreement"] = agreement(train, ratings, Path(cfg.compare_to))

@@ -23,7 +23,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,9 @@ from data.items import find_item_file, item_texts, read_train
 from data.registry import DATASETS
 from data.schema import DataError
 from llm.answers import AnswerCache
-from llm.backends import (AUGMENT_BACKENDS, BACKEND_HELP, TEXT_FREE, BackendSettings,
-                          add_backend_flags, is_llm, make_backend)
+from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, backend_names,
+                          check_backend, config_record, declaration, from_args, is_llm,
+                          make_backend, require_model)
 from runs.cli import add_dataclass_flags, command_line, run_cli
 from runs.files import atomic_write_text
 from runs.trained import load_trained
@@ -51,6 +52,7 @@ OUTPUT_COLUMNS = ("user_id:token", "pos_item_id:token", "neg_item_id:token")
 class AugmentConfig(BackendSettings):
     """One augmentation run; the backend's settings are refine_llm.py's (BackendSettings)."""
 
+    jobs = ("pick",)
     dataset: str
     base_run: str | None = None
     data_dir: str | None = None
@@ -68,8 +70,7 @@ class AugmentConfig(BackendSettings):
     overwrite: bool = False
 
     def __post_init__(self):
-        if self.backend not in AUGMENT_BACKENDS:
-            raise DataError(f"--backend must be one of {', '.join(AUGMENT_BACKENDS)}")
+        check_backend(self.backend, "pick", self.chat)
         for name in ("candidates", "history", "tries", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise DataError(f"--{name} must be >= 1")
@@ -79,16 +80,12 @@ class AugmentConfig(BackendSettings):
             raise DataError(f"--base_run: give a trained run on the same split, e.g. python "
                             f"main.py --model lightgcn --dataset {self.dataset} --path_name "
                             f"base_lightgcn (minutes on ML-100K on a 2-core CPU)")
-        if self.backend in ("hf", "openai") and not (self.model or self.gguf_file) \
-                and not self.dry_run:
-            raise DataError(f"--backend {self.backend} needs --model")
+        if not self.dry_run:
+            require_model(self)
 
     def model_id(self) -> str:
-        if self.backend == "embedding":
-            return f"embedding-picker:{self.embed_model or 'all-MiniLM-L6-v2'} (not an LLM)"
-        if self.backend == "rank":
-            return "rank-picker: the base model's first and last candidate (not an LLM)"
-        return f"{self.backend}:{self.model or ''}|{self.gguf_file or ''}:chat={self.chat}"
+        return backend_model_id(self, "pick", f"{self.backend}:{self.model or ''}|"
+                                              f"{self.gguf_file or ''}:chat={self.chat}")
 
 
 # --------------------------------------------------------------------------- the users
@@ -241,12 +238,15 @@ def run(cfg: AugmentConfig, log=print) -> dict:
     if output.exists() and not cfg.overwrite and not cfg.dry_run:
         raise DataError(f"{output} exists; pass --overwrite to replace it or --output elsewhere")
     train = read_train(base.train_path)
-    try:
-        texts = {} if cfg.backend in TEXT_FREE else item_texts(
-            train, find_item_file(cfg.dataset, str(base.data_dir), cfg.item_file,
-                                  beside_data_dir=True))
-    except DataError as err:
-        raise DataError(f"{err}; --backend rank needs no item text") from None
+    texts = {}
+    if declaration(cfg.backend).item_texts:
+        try:
+            texts = item_texts(train, find_item_file(cfg.dataset, str(base.data_dir),
+                                                     cfg.item_file, beside_data_dir=True))
+        except DataError as err:
+            free = [n for n in backend_names("pick") if not declaration(n).item_texts]
+            hint = f"; --backend {' / '.join(free)} needs no item text" if free else ""
+            raise DataError(f"{err}{hint}") from None
     family = DATASETS[cfg.dataset].prompt_family if cfg.dataset in DATASETS else None
     noun = NOUNS.get(family, "items")
     if cfg.dry_run:
@@ -259,7 +259,7 @@ def run(cfg: AugmentConfig, log=print) -> dict:
         f"ask ({cfg.model_id()})")
     asked_at = time.perf_counter()
     if todo:
-        backend = make_backend(cfg, texts, AUGMENT_BACKENDS)
+        backend = make_backend(cfg, texts, "pick")
         with tqdm(total=todo, unit="user", desc="augment", file=sys.stderr) as progress:
             try:
                 ask(backend, base.tasks, cfg, cache, texts, noun, progress)
@@ -301,7 +301,7 @@ def make_manifest(cfg, base: Base, records, output: Path, asked: int, ask_second
         agreement_with_base_top=top_share,
         seconds_per_request=round(ask_seconds / asked, 4) if asked else None,
         output=str(output), output_sha1=provenance.file_sha1(output),
-        config=asdict(cfg), seconds=round(seconds, 2))
+        config=config_record(cfg), seconds=round(seconds, 2))
 
 
 HELP = {
@@ -324,9 +324,9 @@ HELP = {
 def parse_args(argv=None) -> AugmentConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_backend_flags(p, AugmentConfig, AUGMENT_BACKENDS)
-    add_dataclass_flags(p, AugmentConfig, HELP, skip=BACKEND_HELP)
-    return AugmentConfig(**vars(p.parse_args(argv)))
+    handled = add_backend_flags(p, AugmentConfig)
+    add_dataclass_flags(p, AugmentConfig, HELP, skip=handled)
+    return from_args(AugmentConfig, p.parse_args(argv))
 
 
 def main(argv=None) -> int:

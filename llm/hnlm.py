@@ -24,7 +24,7 @@ import json
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,18 +38,19 @@ from data.splits import resolve_data_dir, split_path
 from data.vectors import write_pair_vectors
 from llm.answers import AnswerCache
 from llm.augment import NOUNS, user_histories
-from llm.backends import BACKEND_HELP, BACKENDS, BackendSettings, add_backend_flags, make_backend
+from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, check_backend,
+                          config_record, from_args, make_backend, require_model)
 from runs.cli import add_dataclass_flags, command_line, run_cli
 from runs.files import atomic_write_text
 from utils import fault_point
 
 PROMPT_VERSION = "hnlm v1"  # part of every cache key: change it with the prompts
 STEPS = ("items", "users", "negatives", "embed")
-LLM_BACKENDS = ("hf", "openai")
 
 
 @dataclass(kw_only=True)
 class HNLMConfig(BackendSettings):
+    jobs = ("text",)
     step: str
     dataset: str
     data_dir: str | None = None
@@ -67,10 +68,10 @@ class HNLMConfig(BackendSettings):
     def __post_init__(self):
         if self.step not in STEPS:
             raise DataError(f"step must be one of {', '.join(STEPS)}")
-        if self.step != "embed" and self.backend not in LLM_BACKENDS:
-            raise DataError(f"--backend must be one of {', '.join(LLM_BACKENDS)} (an LLM)")
-        if self.step != "embed" and not (self.model or self.gguf_file) and not self.dry_run:
-            raise DataError(f"--backend {self.backend} needs --model")
+        if self.step != "embed":
+            check_backend(self.backend, "text", self.chat)
+            if not self.dry_run:
+                require_model(self)
         for name in ("history", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise DataError(f"--{name} must be >= 1")
@@ -80,7 +81,8 @@ class HNLMConfig(BackendSettings):
             raise DataError("--max_pairs_per_user must be >= 0 (0: every pair)")
 
     def model_id(self) -> str:
-        return f"{self.backend}:{self.model or ''}|{self.gguf_file or ''}:chat={self.chat}"
+        return backend_model_id(self, "text", f"{self.backend}:{self.model or ''}|"
+                                              f"{self.gguf_file or ''}:chat={self.chat}")
 
 
 @dataclass
@@ -257,7 +259,7 @@ def ask_step(cfg: HNLMConfig, inp: Inputs, todo: list, prompts: list[str], log) 
     log(f"{cfg.dataset} {cfg.step}: {len(todo)} requests, {len(todo) - len(missing)} cached, "
         f"{len(missing)} to ask ({cfg.model_id()})")
     if missing:
-        backend = make_backend(cfg, inp.texts, BACKENDS)
+        backend = make_backend(cfg, inp.texts, "text")
         with tqdm(total=len(missing), unit="request", desc=cfg.step, file=sys.stderr) as bar:
             try:
                 for start in range(0, len(missing), cfg.batch_size):
@@ -291,7 +293,7 @@ def manifest_of(cfg: HNLMConfig, inp: Inputs, records: list[dict], asked: int,
                                               for r in records),
                             asked_now=asked),
                 seconds_per_request=round(ask_seconds / asked, 4) if asked else None,
-                config=asdict(cfg), **extra)
+                config=config_record(cfg), **extra)
 
 
 def embed_step(cfg: HNLMConfig, inp: Inputs, log) -> dict:
@@ -360,9 +362,9 @@ def parse_args(argv=None) -> HNLMConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("step", choices=STEPS)
-    add_backend_flags(p, HNLMConfig, LLM_BACKENDS)
-    add_dataclass_flags(p, HNLMConfig, HELP, skip={*BACKEND_HELP, "step"})
-    return HNLMConfig(**vars(p.parse_args(argv)))
+    handled = add_backend_flags(p, HNLMConfig)
+    add_dataclass_flags(p, HNLMConfig, HELP, skip={*handled, "step"})
+    return from_args(HNLMConfig, p.parse_args(argv))
 
 
 def main(argv=None) -> int:

@@ -89,7 +89,7 @@ def ask_reference(cfg, train: pd.DataFrame, output: Path, log=print):
         f"{len(requests) - len(todo)} cached, {len(todo)} to ask ({cfg.backend})")
     started = time.perf_counter()
     if todo:
-        ask_all(make_backend(cfg, {}), todo, rules, entry.token_limit, cache)
+        ask_all(make_backend(cfg, {}, "full_completion"), todo, rules, entry.token_limit, cache)
     records = [cache.records[r.key] for r in requests]
     counts = dict(users=len(users), users_skipped_by_list=listed,
                   **reference_counts(records, len(todo), time.perf_counter() - started))

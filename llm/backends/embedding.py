@@ -1,12 +1,13 @@
-"""The CPU stand-ins for an LLM: by item-text similarity (``--backend embedding``), the
-refiner of refine_llm.py and the picker of the interaction augmentation (llm/augment.py);
-and the augmentation's text-free ``--backend rank`` picker."""
+"""The CPU stand-in for an LLM by item-text similarity (``--backend embedding``): the refiner
+of refine_llm.py and the picker of the interaction augmentation (llm/augment.py)."""
 from __future__ import annotations
 
 import numpy as np
 
 from data.items import sentence
 from llm import text_encoder
+from llm.backends import Backend, Option
+
 
 def item_embeddings(cfg, texts: dict) -> tuple[list[str], dict[str, int], np.ndarray]:
     """(sorted item ids, id -> row, unit-norm sentence embeddings) of the item texts."""
@@ -93,19 +94,19 @@ class EmbeddingPicker:
         return ["{}::{}".format(*self.pick(c)) for c in contexts]
 
 
-class RankPicker:
-    """The augmentation's text-free stand-in — not an LLM, labelled as such in manifests:
-    the base model's own first candidate is the favourite and its last (k-th) the least
-    favourite. It needs no item text (datasets without titles) and measures what the
-    augmentation adds when the "LLM" only repeats the base model's ranking."""
+def label(cfg, job: str) -> str:
+    """Not an LLM: its name in cache keys and manifests says what it computes."""
+    model = cfg.embed_model or "all-MiniLM-L6-v2"
+    if job == "pick":
+        return f"embedding-picker:{model} (not an LLM)"
+    return f"embedding:{model}:top{cfg.embed_top_k}:margin{cfg.embed_margin:g}"
 
-    reads_prompts = False
 
-    def __init__(self, cfg, texts: dict):
-        pass
-
-    def count_tokens(self, prompt: str) -> None:
-        return None
-
-    def generate(self, prompts, contexts: list[dict]) -> list[str]:
-        return [f"1::{len(c['candidates'])}" for c in contexts]
+BACKEND = Backend(
+    supports={"relabel", "pick"}, label=label,
+    build=lambda cfg, texts, job: (EmbeddingPicker if job == "pick" else EmbeddingBackend)(
+        cfg, texts),
+    options=(Option("embed_top_k", 3, "s(c, S) is the mean of the k largest cosines", int,
+                    jobs=("relabel",)),
+             Option("embed_margin", 0.0, "c is selected iff s(c, liked) - s(c, disliked) > "
+                                         "margin", float, jobs=("relabel",))))

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from data.schema import DataError
-from llm.backends import local_path
+from llm.backends import Backend, Option, local_path
 from llm.prompts import SEPARATOR
 
 
@@ -84,3 +84,9 @@ class HFBackend:
         return self.tokenizer.decode(out[0], skip_special_tokens=True)
 
 
+BACKEND = Backend(
+    supports={"text", "chat", "full_completion"}, needs_model=True,
+    build=lambda cfg, texts, job: HFBackend(cfg),
+    options=(Option("gguf_file", None, "GGUF file inside --model (or a path to it)"),
+             Option("dtype", "auto", "auto/float32/float16/bfloat16")),
+    notes={"model": "local dir or hub id", "batch_size": "prompts per generate call"})

@@ -11,6 +11,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from data.schema import DataError
+from llm.backends import Backend, Option
 from llm.prompts import SEPARATOR
 
 
@@ -138,3 +139,17 @@ class OpenAIBackend:
             return list(pool.map(self._complete, prompts))
 
 
+BACKEND = Backend(
+    supports={"text", "chat", "full_completion"}, needs_model=True,
+    build=lambda cfg, texts, job: OpenAIBackend(cfg),
+    options=(
+        Option("base_url", "http://127.0.0.1:8000/v1", "endpoint root (…/v1)"),
+        Option("api_key_env", "OPENAI_API_KEY", "environment variable with the key"),
+        Option("timeout", 120.0, "seconds per request", float),
+        Option("max_retries", 3, "HTTP retries with backoff", int),
+        Option("concurrency", 1, "requests of a batch sent at once (a batching server such "
+                                 "as vLLM: e.g. 64, with --batch_size as large; llama.cpp's "
+                                 "one slot: 1)", int)),
+    notes={"model": "model name",
+           "batch_size": "first attempts go before their retries, which keeps a one-slot "
+                         "server's prompt cache (llama.cpp) from thrashing"})
