@@ -2,9 +2,10 @@
 
 Reads the reference logs (refine_plus/*.log, refine/*.out), our train.log files, run folders
 (their train.log) and multi-seed run folders (their summary.json, mean ± std) with the one
-parser, utils.parse_log. Prints best epoch, best validation and final test P/R/NDCG@k,
-training seconds and seconds per epoch, each column's difference to the first one;
-``--plot`` draws validation Recall@20, NDCG@20 and the loss per epoch of every log.
+parser, runs.log_format.parse_log. Prints best epoch, best validation and final test
+metrics at each k (every metric of runs/metrics.py's table the logs hold), training seconds
+and seconds per epoch, each column's difference to the first one; ``--plot`` draws
+validation Recall@20, NDCG@20 and the loss per epoch of every log.
 
 The ``data`` row names the input files each run read (from the ``input`` lines of its log
 header): "published" when every file is the published one, "MODIFIED" when a file of a
@@ -23,10 +24,8 @@ from pathlib import Path
 from data import provenance
 from data.schema import UserError
 from runs.cli import run_cli
-from utils import parse_log
-
-METRICS = ("precision", "recall", "ndcg")
-SHORT = {"precision": "P", "recall": "R", "ndcg": "NDCG"}
+from runs.log_format import parse_log
+from runs.metrics import METRICS, key, short_key
 
 
 class CompareError(UserError, ValueError):
@@ -94,7 +93,7 @@ def input_warnings(entries: list[Entry]) -> list[str]:
 def row_names(ks=(5, 10, 15, 20)) -> list[str]:
     names = ["best epoch", "epochs run"]
     for split in ("valid", "test"):
-        names += [f"{split} {SHORT[m]}@{k}" for k in ks for m in METRICS]
+        names += [f"{split} {m.short}@{k}" for k in ks for m in METRICS]
     return names + ["train seconds", "seconds/epoch"]
 
 
@@ -108,9 +107,8 @@ def entry_from_log(log: dict, label: str) -> Entry:
         rows["best epoch"] = (log["best_epoch"], None)
     rows["epochs run"] = (len(log["epochs"]), None)
     for split, results in (("valid", log["best_valid"]), ("test", log["test"])):
-        for k, values in (results or {}).items():
-            for m, v in zip(METRICS, values):
-                rows[f"{split} {SHORT[m]}@{k}"] = (v, None)
+        for name_at_k, value in (results or {}).items():
+            rows[f"{split} {short_key(name_at_k)}"] = (value, None)
     if log["train_seconds"] is not None:
         rows["train seconds"] = (log["train_seconds"], None)
         rows["seconds/epoch"] = (log["train_seconds"] / len(log["epochs"]), None)
@@ -128,10 +126,9 @@ def entry_from_summary(folder: Path, label: str) -> Entry:
 
     put("best epoch", summary["best_epoch"])
     put("epochs run", summary["last_epoch"])
-    for split, key in (("valid", "best_validation"), ("test", "test")):
-        for metric, stat in summary[key].items():
-            name, k = metric.split("@")
-            put(f"{split} {SHORT[name]}@{k}", stat)
+    for split, block in (("valid", "best_validation"), ("test", "test")):
+        for name_at_k, stat in summary[block].items():
+            put(f"{split} {short_key(name_at_k)}", stat)
     put("train seconds", summary["train_seconds"])
     put("seconds/epoch", summary["seconds_per_epoch"])
     for run in summary.get("runs", []):
@@ -232,18 +229,19 @@ def plot(entries: list[Entry], out: str | Path) -> None:
     fixed = {log["best_valid"] is None for entry in entries for log in entry.logs}
     split = {frozenset({False}): "validation", frozenset({True}): "test (no validation)"}.get(
         frozenset(fixed), "validation, or test where a run has none")
-    panels = ((f"{split} Recall@20", 1), (f"{split} NDCG@20", 2), ("loss", None))
+    panels = ((f"{split} Recall@20", key("recall", 20)), (f"{split} NDCG@20", key("ndcg", 20)),
+              ("loss", None))
     for c, entry in enumerate(entries):
         colour = f"C{c % 10}"
         for s, log in enumerate(entry.logs):
             epochs = [e["epoch"] for e in log["epochs"]]
             label = entry.label if s == 0 else None
             alpha = 1.0 if len(entry.logs) == 1 else 0.6
-            for ax, (title, col) in zip(axes, panels):
-                if col is None:
+            for ax, (title, name) in zip(axes, panels):
+                if name is None:
                     ys = [e["loss"] for e in log["epochs"]]
                 else:
-                    ys = [e["metrics"].get(20, (float("nan"),) * 3)[col] for e in log["epochs"]]
+                    ys = [e["metrics"].get(name, float("nan")) for e in log["epochs"]]
                 ax.plot(epochs, ys, color=colour, lw=1, alpha=alpha, label=label)
                 best = log["best_epoch"]
                 if best is not None and best in epochs:

@@ -38,9 +38,9 @@ from llm.answers import AnswerCache
 from llm.backends import (AUGMENT_BACKENDS, BACKEND_HELP, TEXT_FREE, BackendSettings,
                           add_backend_flags, is_llm, make_backend)
 from runs.cli import add_dataclass_flags, command_line, run_cli
+from runs.faults import fault_point
 from runs.files import atomic_write_text
 from runs.trained import load_trained
-from utils import fault_point
 
 PROMPT_VERSION = "augment v1"  # part of every cache key: change it with the prompts
 NOUNS = {"movies": "movies", "music": "music albums", "books": "books"}

@@ -40,8 +40,8 @@ from llm.answers import AnswerCache
 from llm.augment import NOUNS, user_histories
 from llm.backends import BACKEND_HELP, BACKENDS, BackendSettings, add_backend_flags, make_backend
 from runs.cli import add_dataclass_flags, command_line, run_cli
+from runs.faults import fault_point
 from runs.files import atomic_write_text
-from utils import fault_point
 
 PROMPT_VERSION = "hnlm v1"  # part of every cache key: change it with the prompts
 STEPS = ("items", "users", "negatives", "embed")

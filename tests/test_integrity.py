@@ -24,7 +24,7 @@ from conftest import (SHARED, SHARED_DATASETS, fails_with, poison_batch_loss, ru
                       shared_dataset, synthetic_rows, write_split_folder)
 from dataloader import DataError, load_dataset
 from data.registry import PUBLISHED_BLOBS
-from utils import parse_log
+from runs.log_format import parse_log
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_ML100K = SHARED / "raw" / "ml-100k"
