@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,6 +126,3 @@ def resolve_device(device: str, gpu_id: int | None = None) -> torch.device:
             raise ValueError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) present")
     return dev
 
-
-def command_line() -> str:
-    return " ".join([Path(sys.executable).name] + sys.argv)

@@ -29,6 +29,7 @@ from dataloader import RecData
 from recommenders import MODELS
 from recommenders.base import Graphs, Recommender, TrainingError, build_graphs
 from runs import distributed, run_folder
+from runs.cli import command_line
 from runs.faults import fault_point
 from runs.log_format import RULE, format_metrics
 from runs.log_header import data_lines, header_lines
@@ -37,8 +38,8 @@ from runs.resume import (BEST_NEXT, check_resumed_inputs, load_resume_state,
                          rewind_to_checkpoint)
 from runs.config import Config, ConfigError
 from runs.files import atomic_save, atomic_write_text, dump_json
-from utils import (EarlyStopping, RunLogger, command_line, resolve_device, rng_state,
-                   seed_everything, set_rng_state)
+from utils import (EarlyStopping, RunLogger, resolve_device, rng_state, seed_everything,
+                   set_rng_state)
 
 
 @dataclass
@@ -232,7 +233,7 @@ class Training:
     def start(self) -> None:
         config, checked = self.config, self.checked
         if checked.state is None and self.is_main:
-            atomic_write_text(self.run_dir / "argv.txt", command_line() + "\n")
+            atomic_write_text(self.run_dir / "argv.txt", command_line("python main.py") + "\n")
             dump_json({**config.to_dict(), "inputs": provenance.as_dicts(checked.inputs)},
                       self.run_dir / "config.json")
         for line in header_lines(config, self.device, checked.inputs) + checked.warnings:
