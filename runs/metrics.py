@@ -43,11 +43,6 @@ def ndcg_at_k(hits: Tensor, num_relevant: Tensor, k: int) -> Tensor:
     return dcg / ideal
 
 
-def hit_rate_at_k(hits: Tensor, num_relevant: Tensor, k: int) -> Tensor:
-    """1 if any of the top k is relevant, else 0, per user."""
-    return (hits[:, :k].sum(1) > 0).to(hits.dtype)
-
-
 # ----------------------------------------------------------------------------- table
 
 @dataclass(frozen=True)
@@ -65,7 +60,6 @@ METRICS = (
     Metric("precision", "Precision", "P", precision_at_k),
     Metric("recall", "Recall", "R", recall_at_k),
     Metric("ndcg", "NDCG", "NDCG", ndcg_at_k),
-    Metric("hr", "HR", "HR", hit_rate_at_k),
 )
 LEGACY_COLUMNS = ("precision", "recall", "ndcg")
 BY_NAME = {m.name: m for m in METRICS}

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from dataloader import RowIndex
-from runs.metrics import (METRICS, as_named, early_stopping_score, evaluate, hit_rate_at_k,
-                          ndcg_at_k, precision_at_k, recall_at_k, short_key)
+from runs.metrics import (METRICS, as_named, early_stopping_score, evaluate, ndcg_at_k,
+                          precision_at_k, recall_at_k, short_key)
 
 # user 0: ranks 1 and 3 relevant, 2 ground-truth items in all
 # user 1: rank 2 relevant, 4 ground-truth items in all
@@ -35,13 +35,6 @@ def test_ndcg_by_hand():
     assert ndcg_at_k(HITS, NUM_RELEVANT, 3).tolist() == pytest.approx(expected)
     # k=1: user 0 hit at rank 1 -> 1; user 1 miss -> 0
     assert ndcg_at_k(HITS, NUM_RELEVANT, 1).tolist() == pytest.approx([1.0, 0.0])
-
-
-def test_hit_rate_by_hand():
-    # user 0 hits at rank 1; user 1 first hits at rank 2
-    assert hit_rate_at_k(HITS, NUM_RELEVANT, 1).tolist() == [1.0, 0.0]
-    assert hit_rate_at_k(HITS, NUM_RELEVANT, 2).tolist() == [1.0, 1.0]
-    assert hit_rate_at_k(HITS, NUM_RELEVANT, 3).tolist() == [1.0, 1.0]
 
 
 def test_evaluate_masks_training_items_and_averages_over_users_with_truth():
