@@ -2,9 +2,15 @@
 
 Reads the reference logs (refine_plus/*.log, refine/*.out), our train.log files, run folders
 (their train.log) and multi-seed run folders (their summary.json, mean ± std) with the one
-parser, utils.parse_log. Prints best epoch, best validation and final test P/R/NDCG@k,
-training seconds and seconds per epoch, each column's difference to the first one;
-``--plot`` draws validation Recall@20, NDCG@20 and the loss per epoch of every log.
+parser, runs.log_format.parse_log. Prints best epoch, best validation and final test
+metrics at each k (every metric of runs/metrics.py's table the logs hold), training seconds
+and seconds per epoch, each column's difference to the first one; ``--plot`` draws
+validation Recall@20, NDCG@20 and the loss per epoch of every log.
+
+A column is labelled ``<model>:<folder or file name>`` (the model from the run's config.json,
+a multi-seed run's seeds.json, or the log header's ``model:`` line; the reference's logs
+have none and keep the bare name); ``--labels`` replaces that, and a label met twice gets
+``#2``, ``#3``... so that every column's label is its own.
 
 The ``data`` row names the input files each run read (from the ``input`` lines of its log
 header): "published" when every file is the published one, "MODIFIED" when a file of a
@@ -23,10 +29,8 @@ from pathlib import Path
 from data import provenance
 from data.schema import UserError
 from runs.cli import run_cli
-from utils import parse_log
-
-METRICS = ("precision", "recall", "ndcg")
-SHORT = {"precision": "P", "recall": "R", "ndcg": "NDCG"}
+from runs.log_format import parse_log
+from runs.metrics import METRICS, key, short_key
 
 
 class CompareError(UserError, ValueError):
@@ -94,7 +98,7 @@ def input_warnings(entries: list[Entry]) -> list[str]:
 def row_names(ks=(5, 10, 15, 20)) -> list[str]:
     names = ["best epoch", "epochs run"]
     for split in ("valid", "test"):
-        names += [f"{split} {SHORT[m]}@{k}" for k in ks for m in METRICS]
+        names += [f"{split} {m.short}@{k}" for k in ks for m in METRICS]
     return names + ["train seconds", "seconds/epoch"]
 
 
@@ -108,19 +112,18 @@ def entry_from_log(log: dict, label: str) -> Entry:
         rows["best epoch"] = (log["best_epoch"], None)
     rows["epochs run"] = (len(log["epochs"]), None)
     for split, results in (("valid", log["best_valid"]), ("test", log["test"])):
-        for k, values in (results or {}).items():
-            for m, v in zip(METRICS, values):
-                rows[f"{split} {SHORT[m]}@{k}"] = (v, None)
+        for name_at_k, value in (results or {}).items():
+            rows[f"{split} {short_key(name_at_k)}"] = (value, None)
     if log["train_seconds"] is not None:
         rows["train seconds"] = (log["train_seconds"], None)
         rows["seconds/epoch"] = (log["train_seconds"] / len(log["epochs"]), None)
     return entry
 
 
-def entry_from_summary(folder: Path, label: str) -> Entry:
+def entry_from_summary(folder: Path, label: str | None) -> Entry:
     """Mean ± std rows of a multi-seed run (runs/seeds.py's summary.json) and its seeds' logs."""
     summary = json.loads((folder / "summary.json").read_text())
-    entry = Entry(f"{label} ({summary['num_seeds']} seeds)")
+    entry = Entry("")
     rows = entry.rows
 
     def put(name, stat):
@@ -128,16 +131,45 @@ def entry_from_summary(folder: Path, label: str) -> Entry:
 
     put("best epoch", summary["best_epoch"])
     put("epochs run", summary["last_epoch"])
-    for split, key in (("valid", "best_validation"), ("test", "test")):
-        for metric, stat in summary[key].items():
-            name, k = metric.split("@")
-            put(f"{split} {SHORT[name]}@{k}", stat)
+    for split, block in (("valid", "best_validation"), ("test", "test")):
+        for name_at_k, stat in summary[block].items():
+            put(f"{split} {short_key(name_at_k)}", stat)
     put("train seconds", summary["train_seconds"])
     put("seconds/epoch", summary["seconds_per_epoch"])
     for run in summary.get("runs", []):
         if (folder / run / "train.log").is_file():
             entry.logs.append(parse_log(folder / run / "train.log"))
+    label = label or model_label(folder.name, model_name(folder, entry.logs))
+    entry.label = f"{label} ({summary['num_seeds']} seeds)"
     return entry
+
+
+def model_name(folder: Path | None, logs: list[dict]) -> str | None:
+    """A run's --model: from its config.json (a multi-seed run: seeds.json), else from the
+    first log's header; None when neither names one (the reference's logs)."""
+    for name in ("config.json", "seeds.json"):
+        if folder is not None and (folder / name).is_file():
+            model = json.loads((folder / name).read_text()).get("model")
+            if model:
+                return model
+    return logs[0]["hparams"].get("model") if logs else None
+
+
+def model_label(name: str, model: str | None) -> str:
+    return f"{model}:{name}" if model else name
+
+
+def unique_labels(entries: list[Entry]) -> list[Entry]:
+    """Entries whose labels are all different: the second ``x`` becomes ``x#2``, ..."""
+    seen: set[str] = set()
+    for entry in entries:
+        label, n = entry.label, 1
+        while label in seen:
+            n += 1
+            label = f"{entry.label}#{n}"
+        entry.label = label
+        seen.add(label)
+    return entries
 
 
 def load(path: str | Path, label: str | None = None) -> Entry:
@@ -156,16 +188,18 @@ def load(path: str | Path, label: str | None = None) -> Entry:
 
 def _load(path: Path, label: str | None) -> Entry:
     if path.is_dir():
-        label = label or path.name
         if (path / "summary.json").is_file():
             return entry_from_summary(path, label)
         if (path / "train.log").is_file():
-            return with_run_counts(entry_from_log(parse_log(path / "train.log"), label), path)
+            log = parse_log(path / "train.log")
+            label = label or model_label(path.name, model_name(path, [log]))
+            return with_run_counts(entry_from_log(log, label), path)
         raise CompareError(f"{path}: neither train.log nor summary.json there")
     if not path.is_file():
         raise CompareError(f"{path}: no such file or folder")
-    label = label or (path.parent.name if path.name == "train.log" else path.stem)
-    return entry_from_log(parse_log(path), label)
+    log, folder = parse_log(path), path.parent if path.name == "train.log" else None
+    name = path.parent.name if folder else path.stem
+    return entry_from_log(log, label or model_label(name, model_name(folder, [log])))
 
 
 def with_run_counts(entry: Entry, run_dir: Path) -> Entry:
@@ -214,12 +248,6 @@ def table_lines(entries: list[Entry]) -> list[str]:
             for r in cells] + input_warnings(entries)
 
 
-def compare_lines(paths, labels=None) -> list[str]:
-    labels = list(labels or [])
-    entries = [load(p, labels[i] if i < len(labels) else None) for i, p in enumerate(paths)]
-    return table_lines(entries)
-
-
 def plot(entries: list[Entry], out: str | Path) -> None:
     """Validation Recall@20, NDCG@20 and the loss per epoch of every log on shared axes;
     a dot marks each log's best epoch. Seeds of one multi-seed run share a colour."""
@@ -232,18 +260,19 @@ def plot(entries: list[Entry], out: str | Path) -> None:
     fixed = {log["best_valid"] is None for entry in entries for log in entry.logs}
     split = {frozenset({False}): "validation", frozenset({True}): "test (no validation)"}.get(
         frozenset(fixed), "validation, or test where a run has none")
-    panels = ((f"{split} Recall@20", 1), (f"{split} NDCG@20", 2), ("loss", None))
+    panels = ((f"{split} Recall@20", key("recall", 20)), (f"{split} NDCG@20", key("ndcg", 20)),
+              ("loss", None))
     for c, entry in enumerate(entries):
         colour = f"C{c % 10}"
         for s, log in enumerate(entry.logs):
             epochs = [e["epoch"] for e in log["epochs"]]
             label = entry.label if s == 0 else None
             alpha = 1.0 if len(entry.logs) == 1 else 0.6
-            for ax, (title, col) in zip(axes, panels):
-                if col is None:
+            for ax, (title, name) in zip(axes, panels):
+                if name is None:
                     ys = [e["loss"] for e in log["epochs"]]
                 else:
-                    ys = [e["metrics"].get(20, (float("nan"),) * 3)[col] for e in log["epochs"]]
+                    ys = [e["metrics"].get(name, float("nan")) for e in log["epochs"]]
                 ax.plot(epochs, ys, color=colour, lw=1, alpha=alpha, label=label)
                 best = log["best_epoch"]
                 if best is not None and best in epochs:
@@ -274,21 +303,27 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", metavar="LOG_OR_RUN",
                         help="training logs, run folders or multi-seed run folders")
-    parser.add_argument("--labels", nargs="+", help="column names (default: file/folder names)")
+    parser.add_argument("--labels", nargs="+",
+                        help="column names (default: <model>:<file or folder name>)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the curves into this file")
     args = parser.parse_args(argv)
-    return run_cli(lambda: show(args.paths, args.labels or [], args.plot))
+    return run_cli(lambda: print("\n".join(compare_lines(args.paths, args.labels, args.plot))))
 
 
-def show(paths, labels, plot_to: str | None) -> None:
+def compare_lines(paths, labels=None, plot_to: str | None = None) -> list[str]:
+    """The table of the logs / runs at ``paths`` (``labels`` name the first columns); with
+    ``plot_to``, the curves drawn into that file too and a last line naming it."""
     problem = plot_problem(plot_to) if plot_to else None
     if problem:
         raise CompareError(f"--plot {plot_to}: {problem}")
-    entries = [load(p, labels[i] if i < len(labels) else None) for i, p in enumerate(paths)]
-    print("\n".join(table_lines(entries)))
+    labels = list(labels or [])
+    entries = unique_labels([load(p, labels[i] if i < len(labels) else None)
+                             for i, p in enumerate(paths)])
+    lines = table_lines(entries)
     if plot_to:
         plot(entries, plot_to)
-        print(f"plot: {plot_to}")
+        lines.append(f"plot: {plot_to}")
+    return lines
 
 
 if __name__ == "__main__":

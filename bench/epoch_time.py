@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataloader  # noqa: E402
 from recommenders import base, make_config, refine_plus  # noqa: E402
 from model import ReFINePlus  # noqa: E402
-from utils import evaluate, resolve_device, seed_everything  # noqa: E402
+from runs.metrics import evaluate  # noqa: E402
+from utils import resolve_device, seed_everything  # noqa: E402
 
 
 # The reference's seconds per epoch on its RTX A6000 (its logs: total time / epochs)

@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dataloader  # noqa: E402
 from model import ReFINePlus  # noqa: E402
 from recommenders import base, make_config, refine_plus  # noqa: E402
-from utils import evaluate, seed_everything  # noqa: E402
+from runs.metrics import evaluate  # noqa: E402
+from utils import seed_everything  # noqa: E402
 
 
 def curves(data, epochs: int, threads: int, compile_on: bool) -> dict:
@@ -36,7 +37,6 @@ def curves(data, epochs: int, threads: int, compile_on: bool) -> dict:
         raise SystemExit(f"--compile on did not compile: {' '.join(sampling.warnings)}")
     model = ReFINePlus(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers)
     optimizer = refine_plus.make_optimizer(model, config)
-    k20 = config.top_k.index(20)
     losses, recalls, tic = [], [], time.perf_counter()
     for epoch in range(1, epochs + 1):
         losses.append(refine_plus.train_epoch(model, optimizer, graphs, config, epoch,
@@ -44,7 +44,7 @@ def curves(data, epochs: int, threads: int, compile_on: bool) -> dict:
         with torch.no_grad():
             metrics = evaluate(*model(graphs.norm_adj), graphs.seen_by_user,
                                graphs.valid_by_user, config.top_k)
-        recalls.append(metrics[k20][1])
+        recalls.append(metrics["recall@20"])
     return {"loss": losses, "recall": recalls, "seconds": time.perf_counter() - tic}
 
 

@@ -72,7 +72,8 @@ def measure(shape: str, data_dir: str, dataset: str, train_file: str, batches: i
     import dataloader
     from recommenders import base, make_config, refine_plus
     from model import ReFINePlus
-    from utils import evaluate, resolve_device, seed_everything
+    from runs.metrics import evaluate
+    from utils import resolve_device, seed_everything
 
     def peak_mib() -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux

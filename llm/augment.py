@@ -39,9 +39,9 @@ from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, 
                           check_backend, config_record, declaration, from_args, is_llm,
                           make_backend, require_model)
 from runs.cli import add_dataclass_flags, command_line, run_cli
+from runs.faults import fault_point
 from runs.files import atomic_write_text
 from runs.trained import load_trained
-from utils import fault_point
 
 PROMPT_VERSION = "augment v1"  # part of every cache key: change it with the prompts
 NOUNS = {"movies": "movies", "music": "music albums", "books": "books"}

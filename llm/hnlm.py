@@ -41,8 +41,8 @@ from llm.augment import NOUNS, user_histories
 from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, check_backend,
                           config_record, from_args, make_backend, require_model)
 from runs.cli import add_dataclass_flags, command_line, run_cli
+from runs.faults import fault_point
 from runs.files import atomic_write_text
-from utils import fault_point
 
 PROMPT_VERSION = "hnlm v1"  # part of every cache key: change it with the prompts
 STEPS = ("items", "users", "negatives", "embed")

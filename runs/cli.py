@@ -28,8 +28,9 @@ def run_cli(fn: Callable[[], object], interrupted: str | None = None) -> int:
 
 def command_line(program: str) -> str:
     """How this process was started, as a user would type it: ``program`` (e.g.
-    "python -m llm.augment") and the arguments, without the interpreter's or the script's
-    absolute path (manifests are shared and committed)."""
+    "python main.py", "python -m llm.augment") and the arguments, shell-quoted, without the
+    interpreter's or the script's absolute path: a run folder's argv.txt and the LLM steps'
+    manifests are shared and committed."""
     return " ".join([program, *(shlex.quote(a) for a in sys.argv[1:])])
 
 

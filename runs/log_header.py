@@ -8,7 +8,7 @@ from data import provenance
 from dataloader import RecData
 from recommenders import MODELS
 from runs.config import Config
-from utils import RULE
+from runs.log_format import RULE
 
 
 def header_lines(config: Config, device, inputs: list[provenance.FileRecord]) -> list[str]:

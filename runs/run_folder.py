@@ -153,9 +153,10 @@ def remove_temps(run_dir: Path) -> None:
             p.unlink()
 
 
-def logged_epochs(run_dir: Path, key: str) -> list[tuple[int, list]]:
+def logged_epochs(run_dir: Path, key: str) -> list[tuple[int, dict | list]]:
     """(epoch, results) of every epoch whose epochs.jsonl line holds ``key`` ("valid", or
-    "test" in a fixed-epoch run), in order."""
+    "test" in a fixed-epoch run), in order: results by name, or a positional list in lines
+    written before the metric table (runs.metrics.as_named reads both)."""
     out = []
     with open(Path(run_dir) / "epochs.jsonl", encoding="utf-8") as f:
         for line in f:

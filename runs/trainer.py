@@ -29,13 +29,17 @@ from dataloader import RecData
 from recommenders import MODELS
 from recommenders.base import Graphs, Recommender, TrainingError, build_graphs
 from runs import distributed, run_folder
+from runs.cli import command_line
+from runs.faults import fault_point
+from runs.log_format import RULE, format_metrics
 from runs.log_header import data_lines, header_lines
+from runs.metrics import Results, as_named, early_stopping_score, evaluate
 from runs.resume import (BEST_NEXT, check_resumed_inputs, load_resume_state,
                          rewind_to_checkpoint)
 from runs.config import Config, ConfigError
 from runs.files import atomic_save, atomic_write_text, dump_json
-from utils import (RULE, EarlyStopping, RunLogger, command_line, evaluate, fault_point,
-                   format_metrics, resolve_device, rng_state, seed_everything, set_rng_state)
+from utils import (EarlyStopping, RunLogger, resolve_device, rng_state, seed_everything,
+                   set_rng_state)
 
 
 @dataclass
@@ -195,8 +199,8 @@ def train_in_folder(config: Config, device, shard, checked: Checked) -> dict | N
 # ---------------------------------------------------------------------- the run itself
 
 def evaluate_model(model: torch.nn.Module, graphs: Graphs, exclude, truth,
-                   config: Config) -> list[tuple[float, float, float]]:
-    """(P, R, NDCG) at every k of the current model on one split (docs/method.md)."""
+                   config: Config) -> Results:
+    """Every metric at every k of the current model on one split (docs/method.md)."""
     model.eval()
     with torch.no_grad():
         e_users, e_items = model(graphs.norm_adj)
@@ -232,7 +236,7 @@ class Training:
     def start(self) -> None:
         config, checked = self.config, self.checked
         if checked.state is None and self.is_main:
-            atomic_write_text(self.run_dir / "argv.txt", command_line() + "\n")
+            atomic_write_text(self.run_dir / "argv.txt", command_line("python main.py") + "\n")
             dump_json({**config.to_dict(), "inputs": provenance.as_dicts(checked.inputs)},
                       self.run_dir / "config.json")
         for line in header_lines(config, self.device, checked.inputs) + checked.warnings:
@@ -249,6 +253,7 @@ class Training:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.stopper.load_state_dict(state["early_stopping"])
+        self.stopper.best_metrics = as_named(self.stopper.best_metrics, self.config.top_k)
         set_rng_state(state["rng"])
         if self.shard is not None and self.device.type == "cuda" and "cuda" in state["rng"]:
             # every rank continues rank 0's stream (its GPU 0), as they all drew it before
@@ -309,9 +314,8 @@ class Training:
 
     def validate(self, loss: float):
         results = self.evaluate_logged(loss, self.graphs.valid_by_user)
-        top_k = self.config.top_k
-        at = top_k.index(20) if 20 in top_k else len(top_k) - 1  # early stopping: Recall@20
-        if self.stopper.step(self.epoch, results[at][1], results):
+        score = early_stopping_score(results, self.config.top_k)
+        if self.stopper.step(self.epoch, score, results):
             atomic_save({"model": self.model.state_dict(), "config": self.config.to_dict(),
                          "epoch": self.epoch}, self.run_dir / BEST_NEXT)
             self.log(f"Save: {self.run_dir / 'best.pt'}")
@@ -343,7 +347,7 @@ class Training:
         test = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user,
                               self.graphs.test_by_user, self.config)
         self.log_final(test)
-        by_epoch = {str(epoch): self.named(results) for epoch, results
+        by_epoch = {str(epoch): as_named(results, self.config.top_k) for epoch, results
                     in run_folder.logged_epochs(self.run_dir, "test")}
         metrics = {**self.metrics(test), "best_epoch": self.epoch, "best_validation": {},
                    "selection": "none: fixed epochs, no validation split",
@@ -385,15 +389,10 @@ class Training:
             else graphs.seen_by_user
         return evaluate_model(self.model, graphs, exclude, graphs.test_by_user, self.config)
 
-    def named(self, results) -> dict:
-        return {f"{m}@{k}": v for k, r in zip(self.config.top_k, results)
-                for m, v in zip(("precision", "recall", "ndcg"), r)}
-
-    def metrics(self, test) -> dict:
-        named = self.named
+    def metrics(self, test: Results) -> dict:
         return {"dataset": self.config.dataset, "best_epoch": self.stopper.best_epoch,
                 "last_epoch": self.epoch, "early_stopped": self.stopper.should_stop,
-                "best_validation": named(self.stopper.best_metrics), "test": named(test),
+                "best_validation": self.stopper.best_metrics, "test": test,
                 "train_seconds": self.train_seconds,
                 "seconds_per_epoch": self.train_seconds / max(self.epoch, 1),
                 "inputs": provenance.as_dicts(self.checked.inputs)}

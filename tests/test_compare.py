@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,30 @@ def test_plot_file_is_written(tmp_path):
     assert rc == 0
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+RESULTS = Path(__file__).resolve().parents[1] / "results4comparison"
+
+
+def test_labels_carry_the_model_and_stay_unique(capsys):
+    """Two models' runs of one folder name are told apart by the model (config.json, seeds.json
+    or the log header); the same run twice gets #2; --labels are taken as given."""
+    lines = compare.compare_lines([RESULTS / "lightgcn" / "ML-100K_refined",
+                                   RESULTS / "siren" / "ML-100K_refined",
+                                   RESULTS / "lightgcn" / "ML-100K.log",
+                                   RESULTS / "siren" / "ML-100K_refined" / "seed2024",
+                                   RESULTS / "siren" / "ML-100K_refined" / "seed2024" / "train.log",
+                                   RESULTS / "lightgcn" / "ML-100K_refined"])
+    assert [c.strip() for c in lines[0].split("  ") if c.strip()] == [
+        "lightgcn:ML-100K_refined (5 seeds)", "siren:ML-100K_refined (5 seeds)",
+        "lightgcn:ML-100K", "siren:seed2024", "siren:seed2024#2",
+        "lightgcn:ML-100K_refined (5 seeds)#2"]
+    # a multi-seed folder whose seeds.json predates --model: the seeds' log header names it
+    assert compare.load(RESULTS / "refine_plus" / "ML-100K_shared").label == \
+        "refine_plus:ML-100K_shared (5 seeds)"
+    assert compare.main([str(RESULTS / "lightgcn" / "ML-100K.log"),
+                         str(RESULTS / "refine" / "ML-100K.log"), "--labels", "a", "a"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["a", "a#2"]
 
 
 def test_bad_paths_exit_2(tmp_path, capsys):
@@ -103,7 +128,7 @@ def test_multi_seed_run_summary_compare_and_resume(tmp_path, capsys):
     assert summary["test"]["recall@20"]["std"] == pytest.approx(abs(values[0] - values[1])
                                                                 / math.sqrt(2))
     entry = compare.load(parent)
-    assert entry.label == "multi (2 seeds)" and len(entry.logs) == 2
+    assert entry.label == "lightgcn:multi (2 seeds)" and len(entry.logs) == 2
     assert entry.rows["test R@20"][0] == pytest.approx(sum(values) / 2)
     # the same folder again is refused; --resume keeps the finished seeds and rewrites the summary
     rc, _ = run_main(args, tmp_path, "multi")
@@ -123,7 +148,7 @@ def test_compare_to_prints_the_table_into_the_log(tmp_path, capsys):
     rc, _ = run_main([*base, "--compare_to", str(first)], tmp_path, "second")
     assert rc == 0
     log = (result / "Synth" / "second" / "train.log").read_text().splitlines()
-    header = [line for line in log if line.split()[:2] == ["first", "second"]]
+    header = [line for line in log if line.split()[:2] == ["lightgcn:first", "lightgcn:second"]]
     assert len(header) == 1
     row = next(line for line in log if line.startswith("test R@20"))
     assert len(row.split()) == 5 and row.split()[4].startswith("(")  # value, value (diff)

@@ -24,7 +24,7 @@ from conftest import (SHARED_DATASETS, SHARED_RAW, fails_with, poison_batch_loss
                       shared_dataset, synthetic_rows, write_split_folder)
 from dataloader import DataError, load_dataset
 from data.registry import PUBLISHED_BLOBS
-from utils import parse_log
+from runs.log_format import parse_log
 
 REPO = Path(__file__).resolve().parents[1]
 RAW_ML100K = SHARED_RAW / "ml-100k"
@@ -374,7 +374,8 @@ def test_two_processes_racing_for_one_path_name(tmp_path):
     loser_err = next(err for rc, _, err in outs if rc == 2).strip().splitlines()
     assert len(loser_err) == 1 and loser_err[0].startswith("error:") and "race" in loser_err[0]
     run_dir = result / "Synth" / "race"
-    assert f"--random_seed {winner}" in (run_dir / "argv.txt").read_text()
+    argv = (run_dir / "argv.txt").read_text()  # as typed: no interpreter or script path
+    assert argv.startswith("python main.py --") and f"--random_seed {winner}" in argv
     assert json.loads((run_dir / "config.json").read_text())["random_seed"] == winner
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
         "argv.txt", "best.pt", "config.json", "epochs.jsonl", "last.pt", "metrics.json",
@@ -583,6 +584,14 @@ def test_odd_manifests_are_one_line(tmp_path, capsys, content):
     (data / "Synth" / "Synth_train_augment.manifest.json").write_bytes(content)
     rc, _ = run_main(train_args(data), tmp_path)
     fails_with(capsys, rc, "manifest")
+
+
+def test_the_recorded_command_line_is_shell_quoted(monkeypatch):
+    """argv.txt and the LLM steps' manifests: one function, arguments quoted as a shell
+    needs them, the program as the user types it (never the interpreter's absolute path)."""
+    from runs.cli import command_line
+    monkeypatch.setattr(sys, "argv", ["/somewhere/main.py", "--path_name", "a b", "--epochs", "2"])
+    assert command_line("python main.py") == "python main.py --path_name 'a b' --epochs 2"
 
 
 def test_a_directory_named_like_a_run_file_is_not_removed(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""Metrics on a tiny hit matrix whose values were computed by hand, and the block evaluation."""
+"""Metrics on a tiny hit matrix whose values were computed by hand, the block evaluation,
+and the metric table's names (runs/metrics.py)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from dataloader import RowIndex
-from utils import evaluate, ndcg_at_k, precision_at_k, recall_at_k
+from runs.metrics import (METRICS, as_named, early_stopping_score, evaluate, ndcg_at_k,
+                          precision_at_k, recall_at_k, short_key)
 
 # user 0: ranks 1 and 3 relevant, 2 ground-truth items in all
 # user 1: rank 2 relevant, 4 ground-truth items in all
@@ -17,8 +19,8 @@ LOG2 = math.log2
 
 
 def test_precision_by_hand():
-    assert precision_at_k(HITS, 1).tolist() == [1.0, 0.0]
-    assert precision_at_k(HITS, 3).tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert precision_at_k(HITS, NUM_RELEVANT, 1).tolist() == [1.0, 0.0]
+    assert precision_at_k(HITS, NUM_RELEVANT, 3).tolist() == pytest.approx([2 / 3, 1 / 3])
 
 
 def test_recall_by_hand():
@@ -42,13 +44,15 @@ def test_evaluate_masks_training_items_and_averages_over_users_with_truth():
     # user 0 trained on item 3 (masked); truth {2, 0}. user 1: truth {3}. user 2: no truth.
     exclude = RowIndex.build(torch.tensor([0]), torch.tensor([3]), 3)
     truth = RowIndex.build(torch.tensor([0, 0, 1]), torch.tensor([2, 0, 3]), 3)
-    (p1, r1, n1), (p2, r2, n2) = evaluate(user_emb, item_emb, exclude, truth, (1, 2),
-                                          block_size=2)
+    got = evaluate(user_emb, item_emb, exclude, truth, (1, 2), block_size=2)
+    # every metric at k = 1, then at k = 2, in table order
+    assert list(got) == [f"{m.name}@{k}" for k in (1, 2) for m in METRICS]
     # user 0 ranking: 2, 1, 0 -> hits [1, 0]; user 1 ranking: 3, 2 -> hits [1, 0]
-    assert (p1, r1, n1) == pytest.approx((1.0, (1 / 2 + 1) / 2, 1.0))
+    assert (got["precision@1"], got["recall@1"], got["ndcg@1"]) == \
+        pytest.approx((1.0, (1 / 2 + 1) / 2, 1.0))
     idcg_user0 = 1 + 1 / LOG2(3)
-    assert (p2, r2) == pytest.approx((0.5, (1 / 2 + 1) / 2))
-    assert n2 == pytest.approx((1 / idcg_user0 + 1.0) / 2)
+    assert (got["precision@2"], got["recall@2"]) == pytest.approx((0.5, (1 / 2 + 1) / 2))
+    assert got["ndcg@2"] == pytest.approx((1 / idcg_user0 + 1.0) / 2)
 
 
 def reference_evaluate(user_emb, item_emb, exclude_pairs, truth_pairs, ks):
@@ -59,15 +63,16 @@ def reference_evaluate(user_emb, item_emb, exclude_pairs, truth_pairs, ks):
     truth[truth_pairs] = True
     num_truth = truth.sum(1).double()
     users = num_truth > 0
-    out = []
+    out = {}
     for k in ks:
         top = scores.topk(k, dim=1).indices
         hits = truth.gather(1, top).double()[users]
         n = num_truth[users]
         discount = 1 / torch.log2(torch.arange(2, k + 2, dtype=torch.float64))
         ideal = torch.stack([discount[:int(min(c, k))].sum() for c in n])
-        out += [(hits.sum(1) / k).mean().item(), (hits.sum(1) / n).mean().item(),
-                ((hits * discount).sum(1) / ideal).mean().item()]
+        out |= {f"precision@{k}": (hits.sum(1) / k).mean().item(),
+                f"recall@{k}": (hits.sum(1) / n).mean().item(),
+                f"ndcg@{k}": ((hits * discount).sum(1) / ideal).mean().item()}
     return out
 
 
@@ -83,4 +88,24 @@ def test_evaluate_in_blocks_equals_dense_oracle():
     expected = reference_evaluate(user_emb, item_emb, ex, tr, (5, 10, 20))
     for block in (1000, 7, 1):
         got = evaluate(user_emb, item_emb, exclude, truth, (5, 10, 20), block_size=block)
-        assert [v for row in got for v in row] == pytest.approx(expected)
+        assert {name: got[name] for name in expected} == pytest.approx(expected)
+
+
+def test_the_table_starts_with_the_reference_metrics():
+    """The reference's three, in its log's order: our metric lines begin as its lines do,
+    and the positional rows of older runs are read as these columns."""
+    assert [(m.name, m.label, m.short) for m in METRICS[:3]] == [
+        ("precision", "Precision", "P"), ("recall", "Recall", "R"), ("ndcg", "NDCG", "NDCG")]
+    assert len({m.name for m in METRICS}) == len({m.label for m in METRICS}) == len(METRICS)
+
+
+def test_results_by_name_from_older_runs_and_early_stopping():
+    # epochs.jsonl lines and last.pt of runs written before the table: [[P, R, NDCG], ...]
+    legacy = [[0.1, 0.2, 0.3], [0.05, 0.4, 0.35]]
+    named = as_named(legacy, (5, 20))
+    assert named == {"precision@5": 0.1, "recall@5": 0.2, "ndcg@5": 0.3,
+                     "precision@20": 0.05, "recall@20": 0.4, "ndcg@20": 0.35}
+    assert as_named(named, (5, 20)) is named
+    assert early_stopping_score(named, (5, 20)) == 0.4  # Recall@20
+    assert early_stopping_score({"recall@5": 0.2, "recall@10": 0.3}, (5, 10)) == 0.3  # largest k
+    assert short_key("ndcg@15") == "NDCG@15" and short_key("novel@3") == "novel@3"
