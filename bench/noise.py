@@ -31,7 +31,7 @@ def curves(data, epochs: int, threads: int, compile_on: bool) -> dict:
     torch.set_num_threads(threads)
     config = make_config(dataset=data.dataset, compile="on" if compile_on else "off")
     seed_everything(config.random_seed)
-    graphs = base.build_graphs(data, "cpu")
+    graphs, splits = base.build_graphs(data, "cpu"), base.build_eval_index(data, "cpu")
     sampling = refine_plus.prepare(graphs, config)
     if compile_on and not sampling.kernels.compiled:
         raise SystemExit(f"--compile on did not compile: {' '.join(sampling.warnings)}")
@@ -42,8 +42,8 @@ def curves(data, epochs: int, threads: int, compile_on: bool) -> dict:
         losses.append(refine_plus.train_epoch(model, optimizer, graphs, config, epoch,
                                               sampling))
         with torch.no_grad():
-            metrics = evaluate(*model(graphs.norm_adj), graphs.seen_by_user,
-                               graphs.valid_by_user, config.top_k)
+            metrics = evaluate(*model(graphs.norm_adj), splits.seen_by_user,
+                               splits.valid_by_user, config.top_k)
         recalls.append(metrics["recall@20"])
     return {"loss": losses, "recall": recalls, "seconds": time.perf_counter() - tic}
 

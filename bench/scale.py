@@ -98,7 +98,7 @@ def measure(shape: str, data_dir: str, dataset: str, train_file: str, batches: i
     config = make_config(dataset=dataset, impl="fast", layers=2 if shape == "Amazon_Books" else 4,
                       negatives=negatives)
     seed_everything(config.random_seed)
-    graphs = base.build_graphs(data, device)
+    graphs, splits = base.build_graphs(data, device), base.build_eval_index(data, device)
     n = refine_plus.num_negatives(graphs.num_items)
     model = ReFINePlus(graphs.num_users, graphs.num_items, config.embedding_dim, config.layers,
                        symmetric_backward=True).to(device)
@@ -124,7 +124,7 @@ def measure(shape: str, data_dir: str, dataset: str, train_file: str, batches: i
     tic = time.perf_counter()
     with torch.no_grad():
         e_users, e_items = model(graphs.norm_adj)
-        evaluate(e_users, e_items, graphs.seen_by_user, graphs.valid_by_user, config.top_k)
+        evaluate(e_users, e_items, splits.seen_by_user, splits.valid_by_user, config.top_k)
     sync()
     valid_s = time.perf_counter() - tic
     peaks["validation"] = peak_mib()

@@ -75,9 +75,10 @@ PAPER_DEPTH = {"Amazon_Books": {"layers": 2}}
 
 # ----------------------------------------------------------------------------- graphs
 
-@dataclass
+@dataclass(frozen=True)
 class Graphs:
-    """The training data in the form the step and the evaluation use, on the run's device."""
+    """What training reads, on the run's device, built once per run: the propagation graph,
+    T and its row indexes, the id maps. Evaluation's indexes are ``EvalIndex``."""
 
     norm_adj: torch.Tensor
     train: Interactions  # T in file order
@@ -85,38 +86,65 @@ class Graphs:
     t_by_user: RowIndex  # items of each user in T (sampling weight 0)
     neg_by_user: RowIndex  # confirmed negatives per user (sampling weight gamma)
     neg_by_item: RowIndex  # confirmed negatives per item (item AE input)
-    seen_by_user: RowIndex  # every train-file row (T and neutral): masked in evaluation
-    seen_or_valid_by_user: RowIndex
-    valid_by_user: RowIndex
-    test_by_user: RowIndex
+    seen_by_user: RowIndex  # every train-file row (T and neutral): never a sampled negative
     num_users: int
     num_items: int
     item_ids: np.ndarray | None = None  # the dataset's item id of each item index
     user_ids: np.ndarray | None = None  # the dataset's user id of each user index
-    augmented: Any = None  # an LLM augmentation's triples, when the run has one
+    # --augment_file's (user, favourite, least favourite) rows: recommenders.augmentation's
+    # Triples (typed loosely: that module builds on this one)
+    augmented: Any = None
+
+
+@dataclass(frozen=True)
+class EvalIndex:
+    """What evaluation reads: the rows masked when ranking and each split's truth."""
+
+    seen_by_user: RowIndex  # every train-file row: masked on validation and test
+    seen_or_valid_by_user: RowIndex  # --mask_valid_in_test: validation rows masked too
+    valid_by_user: RowIndex
+    test_by_user: RowIndex
+
+    def test_mask(self, mask_valid_in_test: bool) -> RowIndex:
+        return self.seen_or_valid_by_user if mask_valid_in_test else self.seen_by_user
+
+
+def _rows(users, items, n: int, device) -> RowIndex:
+    return RowIndex.build(users, items, n).to(device)
+
+
+def _seen(data: RecData) -> tuple[torch.Tensor, torch.Tensor]:
+    """(users, items) of every train-file row: T and the neutral rows."""
+    return (torch.cat([data.train.users, data.neutral.users]),
+            torch.cat([data.train.items, data.neutral.items]))
 
 
 def build_graphs(data: RecData, device, positives_graph: bool = False) -> Graphs:
     """``positives_graph``: propagate over the positive rows only (LightGCN, ReFINe);
-    otherwise over all of T (ReFINe++). Sampling and evaluation indexes are the same."""
+    otherwise over all of T (ReFINe++). The sampling indexes are the same."""
     U, I = data.num_users, data.num_items
-    neg, seen = data.negatives, data.train
-    seen_users = torch.cat([seen.users, data.neutral.users])
-    seen_items = torch.cat([seen.items, data.neutral.items])
-    rows = lambda users, items, n: RowIndex.build(users, items, n).to(device)  # noqa: E731
+    neg = data.negatives
     return Graphs(
         norm_adj=dataloader.build_norm_adj(data.positives if positives_graph else data.train,
                                            U, I).to(device),
         train=data.train.to(device), is_pos=data.train_is_pos.to(device),
-        t_by_user=rows(data.train.users, data.train.items, U),
-        neg_by_user=rows(neg.users, neg.items, U), neg_by_item=rows(neg.items, neg.users, I),
-        seen_by_user=rows(seen_users, seen_items, U),
-        seen_or_valid_by_user=rows(torch.cat([seen_users, data.validation.users]),
-                                   torch.cat([seen_items, data.validation.items]), U),
-        valid_by_user=rows(data.validation.users, data.validation.items, U),
-        test_by_user=rows(data.test.users, data.test.items, U),
+        t_by_user=_rows(data.train.users, data.train.items, U, device),
+        neg_by_user=_rows(neg.users, neg.items, U, device),
+        neg_by_item=_rows(neg.items, neg.users, I, device),
+        seen_by_user=_rows(*_seen(data), U, device),
         num_users=U, num_items=I, item_ids=data.item_ids, user_ids=data.user_ids,
         augmented=data.augmented)
+
+
+def build_eval_index(data: RecData, device) -> EvalIndex:
+    U = data.num_users
+    seen_users, seen_items = _seen(data)
+    return EvalIndex(
+        seen_by_user=_rows(seen_users, seen_items, U, device),
+        seen_or_valid_by_user=_rows(torch.cat([seen_users, data.validation.users]),
+                                    torch.cat([seen_items, data.validation.items]), U, device),
+        valid_by_user=_rows(data.validation.users, data.validation.items, U, device),
+        test_by_user=_rows(data.test.users, data.test.items, U, device))
 
 
 # ------------------------------------------------------------------------------ epochs

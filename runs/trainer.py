@@ -27,7 +27,8 @@ from data.protocols import read_protocol
 from data.schema import UserError
 from dataloader import RecData
 from recommenders import MODELS
-from recommenders.base import Graphs, Recommender, TrainingError, build_graphs
+from recommenders.base import (EvalIndex, Graphs, Recommender, TrainingError, build_eval_index,
+                               build_graphs)
 from runs import distributed, run_folder
 from runs.cli import command_line
 from runs.faults import fault_point
@@ -52,6 +53,7 @@ class Checked:
     inputs: list[provenance.FileRecord]
     recommender: Recommender
     graphs: Graphs
+    splits: EvalIndex
     sampling: Any
     warnings: list[str] = field(default_factory=list)  # for train.log, once it exists
     last_stamp: tuple | None = None  # (mtime, size) of the last.pt that ``state`` came from
@@ -134,7 +136,8 @@ def check_before_writing(config: Config, device, shard) -> Checked:
               for role, path in [*data.files, *getattr(sampling, "inputs", [])]]
     if resuming:
         check_resumed_inputs(run_dir, inputs)
-    return Checked(run_dir, state, data, inputs, recommender, graphs, sampling, warnings, stamp)
+    return Checked(run_dir, state, data, inputs, recommender, graphs,
+                   build_eval_index(data, device), sampling, warnings, stamp)
 
 
 def file_stamp(path: Path) -> tuple:
@@ -214,7 +217,7 @@ class Training:
         self.config, self.device, self.shard, self.checked, self.log = \
             config, device, shard, checked, log
         self.is_main = shard is None or shard.rank == 0
-        self.run_dir, self.graphs = checked.run_dir, checked.graphs
+        self.run_dir, self.graphs, self.splits = checked.run_dir, checked.graphs, checked.splits
         self.model = checked.recommender.build(self.graphs, config).to(device)
         self.optimizer = checked.recommender.make_optimizer(self.model, config)
         self.stopper = EarlyStopping(config.early_stopping_step)
@@ -303,7 +306,7 @@ class Training:
 
     def evaluate_logged(self, loss: float, truth, note: str | None = None):
         """The epoch's block of the log: loss, then the metrics against ``truth``."""
-        results = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user, truth,
+        results = evaluate_model(self.model, self.graphs, self.splits.seen_by_user, truth,
                                  self.config)
         self.log(f"\nEpoch: {self.epoch:03d}, Loss: {loss:.4f}")
         if note:
@@ -313,7 +316,7 @@ class Training:
         return results
 
     def validate(self, loss: float):
-        results = self.evaluate_logged(loss, self.graphs.valid_by_user)
+        results = self.evaluate_logged(loss, self.splits.valid_by_user)
         score = early_stopping_score(results, self.config.top_k)
         if self.stopper.step(self.epoch, score, results):
             atomic_save({"model": self.model.state_dict(), "config": self.config.to_dict(),
@@ -327,7 +330,7 @@ class Training:
     def test_epoch(self, loss: float):
         """Fixed-epoch mode: the epoch's test metrics (the protocol's codes print them the
         same way); nothing is selected by them."""
-        return self.evaluate_logged(loss, self.graphs.test_by_user,
+        return self.evaluate_logged(loss, self.splits.test_by_user,
                                     "Test (no validation split; nothing is selected on it):")
 
     def log_final(self, test) -> None:
@@ -344,8 +347,8 @@ class Training:
         the test metrics of every evaluated epoch (from epochs.jsonl)."""
         self.log(f"\nReached --epochs {self.config.epochs} (no validation split: the final "
                  f"test is the model after the last epoch).")
-        test = evaluate_model(self.model, self.graphs, self.graphs.seen_by_user,
-                              self.graphs.test_by_user, self.config)
+        test = evaluate_model(self.model, self.graphs, self.splits.seen_by_user,
+                              self.splits.test_by_user, self.config)
         self.log_final(test)
         by_epoch = {str(epoch): as_named(results, self.config.top_k) for epoch, results
                     in run_folder.logged_epochs(self.run_dir, "test")}
@@ -384,10 +387,9 @@ class Training:
             raise TrainingError(f"best.pt holds epoch {best['epoch']}, the best validation "
                                 f"epoch is {self.stopper.best_epoch}; start the run again")
         self.model.load_state_dict(best["model"])
-        graphs = self.graphs
-        exclude = graphs.seen_or_valid_by_user if self.config.mask_valid_in_test \
-            else graphs.seen_by_user
-        return evaluate_model(self.model, graphs, exclude, graphs.test_by_user, self.config)
+        return evaluate_model(self.model, self.graphs,
+                              self.splits.test_mask(self.config.mask_valid_in_test),
+                              self.splits.test_by_user, self.config)
 
     def metrics(self, test: Results) -> dict:
         return {"dataset": self.config.dataset, "best_epoch": self.stopper.best_epoch,

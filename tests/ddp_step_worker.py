@@ -6,6 +6,7 @@ Every rank builds the same float64 model, batch and negatives (same seed), compu
 part of the loss (distributed.Shard), and the gradients are summed with the real all-reduce;
 rank 0 saves {parameter name: gradient} and the summed loss value for each mode.
 """
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def step(graphs, config, shard=None):
 
 def load_graphs(data_dir, dataset):
     graphs = base.build_graphs(dataloader.load_dataset(data_dir, dataset, "augment"), "cpu")
-    graphs.norm_adj = graphs.norm_adj.double()
+    graphs = dataclasses.replace(graphs, norm_adj=graphs.norm_adj.double())
     return graphs
 
 

@@ -59,8 +59,8 @@ def test_cuda_step_equals_cpu_step(data, negatives):
 
 
 def test_cuda_evaluation_equals_cpu(data):
-    graphs = base.build_graphs(data, "cpu")
-    graphs_gpu = base.build_graphs(data, "cuda")
+    graphs = base.build_eval_index(data, "cpu")
+    graphs_gpu = base.build_eval_index(data, "cuda")
     torch.manual_seed(4)
     users, items = torch.randn(data.num_users, 64), torch.randn(data.num_items, 64)
     cpu = evaluate(users, items, graphs.seen_by_user, graphs.valid_by_user, (5, 10, 20))
