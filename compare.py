@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data import provenance
-from data.schema import UserError
+from data.errors import UserError
 from runs.cli import run_cli
 from runs.log_format import parse_log
 from runs.metrics import METRICS, key, short_key

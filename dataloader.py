@@ -56,7 +56,7 @@ class RecData:
     validation: Interactions
     test: Interactions
     files: list[tuple[str, Path]] = field(default_factory=list)  # (role, path) of every file read
-    augmented: object = None  # an LLM augmentation's triples (recommenders/augmentation.py)
+    augmented: object = None  # an LLM augmentation's triples (recommenders/llm_augmentation.py)
     protocol: dict | None = None  # a baseline's protocol folder (data/protocols.py)
 
     @property

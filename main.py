@@ -43,7 +43,8 @@ def build_parser(model: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     a("--dataset", help=f"{', '.join(DATASETS)}, or a folder name under --data_dir"
                         f"{d('dataset')}")
     a("--dataset_augment", choices=("augment", "original"),
-      help="train on the LLM-refined file (augment) or the raw ratings (original)"
+      help="which train file: the LLM-refined ratings (augment) or the raw ones (original); "
+           "the reference's name, unrelated to an --augment_file of python -m llm.augment"
            + d("dataset_augment"))
     a("--data_dir", help="folder holding <DATASET>/ (default: $REFINE_DATA_DIR or dataset/)")
     a("--random_seed", type=int, help="seed for python, numpy, torch" + d("random_seed"))

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import dataloader
-from data.schema import UserError
+from data.errors import UserError
 from dataloader import Interactions, RecData, RowIndex
 from model import LightGCNRecommender
 
@@ -91,7 +91,7 @@ class Graphs:
     num_items: int
     item_ids: np.ndarray | None = None  # the dataset's item id of each item index
     user_ids: np.ndarray | None = None  # the dataset's user id of each user index
-    # --augment_file's (user, favourite, least favourite) rows: recommenders.augmentation's
+    # --augment_file's (user, favourite, least favourite) rows: recommenders.llm_augmentation's
     # Triples (typed loosely: that module builds on this one)
     augmented: Any = None
 

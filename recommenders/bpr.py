@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model import batch_l2, bpr_loss, categorical_sample, pruned_mean
-from recommenders.augmentation import HARD_NEGATIVE_RATE, sample_rows
+from recommenders.llm_augmentation import HARD_NEGATIVE_RATE, sample_rows
 from recommenders.base import Graphs, TrainingError, minibatch_epoch, no_shard
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-import recommenders.augmentation as augmentation
+import recommenders.llm_augmentation as augmentation
 from recommenders.base import PAPER_DEPTH, Graphs, Recommender, adam, build_gcn, lambda_reg
 from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling, unseen_weights
 from runs.config import require

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import dataloader
-import recommenders.augmentation as augmentation
+import recommenders.llm_augmentation as augmentation
 from model import LightGCN
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting, setting_lines
 from recommenders.signed import (ViewAttention, degree_rows, neg_form, negative_graph_header,

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from dataloader import Interactions, RowIndex
 from model import inverse_cdf, categorical_draws, per_row_scores, pruned_mean
-from recommenders.augmentation import sample_rows
+from recommenders.llm_augmentation import sample_rows
 from recommenders.base import Graphs, TrainingError, minibatch_epoch, no_shard, setting
 
 if TYPE_CHECKING:

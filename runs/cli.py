@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import Callable
 
-from data.schema import UserError
+from data.errors import UserError
 
 
 def run_cli(fn: Callable[[], object], interrupted: str | None = None) -> int:

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import PurePosixPath
 from typing import Any
 
-from data.schema import UserError
+from data.errors import UserError
 
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range
 MAX_THREADS = 512  # far more than any CPU here; thousands of threads crash torch

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from data.schema import UserError
+from data.errors import UserError
 from runs.files import is_temp
 
 LOCK_FILE = ".lock"

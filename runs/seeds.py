@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from data.schema import UserError
+from data.errors import UserError
 from runs import run_folder
 from runs.files import atomic_write_text, dump_json
 

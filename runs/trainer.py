@@ -24,7 +24,7 @@ import compare
 import dataloader
 from data import provenance
 from data.protocols import read_protocol
-from data.schema import UserError
+from data.errors import UserError
 from dataloader import RecData
 from recommenders import MODELS
 from recommenders.base import (EvalIndex, Graphs, Recommender, TrainingError, build_eval_index,

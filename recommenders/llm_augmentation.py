@@ -1,5 +1,7 @@
 """Training with an LLM interaction augmentation (``--augment_file``, written by
-``python -m llm.augment``): one (user, favourite, least favourite) triple per user.
+``python -m llm.augment``): one (user, favourite, least favourite) triple per user. Not
+to be confused with ``--dataset_augment`` (the reference's name for which train file, the
+LLM-refined ratings or the raw ones).
 
 - ``--augment_mode rows`` (LLMRec): the graph is unchanged; each batch of B rows gets
   floor(0.1 B) augmented rows drawn uniformly (with replacement) from the triples: for a
