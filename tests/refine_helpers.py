@@ -67,7 +67,18 @@ class LoopbackServer:
             def log_message(self, *args):
                 pass
 
+            counted = False  # this request is in ``in_flight``
+
+            def _done(self):
+                """Leave ``in_flight`` before any byte of the answer goes out: a client that
+                reads the answer and sends its next request must not be counted twice."""
+                if self.counted:
+                    with outer.lock:
+                        outer.in_flight -= 1
+                    self.counted = False
+
             def _send(self, code, body: bytes):
+                self._done()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -90,11 +101,11 @@ class LoopbackServer:
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                     fault = outer.plan.pop(0) if outer.plan else None
+                    self.counted = True
                 try:
                     self._answer(fault, payload)
                 finally:
-                    with outer.lock:
-                        outer.in_flight -= 1
+                    self._done()
 
             def _answer(self, fault, payload):
                 if fault == "error":
