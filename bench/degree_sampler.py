@@ -13,6 +13,7 @@ the draws differ, so the whole-epoch times are of two different (equally valid) 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from utils import seed_everything  # noqa: E402
 
 
 def sampling_seconds(state: signed.SignedRows, how: str, batch_size: int, n: int) -> float:
-    state.sampler = how
+    state = dataclasses.replace(state, sampler=how)
     seed_everything(2024)
     perm = torch.randperm(state.users.numel())
     tic = time.perf_counter()

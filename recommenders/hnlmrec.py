@@ -91,7 +91,7 @@ class HNLMRecGCN(LightGCNRecommender):
             self.adapter = nn.Sequential(*layers, *([nn.ReLU()] if final_relu else []))
 
 
-@dataclass
+@dataclass(frozen=True)
 class HNLMState:
     pos_users: Tensor
     pos_items: Tensor

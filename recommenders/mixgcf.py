@@ -139,7 +139,7 @@ class Settings:
                 (self.pool in POOLS, f"--pool must be one of {', '.join(POOLS)}"))
 
 
-@dataclass
+@dataclass(frozen=True)
 class MixState:
     pos_users: Tensor
     pos_items: Tensor

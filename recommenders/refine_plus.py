@@ -312,7 +312,7 @@ def sync_gradients(model: torch.nn.Module) -> None:
         dist.all_reduce(p.grad)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Sampling:
     """What an epoch needs besides the batches: n, gamma, (reference) the U x I weights and
     the loss's elementwise kernels (eager, or compiled with --compile on)."""

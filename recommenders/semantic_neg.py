@@ -161,7 +161,7 @@ def similar_items(text_emb: Tensor, k: int, block: int = 2048) -> Tensor:
 
 # ------------------------------------------------------------------------- sampling
 
-@dataclass
+@dataclass(frozen=True)
 class SemanticSampling:
     pos_users: Tensor
     pos_items: Tensor

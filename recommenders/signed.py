@@ -232,7 +232,7 @@ def check_degree_sampling(users: Tensor, item_weights: Tensor, seen: RowIndex) -
                             f"the sampler can draw (deg > 0): no negative to sample for them")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SignedRows:
     """The rows of an epoch (positive rows, then negative-graph rows) and their sampler."""
 
@@ -245,7 +245,7 @@ class SignedRows:
     augment_rows: object = None  # rows mode: the LLM triples batches draw extra rows from
 
     def __post_init__(self):
-        self.rejection = DegreeSampler(self.item_weights, self.seen)
+        object.__setattr__(self, "rejection", DegreeSampler(self.item_weights, self.seen))
 
     def negatives(self, users: Tensor, n: int) -> Tensor:
         if self.sampler == "cdf":
