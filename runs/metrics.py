@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -101,11 +102,14 @@ def as_named(results, ks) -> Results:
 
 @torch.no_grad()
 def evaluate(user_emb: Tensor, item_emb: Tensor, exclude: RowIndex, truth: RowIndex,
-             ks: tuple[int, ...], block_size: int = 8192, metrics=METRICS) -> Results:
+             ks: tuple[int, ...], block_size: int = 8192, metrics=METRICS,
+             per_user: dict | None = None) -> Results:
     """Every metric at each k, averaged over users with >= 1 ground-truth item.
 
     Scores E_u · E_i for all items, -inf on ``exclude`` (the user's training rows); top-k
-    once at max(k) per block of users, so memory stays at block_size x I.
+    once at max(k) per block of users, so memory stays at block_size x I. ``per_user``: a
+    dict that receives, as numpy arrays over the users counted (ascending), their index
+    (``users``), ``num_relevant`` and every ``<metric>@<k>``; the means are unchanged.
     """
     num_users, num_items = user_emb.size(0), item_emb.size(0)
     max_k = max(ks)
@@ -128,10 +132,19 @@ def evaluate(user_emb: Tensor, item_emb: Tensor, exclude: RowIndex, truth: RowIn
         relevant[owner, cols] = True
         hits = relevant.gather(1, top)[has_truth].to(torch.float64)
         num_relevant = num_relevant[has_truth].to(torch.float64)
+        block = {"users": rows[has_truth], "num_relevant": num_relevant.long()}
         for j, k in enumerate(ks):
             for m, metric in enumerate(metrics):
-                sums[j, m] += metric.per_user(hits, num_relevant, k).sum()
+                values = metric.per_user(hits, num_relevant, k)
+                sums[j, m] += values.sum()
+                block[key(metric.name, k)] = values
+        if per_user is not None:
+            for name, values in block.items():
+                per_user.setdefault(name, []).append(values.cpu())
         counted += int(has_truth.sum())
+    if per_user is not None:
+        for name, parts in per_user.items():
+            per_user[name] = torch.cat(parts).numpy() if parts else np.zeros(0)
     means = (sums / max(counted, 1)).tolist()
     return {key(metric.name, k): means[j][m] for j, k in enumerate(ks)
             for m, metric in enumerate(metrics)}

@@ -30,11 +30,12 @@ from recommenders import MODELS
 from recommenders.base import (EvalIndex, Graphs, Recommender, TrainingError, build_eval_index,
                                build_graphs)
 from runs import distributed, run_folder
+from runs.evaluation import evaluate_model, write_per_user
 from runs.cli import command_line
 from runs.faults import fault_point
 from runs.log_format import RULE, format_metrics
 from runs.log_header import data_lines, header_lines
-from runs.metrics import Results, as_named, early_stopping_score, evaluate
+from runs.metrics import Results, as_named, early_stopping_score
 from runs.resume import (BEST_NEXT, check_resumed_inputs, load_resume_state,
                          rewind_to_checkpoint)
 from runs.config import Config, ConfigError
@@ -201,15 +202,6 @@ def train_in_folder(config: Config, device, shard, checked: Checked) -> dict | N
 
 # ---------------------------------------------------------------------- the run itself
 
-def evaluate_model(model: torch.nn.Module, graphs: Graphs, exclude, truth,
-                   config: Config) -> Results:
-    """Every metric at every k of the current model on one split (docs/method.md)."""
-    model.eval()
-    with torch.no_grad():
-        e_users, e_items = model(graphs.norm_adj)
-    return evaluate(e_users, e_items, exclude, truth, config.top_k, config.test_batch_size)
-
-
 class Training:
     """The epochs of one run in its (taken) folder: model, optimizer, early stopping."""
 
@@ -350,6 +342,8 @@ class Training:
         test = evaluate_model(self.model, self.graphs, self.splits.seen_by_user,
                               self.splits.test_by_user, self.config)
         self.log_final(test)
+        write_per_user(self.run_dir, self.model, self.graphs, self.splits, self.config,
+                       self.epoch, with_validation=False)
         by_epoch = {str(epoch): as_named(results, self.config.top_k) for epoch, results
                     in run_folder.logged_epochs(self.run_dir, "test")}
         metrics = {**self.metrics(test), "best_epoch": self.epoch, "best_validation": {},
@@ -374,6 +368,8 @@ class Training:
             log(line)
         test = self.test_best()
         self.log_final(test)
+        write_per_user(self.run_dir, self.model, self.graphs, self.splits, config,
+                       stopper.best_epoch, with_validation=True)
         metrics = self.metrics(test)
         dump_json(metrics, self.run_dir / "metrics.json")
         if config.compare_to:

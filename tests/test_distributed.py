@@ -20,7 +20,10 @@ import torch
 import main as M
 from recommenders import make_config
 from recommenders import refine_plus
+from recommenders.base import build_eval_index
 from runs import distributed
+from runs.evaluation import write_per_user
+from runs.trained import load_trained
 from conftest import STEP_SOURCES, step_rows, step_source
 from model import DispreferenceAE, ae_terms_sparse
 
@@ -147,6 +150,13 @@ def test_torchrun_training_run_matches_single_process(source, tmp_path):
     metrics = [json.loads((run / "metrics.json").read_text()) for run in (ddp, single)]
     for key, value in metrics[1]["test"].items():
         assert metrics[0]["test"][key] == pytest.approx(value, abs=2e-3), key
+    # rank 0's per_user.npz is what one process writes from the same best.pt
+    trained = load_trained(ddp, dataset, str(data_dir))
+    again = tmp_path / "again"
+    again.mkdir()
+    write_per_user(again, trained.model, trained.graphs, build_eval_index(trained.data, "cpu"),
+                   trained.config, metrics[0]["best_epoch"], with_validation=True)
+    assert (again / "per_user.npz").read_bytes() == (ddp / "per_user.npz").read_bytes()
 
 
 def test_torchrun_rejects_the_bpr_baselines(tmp_path):

@@ -1,0 +1,102 @@
+"""Evaluating a run's model: the means of every metric on a split (each epoch's log block,
+the final test), and each user's results of the selected model in ``<run>/per_user.npz`` —
+what a paired test over users (``compare.py --test``) needs, and no mean can give back.
+
+per_user.npz holds (numpy ``.npz``, no pickles):
+
+- ``user_ids``: the dataset's id of every user index (str);
+- ``meta``: JSON — model, best_epoch, ks, splits, what the rows are;
+- per split S (``validation`` for the best-validation model, then ``test``; a fixed-epoch
+  run without validation: ``test`` only): ``S.users`` (the user indices with >= 1
+  ground-truth item, ascending), ``S.num_relevant`` (|GT_u|) and ``S.<metric>@<k>``, every
+  metric of runs.metrics.METRICS at every k, aligned with ``S.users``.
+
+The mean of ``S.<metric>@<k>`` is the run's reported number. The file is written
+atomically, and its bytes depend only on the values (fixed zip timestamps), so a resumed, a
+multi-seed or a distributed run writes the same file as an uninterrupted single run.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from runs.files import atomic_write
+from runs.metrics import Results, evaluate
+
+if TYPE_CHECKING:
+    from recommenders.base import EvalIndex, Graphs
+    from runs.config import Config
+
+FILE = "per_user.npz"
+_EPOCH = (1980, 1, 1, 0, 0, 0)  # the zip format's first date: no clock in the bytes
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The arrays as an ``.npz`` that ``np.load`` reads, deterministic byte for byte."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=6) as archive:
+        for name, array in arrays.items():
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=_EPOCH)
+            entry.compress_type, entry.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            data = io.BytesIO()
+            np.lib.format.write_array(data, np.asanyarray(array), allow_pickle=False)
+            archive.writestr(entry, data.getvalue())
+    return buffer.getvalue()
+
+
+def evaluate_model(model: torch.nn.Module, graphs: Graphs, exclude, truth, config: Config,
+                   per_user: dict | None = None) -> Results:
+    """Every metric at every k of the current model on one split (docs/method.md);
+    ``per_user``: receives each user's values (runs.metrics.evaluate)."""
+    model.eval()
+    with torch.no_grad():
+        e_users, e_items = model(graphs.norm_adj)
+    return evaluate(e_users, e_items, exclude, truth, config.top_k, config.test_batch_size,
+                    per_user=per_user)
+
+
+def split_values(model: torch.nn.Module, graphs: Graphs, exclude, truth,
+                 config: Config) -> dict[str, np.ndarray]:
+    """users, num_relevant and every ``<metric>@<k>`` of each user of one split."""
+    values: dict = {}
+    evaluate_model(model, graphs, exclude, truth, config, per_user=values)
+    if not values:  # no user has a ground-truth item
+        return {"users": np.zeros(0, dtype=np.int64), "num_relevant": np.zeros(0, np.int64)}
+    return values
+
+
+def write_per_user(run_dir: Path, model: torch.nn.Module, graphs: Graphs, index: EvalIndex,
+          config: Config, best_epoch: int, with_validation: bool) -> None:
+    """per_user.npz of ``model`` (the run's selected one) on validation and test."""
+    splits = {"test": (index.test_mask(config.mask_valid_in_test), index.test_by_user)}
+    if with_validation:
+        splits = {"validation": (index.seen_by_user, index.valid_by_user), **splits}
+    meta = {"model": config.model, "dataset": config.dataset, "best_epoch": best_epoch,
+            "ks": list(config.top_k), "splits": list(splits),
+            "rows": "users with >= 1 ground-truth item of the split, ascending index"}
+    ids = graphs.user_ids if graphs.user_ids is not None else range(graphs.num_users)
+    arrays = {"user_ids": np.asarray([str(u) for u in ids]),
+              "meta": np.asarray(json.dumps(meta, sort_keys=True))}
+    for split, (exclude, truth) in splits.items():
+        for name, values in split_values(model, graphs, exclude, truth, config).items():
+            arrays[f"{split}.{name}"] = values
+    payload = npz_bytes(arrays)
+    atomic_write(Path(run_dir) / FILE, lambda f: f.write(payload))
+
+
+def read_per_user(path: Path) -> tuple[np.ndarray, dict, dict[str, dict[str, np.ndarray]]]:
+    """(user_ids, meta, {split: {"users", "num_relevant", "<metric>@<k>": array}})."""
+    with np.load(path, allow_pickle=False) as npz:
+        meta = json.loads(str(npz["meta"]))
+        splits = {s: {} for s in meta["splits"]}
+        for name in npz.files:
+            split, _, key = name.partition(".")
+            if split in splits:
+                splits[split][key] = npz[name]
+        return npz["user_ids"], meta, splits
