@@ -30,7 +30,7 @@ from data import provenance
 from data.errors import UserError
 from runs.cli import run_cli
 from runs.log_format import parse_log
-from runs.metrics import METRICS, key, short_key
+from runs.metrics import LOGGED, key, short_key
 
 
 class CompareError(UserError, ValueError):
@@ -98,7 +98,7 @@ def input_warnings(entries: list[Entry]) -> list[str]:
 def row_names(ks=(5, 10, 15, 20)) -> list[str]:
     names = ["best epoch", "epochs run"]
     for split in ("valid", "test"):
-        names += [f"{split} {m.short}@{k}" for k in ks for m in METRICS]
+        names += [f"{split} {m.short}@{k}" for k in ks for m in LOGGED]
     return names + ["train seconds", "seconds/epoch"]
 
 

@@ -104,6 +104,7 @@ class EvalIndex:
     seen_or_valid_by_user: RowIndex  # --mask_valid_in_test: validation rows masked too
     valid_by_user: RowIndex
     test_by_user: RowIndex
+    popularity: torch.Tensor  # (I,) each item's positive training rows (popularity metrics)
 
     def test_mask(self, mask_valid_in_test: bool) -> RowIndex:
         return self.seen_or_valid_by_user if mask_valid_in_test else self.seen_by_user
@@ -144,7 +145,8 @@ def build_eval_index(data: RecData, device) -> EvalIndex:
         seen_or_valid_by_user=_rows(torch.cat([seen_users, data.validation.users]),
                                     torch.cat([seen_items, data.validation.items]), U, device),
         valid_by_user=_rows(data.validation.users, data.validation.items, U, device),
-        test_by_user=_rows(data.test.users, data.test.items, U, device))
+        test_by_user=_rows(data.test.users, data.test.items, U, device),
+        popularity=torch.bincount(data.positives.items, minlength=data.num_items).to(device))
 
 
 # ------------------------------------------------------------------------------ epochs

@@ -51,21 +51,22 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def evaluate_model(model: torch.nn.Module, graphs: Graphs, exclude, truth, config: Config,
-                   per_user: dict | None = None) -> Results:
+                   popularity=None, per_user: dict | None = None) -> Results:
     """Every metric at every k of the current model on one split (docs/method.md);
-    ``per_user``: receives each user's values (runs.metrics.evaluate)."""
+    ``popularity``: the items' training positives (EvalIndex.popularity) for the popularity
+    metrics; ``per_user``: receives each user's values (runs.metrics.evaluate)."""
     model.eval()
     with torch.no_grad():
         e_users, e_items = model(graphs.norm_adj)
     return evaluate(e_users, e_items, exclude, truth, config.top_k, config.test_batch_size,
-                    per_user=per_user)
+                    per_user=per_user, popularity=popularity)
 
 
-def split_values(model: torch.nn.Module, graphs: Graphs, exclude, truth,
-                 config: Config) -> dict[str, np.ndarray]:
+def split_values(model: torch.nn.Module, graphs: Graphs, exclude, truth, config: Config,
+                 popularity) -> dict[str, np.ndarray]:
     """users, num_relevant and every ``<metric>@<k>`` of each user of one split."""
     values: dict = {}
-    evaluate_model(model, graphs, exclude, truth, config, per_user=values)
+    evaluate_model(model, graphs, exclude, truth, config, popularity, per_user=values)
     if not values:  # no user has a ground-truth item
         return {"users": np.zeros(0, dtype=np.int64), "num_relevant": np.zeros(0, np.int64)}
     return values
@@ -84,7 +85,8 @@ def write_per_user(run_dir: Path, model: torch.nn.Module, graphs: Graphs, index:
     arrays = {"user_ids": np.asarray([str(u) for u in ids]),
               "meta": np.asarray(json.dumps(meta, sort_keys=True))}
     for split, (exclude, truth) in splits.items():
-        for name, values in split_values(model, graphs, exclude, truth, config).items():
+        for name, values in split_values(model, graphs, exclude, truth, config,
+                                          index.popularity).items():
             arrays[f"{split}.{name}"] = values
     payload = npz_bytes(arrays)
     atomic_write(Path(run_dir) / FILE, lambda f: f.write(payload))

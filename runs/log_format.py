@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from runs.metrics import BY_LABEL, METRICS, Results, key
+from runs.metrics import BY_LABEL, LOGGED, Results, key
 
 RULE = "#" * 77
 
 
-def format_metrics(ks, results: Results, metrics=METRICS) -> list[str]:
-    """One line per k, ``<label>@<k>: <value>`` of every metric in table order, values with
+def format_metrics(ks, results: Results, metrics=LOGGED) -> list[str]:
+    """One line per k, ``<label>@<k>: <value>`` of each logged metric in table order, values with
     four decimals, k < 10 padded to width 7 (the reference's layout). A metric that
     ``results`` lacks (a run from before it was added) is left out."""
     lines = []

@@ -299,7 +299,7 @@ class Training:
     def evaluate_logged(self, loss: float, truth, note: str | None = None):
         """The epoch's block of the log: loss, then the metrics against ``truth``."""
         results = evaluate_model(self.model, self.graphs, self.splits.seen_by_user, truth,
-                                 self.config)
+                                 self.config, self.splits.popularity)
         self.log(f"\nEpoch: {self.epoch:03d}, Loss: {loss:.4f}")
         if note:
             self.log(note)
@@ -340,7 +340,7 @@ class Training:
         self.log(f"\nReached --epochs {self.config.epochs} (no validation split: the final "
                  f"test is the model after the last epoch).")
         test = evaluate_model(self.model, self.graphs, self.splits.seen_by_user,
-                              self.splits.test_by_user, self.config)
+                              self.splits.test_by_user, self.config, self.splits.popularity)
         self.log_final(test)
         write_per_user(self.run_dir, self.model, self.graphs, self.splits, self.config,
                        self.epoch, with_validation=False)
@@ -385,7 +385,7 @@ class Training:
         self.model.load_state_dict(best["model"])
         return evaluate_model(self.model, self.graphs,
                               self.splits.test_mask(self.config.mask_valid_in_test),
-                              self.splits.test_by_user, self.config)
+                              self.splits.test_by_user, self.config, self.splits.popularity)
 
     def metrics(self, test: Results) -> dict:
         return {"dataset": self.config.dataset, "best_epoch": self.stopper.best_epoch,

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from dataloader import RowIndex
-from runs.metrics import (METRICS, as_named, early_stopping_score, evaluate, ndcg_at_k,
-                          precision_at_k, recall_at_k, short_key)
+from runs.metrics import (METRICS, as_named, coverage, early_stopping_score, evaluate, gini,
+                          hit_ratio_at_k, map_at_k, mrr_at_k, ndcg_at_k, popularity_at_k,
+                          precision_at_k, recall_at_k, short_key, tail_items,
+                          tail_share_at_k)
 
 # user 0: ranks 1 and 3 relevant, 2 ground-truth items in all
 # user 1: rank 2 relevant, 4 ground-truth items in all
@@ -37,6 +39,34 @@ def test_ndcg_by_hand():
     assert ndcg_at_k(HITS, NUM_RELEVANT, 1).tolist() == pytest.approx([1.0, 0.0])
 
 
+def test_hit_ratio_mrr_map_by_hand():
+    # user 0: hits at ranks 1 and 3, |GT| 2; user 1: hit at rank 2, |GT| 4
+    assert hit_ratio_at_k(HITS, NUM_RELEVANT, 1).tolist() == [1.0, 0.0]
+    assert hit_ratio_at_k(HITS, NUM_RELEVANT, 2).tolist() == [1.0, 1.0]
+    assert mrr_at_k(HITS, NUM_RELEVANT, 1).tolist() == [1.0, 0.0]
+    assert mrr_at_k(HITS, NUM_RELEVANT, 3).tolist() == [1.0, 0.5]
+    # AP@3: user 0 (P@1 + P@3) / min(2, 3) = (1 + 2/3) / 2; user 1 P@2 / min(4, 3) = 0.5 / 3
+    assert map_at_k(HITS, NUM_RELEVANT, 3).tolist() == pytest.approx([(1 + 2 / 3) / 2, 0.5 / 3])
+    # AP@1: user 0 P@1 / min(2, 1) = 1; user 1 0
+    assert map_at_k(HITS, NUM_RELEVANT, 1).tolist() == [1.0, 0.0]
+
+
+def test_popularity_tail_coverage_gini_by_hand():
+    popularity = torch.tensor([5.0, 0.0, 2.0, 9.0, 1.0])  # 5 items; tail = 4 least popular
+    assert tail_items(popularity).tolist() == [True, True, True, False, True]
+    tied = tail_items(torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0]))  # ties: by item index
+    assert tied.tolist() == [True, True, True, True, False]
+    top = torch.tensor([[3, 0], [1, 2]])
+    assert popularity_at_k(top, popularity, 2).tolist() == [7.0, 1.0]
+    assert popularity_at_k(top, popularity, 1).tolist() == [9.0, 0.0]
+    assert tail_share_at_k(top, tail_items(popularity), 2).tolist() == [0.5, 1.0]
+    counts = torch.tensor([2, 0, 0, 1, 1])  # how many top-k lists hold each item
+    assert coverage(counts) == 3 / 5
+    # ascending 0, 0, 1, 1, 2; sum (2i - 6) c_(i) = (-4)(0) + (-2)(0) + 0(1) + 2(1) + 4(2) = 10
+    assert gini(counts) == pytest.approx(10 / (5 * 4))
+    assert gini(torch.tensor([3, 3, 3])) == 0.0 and gini(torch.zeros(3)) == 0.0
+
+
 def test_evaluate_masks_training_items_and_averages_over_users_with_truth():
     # 3 users, 4 items; scores make the order of items 3 > 2 > 1 > 0 for every user
     user_emb = torch.ones(3, 1)
@@ -45,14 +75,25 @@ def test_evaluate_masks_training_items_and_averages_over_users_with_truth():
     exclude = RowIndex.build(torch.tensor([0]), torch.tensor([3]), 3)
     truth = RowIndex.build(torch.tensor([0, 0, 1]), torch.tensor([2, 0, 3]), 3)
     got = evaluate(user_emb, item_emb, exclude, truth, (1, 2), block_size=2)
-    # every metric at k = 1, then at k = 2, in table order
-    assert list(got) == [f"{m.name}@{k}" for k in (1, 2) for m in METRICS]
+    # every metric at k = 1, then at k = 2, in table order (the popularity ones need the
+    # items' popularity), then the catalogue-wide ones
+    assert list(got) == [name for k in (1, 2) for name in
+                         [f"{m.name}@{k}" for m in METRICS if not m.needs_popularity]
+                         + [f"coverage@{k}", f"gini@{k}"]]
     # user 0 ranking: 2, 1, 0 -> hits [1, 0]; user 1 ranking: 3, 2 -> hits [1, 0]
     assert (got["precision@1"], got["recall@1"], got["ndcg@1"]) == \
         pytest.approx((1.0, (1 / 2 + 1) / 2, 1.0))
     idcg_user0 = 1 + 1 / LOG2(3)
     assert (got["precision@2"], got["recall@2"]) == pytest.approx((0.5, (1 / 2 + 1) / 2))
     assert got["ndcg@2"] == pytest.approx((1 / idcg_user0 + 1.0) / 2)
+    # top-2 lists: user 0 [2, 1], user 1 [3, 2] -> items 1, 2, 3 of 4; counts 0, 1, 2, 1
+    assert got["coverage@2"] == 3 / 4 and got["coverage@1"] == 2 / 4
+    assert got["gini@2"] == pytest.approx(((-3) * 0 + (-1) * 1 + 1 * 1 + 3 * 2) / (4 * 4))
+    with_pop = evaluate(user_emb, item_emb, exclude, truth, (2,), block_size=2,
+                        popularity=torch.tensor([4.0, 1.0, 2.0, 3.0]))
+    # popularity 4, 1, 2, 3: tail = items 1, 2, 3 (the 3 least popular of 4)
+    assert with_pop["avg_pop@2"] == pytest.approx(((1 + 2) / 2 + (3 + 2) / 2) / 2)
+    assert with_pop["tail@2"] == 1.0
 
 
 def reference_evaluate(user_emb, item_emb, exclude_pairs, truth_pairs, ks):

@@ -77,7 +77,7 @@ def test_every_metric_of_the_table_round_trips(tmp_path):
     """What the log prints of each table metric, the parser reads back under its name."""
     results = {f"{m.name}@{k}": round(0.01 * (j + 1) + 0.1 * i, 4)
                for i, k in enumerate((5, 20)) for j, m in enumerate(METRICS)}
-    lines = format_metrics((5, 20), results)
+    lines = format_metrics((5, 20), results, METRICS)  # the unlogged ones too, if asked
     path = tmp_path / "train.log"
     path.write_text("\n".join(["Epoch: 001, Loss: 5.0000", *lines, "",
                                "Final Test Results", *lines]) + "\n")
