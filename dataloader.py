@@ -91,6 +91,7 @@ def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str
     if spec is not None:
         return protocols.read_protocol_splits(data_dir, dataset, dataset_augment, spec, warn,
                                               allow_overlap)
+    variant = dislikes.variant_inputs(data_dir, dataset)  # a variant's files: as recorded
     paths = {role: split_path(data_dir, dataset, role)
              for role in (f"train_{dataset_augment}", "validation", "test")}
     frames = {role: read_split(path, is_train=role.startswith("train"), warn=warn)
@@ -103,10 +104,9 @@ def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str
         checks.check_relabeling(original, train_df, original_path, train_path)
         checks.check_manifest(train_path, original_path, warn=warn)
         files.append(("train_original", original_path))
-    files += dislikes.variant_inputs(data_dir, dataset)  # a variant folder: its recipe
     checks.check_overlap([(paths[r].name, frames[r]) for r in paths], allow=allow_overlap,
                          warn=warn)
-    return train_df, frames["validation"], frames["test"], files
+    return train_df, frames["validation"], frames["test"], files + variant
 
 
 def _eval_rows(path: Path | None, df: pd.DataFrame, user_index: pd.Index,
