@@ -110,9 +110,10 @@ def read_source(data_dir, dataset: str, role: str) -> Source:
     return Source(role, path, header, lines, frame)
 
 
-def read_sources(data_dir, dataset: str) -> dict[str, Source]:
-    """train_original, validation, test and (when present) train_augment of ``dataset``;
-    the two train files must be row-aligned (one-line DataError otherwise)."""
+def read_sources(data_dir, dataset: str, with_augment: bool = True) -> dict[str, Source]:
+    """train_original, validation, test and (when present and ``with_augment``)
+    train_augment of ``dataset``; the two train files must be row-aligned (one-line
+    DataError otherwise)."""
     folder = Path(data_dir) / dataset
     if not folder.is_dir():
         raise DataError(f"no dataset folder {folder}: download or prepare {dataset} first "
@@ -124,7 +125,7 @@ def read_sources(data_dir, dataset: str) -> dict[str, Source]:
         raise DataError(f"{dataset} is a protocol folder (no validation split, one train "
                         f"file); derive from a dataset with the four split files")
     roles = ["train_original", *COPIED]
-    if split_path(data_dir, dataset, "train_augment").is_file():
+    if with_augment and split_path(data_dir, dataset, "train_augment").is_file():
         roles.append("train_augment")
     sources = {role: read_source(data_dir, dataset, role) for role in roles}
     if "train_augment" in sources:
@@ -296,13 +297,14 @@ def check_out_name(dataset: str, out: str) -> None:
 
 
 def derive(data_dir, dataset: str, out: str | None = None, recipe: DislikeRecipe =
-           DislikeRecipe(), out_dir=None, log=print) -> Path:
+           DislikeRecipe(), out_dir=None, with_augment: bool = True, log=print) -> Path:
     """Derive the dislikes variant of ``<data_dir>/<dataset>`` as ``<out_dir>/<out>/``
-    (``out_dir`` defaults to ``data_dir``, ``out`` to ``<dataset>_dislikes``) and print a
+    (``out_dir`` defaults to ``data_dir``, ``out`` to ``<dataset>_dislikes``; without
+    ``with_augment`` no train_augment, for a new LLM step on the variant) and print a
     stats line; returns the folder."""
     out = out or f"{dataset}_dislikes"
     check_out_name(dataset, out)
-    sources = read_sources(data_dir, dataset)
+    sources = read_sources(data_dir, dataset, with_augment)
     files, counts = build_variant(sources, dataset, out, recipe)
     folder = Path(out_dir or data_dir) / out
     if write_folder(folder, files, log):
@@ -378,9 +380,12 @@ def add_parser(sub, common) -> None:
     p.add_argument("--share", type=float, default=0.2,
                    help="held out per user: round half up of share * n (default 0.2)")
     p.add_argument("--seed", type=int, default=2024, help="numpy default_rng seed")
+    p.add_argument("--without_augment", action="store_true", help="write no train_augment "
+                   "(then relabel the variant's own train_original with refine_llm.py)")
 
 
 def command(args, data_dir: Path) -> int:
     derive(data_dir, args.dataset, args.out_name,
-           DislikeRecipe(args.max_rating, args.share, args.seed), args.out_dir)
+           DislikeRecipe(args.max_rating, args.share, args.seed), args.out_dir,
+           with_augment=not args.without_augment)
     return 0
