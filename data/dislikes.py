@@ -240,8 +240,8 @@ def variant_spec(sources: dict[str, Source], dataset: str, out: str,
                  f"{dataset}'s, unchanged"),
         "made_by": made_by,
         "recipe": {
-            "selectable": f"rows of train_original rated <= max_rating (the original "
-                          f"rating)",
+            "selectable": "rows of train_original rated <= max_rating (the original "
+                          "rating)",
             "per_user": "k = floor(share * n + 1/2) of the user's n selectable rows "
                         "(round half up, exact decimal share)",
             "draw": "one numpy.random.default_rng(seed); users in ascending id order "

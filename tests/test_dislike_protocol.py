@@ -138,7 +138,7 @@ def test_misaligned_or_duplicated_sources_are_refused(tmp_path, capsys):
     assert not (root / "Synth_dislikes").exists()
     root = write_source(tmp_path / "dup")
     path = root / "Synth" / "Synth_train_original.csv"
-    path.write_text(path.read_text() + "0,{},4\n".format(original[0][1]))
+    path.write_text(path.read_text() + f"0,{original[0][1]},4\n")
     with pytest.raises(DataError, match="needs one per pair"):
         derive(root)
 
