@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from data import checks, protocols
+from data import checks, dislikes, protocols
 from data.registry import DATASETS, PROTOCOLS, SPLITS
 from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError, sorted_ids
 from data.splits import DATA_DIR_ENV, read_split, resolve_data_dir, split_path
@@ -91,6 +91,7 @@ def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str
     if spec is not None:
         return protocols.read_protocol_splits(data_dir, dataset, dataset_augment, spec, warn,
                                               allow_overlap)
+    variant = dislikes.variant_inputs(data_dir, dataset)  # a variant's files: as recorded
     paths = {role: split_path(data_dir, dataset, role)
              for role in (f"train_{dataset_augment}", "validation", "test")}
     frames = {role: read_split(path, is_train=role.startswith("train"), warn=warn)
@@ -105,7 +106,7 @@ def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str
         files.append(("train_original", original_path))
     checks.check_overlap([(paths[r].name, frames[r]) for r in paths], allow=allow_overlap,
                          warn=warn)
-    return train_df, frames["validation"], frames["test"], files
+    return train_df, frames["validation"], frames["test"], files + variant
 
 
 def _eval_rows(path: Path | None, df: pd.DataFrame, user_index: pd.Index,
@@ -257,7 +258,7 @@ def ensure_split_files(data_dir, dataset: str, splits: list[str], download: bool
 
 
 def build_parser():
-    """``python dataloader.py prepare|download|stats``."""
+    """``python dataloader.py prepare|download|stats|dislikes``."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python dataloader.py",
@@ -312,6 +313,7 @@ def build_parser():
 
     p = sub.add_parser("stats", parents=[common], help="users, items, ratings per split")
     p.add_argument("--dataset", required=True)
+    dislikes.add_parser(sub, common)
     return parser
 
 
@@ -385,10 +387,11 @@ def stats(args, data_dir: Path) -> int:
 
 
 def main(argv=None) -> int:
-    """``python dataloader.py prepare|download|stats``; bad input: one line, exit code 2."""
+    """``python dataloader.py prepare|download|stats|dislikes``; bad input: one line, exit 2."""
     from runs.cli import run_cli
     args = build_parser().parse_args(argv)
-    command = {"download": download, "prepare": prepare, "stats": stats}[args.command]
+    command = {"download": download, "prepare": prepare, "stats": stats,
+               "dislikes": dislikes.command}[args.command]
     return run_cli(lambda: command(args, resolve_data_dir(args.data_dir)))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.dislikes import base_dataset
 from data.provenance import file_sha1
 from data.registry import item_file_stem
 from data.schema import ITEM_COL, RATING_COL, DataError
@@ -112,8 +113,8 @@ def find_item_file(dataset: str, data_dir: str | None, item_file: str | None,
     folder side by side); the first place when none exists."""
     if item_file:
         return Path(item_file)
-    stem = item_file_stem(dataset)
     root = resolve_data_dir(data_dir)
+    stem = item_file_stem(base_dataset(root, dataset))  # a variant: its source's items
     places = [root / "raw" / stem / f"{stem}.item", root / dataset / f"{stem}.item"]
     if beside_data_dir:
         places.append(root.parent / "raw" / stem / f"{stem}.item")

@@ -55,6 +55,8 @@ class FileRecord:
         """``input <role>: <path> (<bytes> bytes, git blob <sha1[:12]>, <status>)``."""
         if self.published:
             status = "published"
+        elif self.role == "variant":
+            status = "the recipe of a derived variant: NOT published data"
         elif self.published_blob:
             status = f"NOT the published file, which is git blob {self.published_blob[:12]}"
         else:
@@ -105,6 +107,10 @@ def final_line(records: list[FileRecord]) -> str:
                 + " — these numbers are not comparable with the published ones")
     if any(r.published for r in records):
         return "inputs: the published files (git blob SHA-1 verified)"
+    if any(r.role == "variant" for r in records):
+        return ("inputs: a variant derived by python dataloader.py dislikes, NOT the published "
+                "data (variant.json records its recipe, seed and source files) — these numbers "
+                "are not comparable with the published ones")
     if any(r.role == "protocol" for r in records):
         return ("inputs: a protocol folder made by python dataloader.py prepare --protocol "
                 "(protocol.json names its published sources and their git blobs)")

@@ -21,6 +21,7 @@ from typing import Any
 
 from recommenders import (hnlmrec, lightgcn, mixgcf, pngnn, refine, refine_plus, semantic_neg,
                           siren)
+from data.dislikes import base_dataset
 from data.protocols import read_protocol
 from data.splits import resolve_data_dir
 from recommenders.base import Recommender
@@ -84,8 +85,10 @@ def make_config(strict: bool = True, **flat) -> Config:
     if strict and unknown:
         raise ConfigError(not_a_setting(unknown[0], model))
     given = {k: v for k, v in flat.items() if v is not None or k in own}
-    values = {**defaults_of(model, dataset), **given, "model": model}
-    spec = read_protocol(resolve_data_dir(values.get("data_dir")), dataset)
+    data_dir = resolve_data_dir(given.get("data_dir"))
+    # a variant folder (data/dislikes.py) runs with the defaults of its source dataset
+    values = {**defaults_of(model, base_dataset(data_dir, dataset)), **given, "model": model}
+    spec = read_protocol(data_dir, dataset)
     if spec is not None:  # a protocol folder (no validation): its epochs and test step
         if "epochs" not in given:
             values["epochs"] = spec["epochs"]
