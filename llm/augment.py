@@ -41,7 +41,7 @@ from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, 
 from runs.cli import add_dataclass_flags, command_line, run_cli
 from runs.faults import fault_point
 from runs.files import atomic_write_text
-from runs.trained import load_trained
+from runs.trained import load_trained, top_items
 
 PROMPT_VERSION = "augment v1"  # part of every cache key: change it with the prompts
 NOUNS = {"movies": "movies", "music": "music albums", "books": "books"}
@@ -109,17 +109,9 @@ class UserTask:
         return hashlib.sha1(text.encode()).hexdigest()
 
 
-def top_candidates(e_users: torch.Tensor, e_items: torch.Tensor, seen, k: int,
-                   block: int = 4096) -> torch.Tensor:
+def top_candidates(e_users: torch.Tensor, e_items: torch.Tensor, seen, k: int) -> torch.Tensor:
     """(U, k) item indices: each user's k best-scored items, its training rows masked."""
-    out = []
-    for start in range(0, e_users.size(0), block):
-        rows = torch.arange(start, min(start + block, e_users.size(0)))
-        scores = e_users[rows] @ e_items.t()
-        owner, cols = seen.gather(rows)
-        scores[owner, cols] = float("-inf")
-        out.append(scores.topk(k, dim=1).indices)
-    return torch.cat(out)
+    return torch.cat([top for _, top, _ in top_items(e_users, e_items, seen, k)])
 
 
 def user_histories(train: pd.DataFrame, cap: int, seed: int) -> dict[str, list]:

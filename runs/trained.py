@@ -1,5 +1,6 @@
 """A finished run folder's best model, rebuilt on the data it trained on — for the steps
-that start from a trained model (llm/augment.py's candidates, llm/scft.py's MixGCF labels)."""
+that start from a trained model (llm/augment.py's candidates, llm/scft.py's MixGCF labels,
+recommend.py's top-k lists and embeddings) — and each user's top items under it."""
 from __future__ import annotations
 
 import json
@@ -19,37 +20,90 @@ from recommenders.base import Graphs, build_graphs
 class Trained:
     config: object
     data_dir: Path
-    data: object  # dataloader.RecData
+    data: object  # dataloader.RecData, after the model's transform (an LLM augmentation)
     graphs: Graphs
     model: torch.nn.Module  # best.pt's weights, in eval mode
-    inputs: list  # the provenance records of the data files (checked unchanged)
+    inputs: list  # the provenance records of the files the run read (checked unchanged)
+    best_epoch: int | None = None  # the epoch best.pt holds
+    run_dir: Path | None = None
 
 
-def load_trained(run_dir: Path, dataset: str, data_dir: str | None, flag: str = "--base_run",
-                 model: str | None = None) -> Trained:
-    """The run's config and best model on its data; DataError when the folder is not a
-    finished run, is of another dataset (or ``model``), or its data files changed since."""
-    run_dir = Path(run_dir)
+def read_run(run_dir: Path, flag: str) -> tuple[dict, dict]:
+    """(config.json, best.pt) of a finished run folder; DataError (one line) otherwise."""
+    for name, what in (("config.json", "not a run folder"),
+                       ("best.pt", "no validated epoch yet, removed, or a run without a "
+                                   "validation split, which selects no model")):
+        if not (run_dir / name).is_file():
+            raise DataError(f"{flag} {run_dir}: no {name} there ({what})")
     try:
         saved = json.loads((run_dir / "config.json").read_text())
         best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise DataError(f"{flag} {run_dir}: not a finished run ({err})") from None
+    except (OSError, ValueError, RuntimeError, EOFError) as err:
+        raise DataError(f"{flag} {run_dir}: not a finished run "
+                        f"({str(err).splitlines()[0][:120]})") from None
+    if not isinstance(saved, dict) or not isinstance(best, dict) or "model" not in best:
+        raise DataError(f"{flag} {run_dir}: config.json or best.pt is not a run's")
+    return saved, best
+
+
+def inputs_now(saved: list, data_files: list, data_dir: Path, where: str) -> list:
+    """The provenance records of the files now: the data files read again, and every other
+    recorded input (a model's sampling file: a text cache, HNLMRec's vectors) where it was
+    recorded, so that a change of any file the run read is seen; DataError when one of
+    those is gone."""
+    now = [provenance.record_file(role, path, data_dir) for role, path in data_files]
+    read = {r.role for r in now}
+    for record in saved if isinstance(saved, list) else []:
+        if isinstance(record, dict) and record.get("role") not in read and "path" in record:
+            path = provenance.located(record, data_dir)
+            if not path.is_file():
+                raise DataError(f"{where}: {path} (its {record['role']}) is missing")
+            now.append(provenance.record_file(record["role"], path, data_dir))
+    return now
+
+
+def load_trained(run_dir: Path, dataset: str | None, data_dir: str | None,
+                 flag: str = "--base_run", model: str | None = None) -> Trained:
+    """The run's config and best model on its data, with the model's transform (an LLM
+    augmentation's edges) as training applied it; DataError when the folder is not a
+    finished run, is of another dataset (``dataset`` None: any) or ``model``, or a file it
+    read changed since."""
+    run_dir = Path(run_dir)
+    saved, best = read_run(run_dir, flag)
     config = make_config(strict=False, **{**{k: v for k, v in saved.items() if k != "inputs"},
                                           "data_dir": data_dir or saved.get("data_dir")})
-    if config.dataset != dataset:
+    if dataset is not None and config.dataset != dataset:
         raise DataError(f"{flag} {run_dir} trained on {config.dataset}, not {dataset}")
     if model is not None and config.model != model:
         raise DataError(f"{flag} {run_dir} is a --model {config.model} run, not {model}")
     resolved = dataloader.resolve_data_dir(config.data_dir)
     data = dataloader.load_dataset(resolved, config.dataset, config.dataset_augment,
-                                   warn=lambda line: None)
-    inputs = [provenance.record_file(role, path, resolved) for role, path in data.files]
+                                   warn=lambda line: None,
+                                   allow_overlap=config.allow_split_overlap)
+    recommender = MODELS[config.model]
+    data = recommender.transform(data, config, lambda line: None)  # training's graph
+    inputs = inputs_now(saved.get("inputs") or [], data.files, resolved, f"{flag} {run_dir}")
     change = provenance.first_change(saved.get("inputs") or [], inputs)
     if change:
         raise DataError(f"{flag} {run_dir}: {change}; its embeddings would be of other data")
-    graphs = build_graphs(data, "cpu", MODELS[config.model].positives_graph)
-    net = MODELS[config.model].build(graphs, config)
+    graphs = build_graphs(data, "cpu", recommender.positives_graph)
+    net = recommender.build(graphs, config)
     net.load_state_dict(best["model"])
     net.eval()
-    return Trained(config, resolved, data, graphs, net, inputs)
+    return Trained(config, resolved, data, graphs, net, inputs, best.get("epoch"), run_dir)
+
+
+def top_items(e_users: torch.Tensor, e_items: torch.Tensor, seen, k: int,
+              rows: torch.Tensor | None = None, block: int = 4096):
+    """Per block of users (all, or ``rows``): (the block's user indices, (B, k) item
+    indices, (B, k) scores), each user's k best-scored items with its rows in ``seen`` (a
+    RowIndex: the training rows) masked to -inf; a block holds at most 2^24 scores."""
+    rows = torch.arange(e_users.size(0)) if rows is None else rows
+    block = max(1, min(block, (1 << 24) // max(e_items.size(0), 1)))
+    for start in range(0, rows.numel(), block):
+        part = rows[start:start + block]
+        scores = e_users[part] @ e_items.t()
+        owner, cols = seen.gather(part)
+        scores[owner, cols] = float("-inf")
+        top = scores.topk(k, dim=1)
+        yield part, top.indices, top.values
