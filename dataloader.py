@@ -57,6 +57,7 @@ class RecData:
     test: Interactions
     files: list[tuple[str, Path]] = field(default_factory=list)  # (role, path) of every file read
     augmented: object = None  # an LLM augmentation's triples (recommenders/llm_augmentation.py)
+    test_dislikes: Interactions | None = None  # a dislikes variant's held-out low ratings
     protocol: dict | None = None  # a baseline's protocol folder (data/protocols.py)
 
     @property
@@ -138,6 +139,18 @@ def _eval_rows(path: Path | None, df: pd.DataFrame, user_index: pd.Index,
                         torch.as_tensor(items[seen], dtype=torch.long))
 
 
+def _held_out(path: Path, user_index: pd.Index, item_index: pd.Index, warn) -> Interactions:
+    """A dislikes variant's held-out rows (every rating) in index space; rows of users or
+    items absent from T dropped with a count."""
+    users, items = _encode(read_split(path, is_train=True, warn=warn), user_index, item_index)
+    seen = (users >= 0) & (items >= 0)
+    if not seen.all():
+        warn(f"warning: {path.name}: {int((~seen).sum())} row(s) of users/items absent from T "
+             f"not counted in disliked@k")
+    return Interactions(torch.as_tensor(users[seen], dtype=torch.long),
+                        torch.as_tensor(items[seen], dtype=torch.long))
+
+
 def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
                  warn=print, allow_overlap: bool = False) -> RecData:
     """Load the split files of ``dataset`` (``read_checked_splits``) and encode them
@@ -172,6 +185,9 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
 
     def eval_split(path: Path | None, df: pd.DataFrame) -> Interactions:
         return _eval_rows(path, df, user_index, item_index, spec, warn)
+    held_out = split_path(data_dir, dataset, dislikes.DISLIKES)  # a dislikes variant's
+    if held_out.is_file():
+        files.append((dislikes.DISLIKES, held_out))
 
     return RecData(
         dataset=dataset, num_users=len(user_ids), num_items=len(item_ids),
@@ -182,7 +198,9 @@ def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "aug
         neutral=Interactions(torch.as_tensor(n_users[known], dtype=torch.long),
                              torch.as_tensor(n_items[known], dtype=torch.long)),
         validation=eval_split(files[1][1], valid_df), test=eval_split(files[2][1], test_df),
-        files=[(role, path) for role, path in files if path is not None], protocol=spec)
+        test_dislikes=_held_out(held_out, user_index, item_index, warn)
+        if held_out.is_file() else None, protocol=spec,
+        files=[(role, path) for role, path in files if path is not None])
 
 
 # ----------------------------------------------------------------------------- graphs
@@ -336,7 +354,7 @@ def prepare(args, data_dir: Path) -> int:
     from data import fetch
     from data import prepare as prep
     if args.protocol:
-        return prepare_protocol(args, data_dir)
+        return protocols.command(args, data_dir)
     mixed = [f"--{k}" for k in ("split", "test_file", "augment_edges", "base_url")
              if getattr(args, k)]
     if mixed:
@@ -360,23 +378,6 @@ def prepare(args, data_dir: Path) -> int:
     prep.prepare_custom(args.inter, args.name, data_dir, item_path=args.item,
                         text_cols=args.text_cols, protocol=protocol,
                         sample_users=args.sample_users, overwrite=args.overwrite)
-    return 0
-
-
-def prepare_protocol(args, data_dir: Path) -> int:
-    others = [f"--{k}" for k in ("dataset", "inter", "item", "text_cols", "sample_users")
-              if getattr(args, k)]
-    if others:
-        raise DataError(f"{others[0]}: not with --protocol (it prepares ML-1M's published "
-                        f"random splits)")
-    if args.split is None:
-        raise DataError("--protocol needs --split K")
-    protocol = PROTOCOLS[args.protocol]
-    raw_dir = Path(args.raw_dir or data_dir / "raw" / protocol.raw_stem)
-    protocols.prepare_random_split(args.protocol, args.split, raw_dir, data_dir,
-                                   test_file=args.test_file, augment_edges=args.augment_edges,
-                                   name=args.name, download=not args.no_download,
-                                   base_url=args.base_url, overwrite=args.overwrite)
     return 0
 
 

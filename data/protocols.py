@@ -278,3 +278,21 @@ def prepare_random_split(protocol_name: str, split: int, raw_dir, out_dir, test_
             f"({counts['edges_on_test_positives']} test positives, masked at evaluation)")
     log(f"wrote {out / PROTOCOL_FILE}")
     return written
+
+
+def command(args, data_dir: Path) -> int:
+    """``python dataloader.py prepare --protocol ...``."""
+    others = [f"--{k}" for k in ("dataset", "inter", "item", "text_cols", "sample_users")
+              if getattr(args, k)]
+    if others:
+        raise DataError(f"{others[0]}: not with --protocol (it prepares ML-1M's published "
+                        f"random splits)")
+    if args.split is None:
+        raise DataError("--protocol needs --split K")
+    protocol = PROTOCOLS[args.protocol]
+    raw_dir = Path(args.raw_dir or data_dir / "raw" / protocol.raw_stem)
+    prepare_random_split(args.protocol, args.split, raw_dir, data_dir,
+                                   test_file=args.test_file, augment_edges=args.augment_edges,
+                                   name=args.name, download=not args.no_download,
+                                   base_url=args.base_url, overwrite=args.overwrite)
+    return 0

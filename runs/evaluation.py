@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from runs.files import atomic_write
-from runs.metrics import Results, evaluate
+from runs.log_format import format_metrics
+from runs.metrics import METRICS, Metric, Results, evaluate, recall_at_k
 
 if TYPE_CHECKING:
     from recommenders.base import EvalIndex, Graphs
@@ -51,7 +52,7 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
 
 
 def evaluate_model(model: torch.nn.Module, graphs: Graphs, exclude, truth, config: Config,
-                   popularity=None, per_user: dict | None = None) -> Results:
+                   popularity=None, per_user: dict | None = None, metrics=METRICS) -> Results:
     """Every metric at every k of the current model on one split (docs/method.md);
     ``popularity``: the items' training positives (EvalIndex.popularity) for the popularity
     metrics; ``per_user``: receives each user's values (runs.metrics.evaluate)."""
@@ -59,7 +60,34 @@ def evaluate_model(model: torch.nn.Module, graphs: Graphs, exclude, truth, confi
     with torch.no_grad():
         e_users, e_items = model(graphs.norm_adj)
     return evaluate(e_users, e_items, exclude, truth, config.top_k, config.test_batch_size,
-                    per_user=per_user, popularity=popularity)
+                    metrics, per_user=per_user, popularity=popularity)
+
+
+# hits among the user's held-out dislikes / their number: a recall whose truth is the
+# dislikes, so lower is better; averaged over the users with >= 1 held-out dislike
+DISLIKED = Metric("disliked", "Disliked", "Disliked",
+                  lambda r, k: recall_at_k(r.hits, r.num_relevant, k))
+
+
+def disliked_at_k(model: torch.nn.Module, graphs: Graphs, index: EvalIndex, config: Config,
+                  per_user: dict | None = None) -> Results:
+    """``disliked@k`` of the test ranking (the same masked items) on a dislikes variant's
+    held-out low ratings; {} on data without them."""
+    if index.dislikes_by_user is None:
+        return {}
+    results = evaluate_model(model, graphs, index.test_mask(config.mask_valid_in_test),
+                             index.dislikes_by_user, config, per_user=per_user,
+                             metrics=(DISLIKED,))
+    return {name: value for name, value in results.items() if name.startswith("disliked@")}
+
+
+def final_lines(ks, test: Results) -> list[str]:
+    """The final test block's metric lines, then (a dislikes variant) one disliked@k line."""
+    lines = format_metrics(ks, test)
+    if any(name.startswith("disliked@") for name in test):
+        lines.append("Held-out dislikes inside the top-k (lower is better): " + ", ".join(
+            f"Disliked@{k}: {test[f'disliked@{k}']:.4f}" for k in ks))
+    return lines
 
 
 def split_values(model: torch.nn.Module, graphs: Graphs, exclude, truth, config: Config,
@@ -88,6 +116,12 @@ def write_per_user(run_dir: Path, model: torch.nn.Module, graphs: Graphs, index:
         for name, values in split_values(model, graphs, exclude, truth, config,
                                           index.popularity).items():
             arrays[f"{split}.{name}"] = values
+    if index.dislikes_by_user is not None:
+        values: dict = {}
+        disliked_at_k(model, graphs, index, config, per_user=values)
+        arrays.update({f"test_dislikes.{name}": v for name, v in values.items()})
+        meta["splits"].append("test_dislikes")
+        arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
     payload = npz_bytes(arrays)
     atomic_write(Path(run_dir) / FILE, lambda f: f.write(payload))
 

@@ -30,7 +30,7 @@ from recommenders import MODELS
 from recommenders.base import (EvalIndex, Graphs, Recommender, TrainingError, build_eval_index,
                                build_graphs)
 from runs import distributed, run_folder
-from runs.evaluation import evaluate_model, write_per_user
+from runs.evaluation import disliked_at_k, evaluate_model, final_lines, write_per_user
 from runs.cli import command_line
 from runs.faults import fault_point
 from runs.log_format import RULE, format_metrics
@@ -325,14 +325,17 @@ class Training:
         return self.evaluate_logged(loss, self.splits.test_by_user,
                                     "Test (no validation split; nothing is selected on it):")
 
-    def log_final(self, test) -> None:
+    def log_final(self, test: Results) -> Results:
+        """The final block; returns ``test`` with disliked@k on a dislikes variant."""
+        test = {**test, **disliked_at_k(self.model, self.graphs, self.splits, self.config)}
         self.log(f"\nTraining completed in {self.train_seconds} seconds.")
         self.log("\n" + RULE)
         self.log("Final Test Results")
-        for line in format_metrics(self.config.top_k, test):
+        for line in final_lines(self.config.top_k, test):
             self.log(line)
         self.log(provenance.final_line(self.checked.inputs))
         self.log(RULE)
+        return test
 
     def finish_fixed(self) -> dict:
         """Fixed-epoch mode: the model after the last epoch, tested; metrics.json also holds
@@ -341,7 +344,7 @@ class Training:
                  f"test is the model after the last epoch).")
         test = evaluate_model(self.model, self.graphs, self.splits.seen_by_user,
                               self.splits.test_by_user, self.config, self.splits.popularity)
-        self.log_final(test)
+        test = self.log_final(test)
         write_per_user(self.run_dir, self.model, self.graphs, self.splits, self.config,
                        self.epoch, with_validation=False)
         by_epoch = {str(epoch): as_named(results, self.config.top_k) for epoch, results
@@ -367,7 +370,7 @@ class Training:
         for line in format_metrics(config.top_k, stopper.best_metrics):
             log(line)
         test = self.test_best()
-        self.log_final(test)
+        test = self.log_final(test)
         write_per_user(self.run_dir, self.model, self.graphs, self.splits, config,
                        stopper.best_epoch, with_validation=True)
         metrics = self.metrics(test)

@@ -247,3 +247,45 @@ def test_ml100k_variant_counts(tmp_path):
     blobs = DATASETS["ML-100K"].blobs
     assert spec["files"]["ML-100K_dislikes_test.csv"] == blobs["test"]
     assert spec["files"]["ML-100K_dislikes_train_original.csv"] != blobs["train_original"]
+
+
+def test_disliked_at_k_by_hand(tmp_path):
+    """disliked@k = share of a user's held-out dislikes inside the test ranking's top-k
+    (train-file rows masked), averaged over users with >= 1, recomputed here from best.pt."""
+    import numpy as np
+
+    from runs.evaluation import read_per_user
+    from runs.trained import load_trained
+    root = write_source(tmp_path / "data")
+    folder = derive(root)
+    rc, result = run_main(["--dataset", "Synth_dislikes", "--data_dir", str(root), "--model",
+                           "lightgcn", "--epochs", "2", "--top_k", "3", "10"], tmp_path)
+    assert rc == 0
+    run = result / "Synth_dislikes" / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    log = (run / "train.log").read_text()
+    assert "input test_dislikes: Synth_dislikes/Synth_dislikes_test_dislikes.csv" in log
+    assert f"Disliked@10: {metrics['test']['disliked@10']:.4f}" in log
+    trained = load_trained(run, None, None)
+    users, items = trained.model(trained.graphs.norm_adj)
+    scores = (users @ items.t()).detach().numpy()
+    uid = {u: i for i, u in enumerate(trained.data.user_ids)}
+    iid = {v: i for i, v in enumerate(trained.data.item_ids)}
+    for u, i, _ in rows(root / "Synth_dislikes" / "Synth_dislikes_train_augment.csv"):
+        if u in uid and i in iid:  # every train-file row of T's users and items is masked
+            scores[uid[u], iid[i]] = -np.inf
+    held: dict = {}
+    for u, i, _ in rows(folder / "Synth_dislikes_test_dislikes.csv"):
+        if u in uid and i in iid:
+            held.setdefault(uid[u], set()).add(iid[i])
+    for k in (3, 10):
+        shares = []
+        for u, disliked in held.items():
+            top = set(np.argsort(-scores[u], kind="stable")[:k].tolist())
+            shares.append(len(top & disliked) / len(disliked))
+        assert metrics["test"][f"disliked@{k}"] == pytest.approx(np.mean(shares), abs=1e-12)
+    _, meta, splits = read_per_user(run / "per_user.npz")
+    assert meta["splits"][-1] == "test_dislikes"
+    assert sorted(splits["test_dislikes"]["users"].tolist()) == sorted(held)
+    assert splits["test_dislikes"]["disliked@10"].mean() == \
+        pytest.approx(metrics["test"]["disliked@10"], abs=1e-12)
