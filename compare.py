@@ -16,6 +16,11 @@ The ``data`` row names the input files each run read (from the ``input`` lines o
 header): "published" when every file is the published one, "MODIFIED" when a file of a
 published dataset has other bytes, with a short fingerprint of the files; a warning line
 follows the table when two runs of the same dataset name read different files.
+
+``--test`` prints paired significance tests instead: each run against the first (the
+baseline) on the test split, users paired by id, at ``--metrics`` (default recall@20 and
+ndcg@20), Holm-adjusted at ``--alpha``; run folders with per_user.npz only
+(runs/significance.py, docs/baselines.md). ``--json FILE`` writes its numbers.
 """
 from __future__ import annotations
 
@@ -306,8 +311,59 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="+",
                         help="column names (default: <model>:<file or folder name>)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the curves into this file")
+    add_test_flags(parser)
     args = parser.parse_args(argv)
-    return run_cli(lambda: print("\n".join(compare_lines(args.paths, args.labels, args.plot))))
+    options = {name: getattr(args, name) for name in TEST_OPTIONS}
+
+    def run():
+        if args.test:
+            lines = significance_lines(args.paths, args.labels, args.plot, **options)
+        else:
+            given = [name for name, value in options.items() if value not in (None, False)]
+            if given:
+                raise CompareError(f"--{given[0].replace('json_to', 'json')} is an option "
+                                   f"of --test")
+            lines = compare_lines(args.paths, args.labels, args.plot)
+        print("\n".join(lines))
+    return run_cli(run)
+
+
+TEST_OPTIONS = ("metrics", "alpha", "seed", "other_train", "json_to")
+
+
+def add_test_flags(parser) -> None:
+    group = parser.add_argument_group("significance tests (--test)")
+    group.add_argument("--test", action="store_true",
+                       help="paired tests of each run folder against the first (the baseline) "
+                            "on the test users; needs per_user.npz in every run folder")
+    group.add_argument("--metrics", nargs="+", metavar="NAME@K",
+                       help="metrics to test (default: recall@20 ndcg@20)")
+    group.add_argument("--alpha", type=float, help="significance level after the Holm "
+                                                   "adjustment (default 0.05)")
+    group.add_argument("--seed", type=int, help="seed of the bootstrap intervals (default 0)")
+    group.add_argument("--other_train", action="store_true",
+                       help="allow runs trained on other files (e.g. augmented vs original "
+                            "training data); validation and test files must still be the same")
+    group.add_argument("--json", dest="json_to", metavar="FILE",
+                       help="also write every number of the tests to this file")
+
+
+def significance_lines(paths, labels=None, plot_to=None, **options) -> list[str]:
+    """``--test``: the significance table of the run folders at ``paths`` (the first is the
+    baseline; ``labels`` name the first columns); see runs/significance.py."""
+    from runs import paired_runs, significance
+    if plot_to:
+        raise CompareError("--plot draws the side-by-side table's curves; run it without --test")
+    options = {k: v for k, v in options.items() if v is not None}
+    significance.check_options(options.get("alpha", significance.DEFAULT_ALPHA),
+                               options.get("json_to"))
+    labels, runs = list(labels or []), []
+    for i, path in enumerate(paths):
+        run = paired_runs.load_run(path)
+        name = labels[i] if i < len(labels) else model_label(Path(path).name, run.model)
+        run.label = f"{name} ({len(run.seeds)} seeds)" if run.multi_seed else name
+        runs.append(run)
+    return significance.report_lines(unique_labels(runs), **options)
 
 
 def compare_lines(paths, labels=None, plot_to: str | None = None) -> list[str]:
