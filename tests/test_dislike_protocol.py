@@ -241,7 +241,8 @@ def test_ml100k_variant_counts(tmp_path):
     assert all(s["published"] for s in spec["sources"].values())
     data = dataloader.load_dataset(tmp_path, "ML-100K_dislikes", warn=lambda line: None)
     records = [record_file(role, path, tmp_path) for role, path in data.files]
-    assert [r.role for r in records][-1] == "variant" and not any(r.published for r in records)
+    assert [r.role for r in records][-2:] == ["variant", "test_dislikes"]
+    assert not any(r.published for r in records)
     assert len(data.train) + len(data.neutral) == 79683 - 3030 == \
         counts["rows"]["train_augment"]["variant"]
     blobs = DATASETS["ML-100K"].blobs

@@ -379,7 +379,7 @@ def test_two_processes_racing_for_one_path_name(tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["random_seed"] == winner
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
         "argv.txt", "best.pt", "config.json", "epochs.jsonl", "last.pt", "metrics.json",
-        "train.log"]
+        "per_user.npz", "train.log"]
     assert parse_log(run_dir / "train.log")["hparams"]["ramdom_seed"] == str(winner)
 
 
