@@ -10,7 +10,8 @@ masks and truths with fixed random embeddings, timed three ways in one process â
 and prints the median of ``--repeats`` passes of each and the ratios to the baseline; it
 also checks that the three shared metrics are equal to the last bit.
 
-    python bench/eval_time.py [--dataset ML-1M] [--data_dir DIR] [--threads 2] [--repeats 5]
+    python bench/eval_time.py [--dataset ML-1M] [--dataset_augment original] [--data_dir DIR]
+                              [--threads 2] [--repeats 5]
 """
 from __future__ import annotations
 
@@ -74,12 +75,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="ML-1M")
     p.add_argument("--data_dir")
+    p.add_argument("--dataset_augment", default="augment", choices=("augment", "original"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = dataloader.load_dataset(dataloader.resolve_data_dir(args.data_dir), args.dataset,
-                                   warn=lambda line: None)
+                                   args.dataset_augment, warn=lambda line: None)
     index = base.build_eval_index(data, "cpu")
     torch.manual_seed(0)
     users = torch.randn(data.num_users, 64)
