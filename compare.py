@@ -35,6 +35,7 @@ from data import provenance
 from data.errors import UserError
 from runs.cli import run_cli
 from runs.log_format import parse_log
+from runs.breakdown_rows import BY, breakdown_rows
 from runs.metrics import LOGGED, key, short_key
 
 
@@ -219,7 +220,10 @@ def with_run_counts(entry: Entry, run_dir: Path) -> Entry:
 
 def _cell(name: str, value, std, base) -> str:
     """Epoch counts as integers, seconds with one decimal, metrics with four (as logged)."""
-    digits = {"best epoch": 0, "epochs run": 0, "train seconds": 1, "seconds/epoch": 3}.get(name, 4)
+    if value is None:  # a group no user falls into
+        return "-"
+    digits = {"best epoch": 0, "epochs run": 0, "train seconds": 1, "seconds/epoch": 3}.get(
+        name, 0 if name.endswith(" users") else 4)
     text = f"{value:.{digits}f}"
     if std is not None:
         text += f"±{std:.{digits}f}" if digits else f"±{std:.1f}"
@@ -232,7 +236,7 @@ def table_lines(entries: list[Entry]) -> list[str]:
     """One row per quantity, one column per entry; columns after the first show their
     difference to the first in parentheses. Quantities no entry has are left out."""
     names = [n for n in row_names() if any(n in e.rows for e in entries)]
-    names += sorted({n for e in entries for n in e.rows} - set(names))
+    names += [n for n in dict.fromkeys(n for e in entries for n in e.rows) if n not in names]
     first = entries[0].rows
     cells = [["", *(e.label for e in entries)]]
     for name in names:
@@ -311,6 +315,8 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="+",
                         help="column names (default: <model>:<file or folder name>)")
     parser.add_argument("--plot", metavar="OUT.png", help="also draw the curves into this file")
+    parser.add_argument("--by", choices=BY, help="test recall/NDCG per item-popularity group "
+                        "or user-activity quartile (run folders; metrics.json's breakdowns)")
     add_test_flags(parser)
     args = parser.parse_args(argv)
     options = {name: getattr(args, name) for name in TEST_OPTIONS}
@@ -323,7 +329,7 @@ def main(argv=None) -> int:
             if given:
                 raise CompareError(f"--{given[0].replace('json_to', 'json')} is an option "
                                    f"of --test")
-            lines = compare_lines(args.paths, args.labels, args.plot)
+            lines = compare_lines(args.paths, args.labels, args.plot, args.by)
         print("\n".join(lines))
     return run_cli(run)
 
@@ -366,15 +372,19 @@ def significance_lines(paths, labels=None, plot_to=None, **options) -> list[str]
     return significance.report_lines(unique_labels(runs), **options)
 
 
-def compare_lines(paths, labels=None, plot_to: str | None = None) -> list[str]:
+def compare_lines(paths, labels=None, plot_to: str | None = None, by: str | None = None
+                  ) -> list[str]:
     """The table of the logs / runs at ``paths`` (``labels`` name the first columns); with
-    ``plot_to``, the curves drawn into that file too and a last line naming it."""
+    ``plot_to``, the curves drawn into that file too and a last line naming it; ``by``: the
+    rows are the runs' test breakdowns (runs/breakdown_rows.py) instead."""
     problem = plot_problem(plot_to) if plot_to else None
     if problem:
         raise CompareError(f"--plot {plot_to}: {problem}")
     labels = list(labels or [])
     entries = unique_labels([load(p, labels[i] if i < len(labels) else None)
                              for i, p in enumerate(paths)])
+    for entry, path in zip(entries, paths) if by else ():
+        entry.rows = breakdown_rows(path, by)
     lines = table_lines(entries)
     if plot_to:
         plot(entries, plot_to)

@@ -105,6 +105,7 @@ class EvalIndex:
     valid_by_user: RowIndex
     test_by_user: RowIndex
     popularity: torch.Tensor  # (I,) each item's positive training rows (popularity metrics)
+    activity: torch.Tensor  # (U,) each user's positive training rows (activity breakdown)
     dislikes_by_user: RowIndex | None = None  # a dislikes variant's held-out rows (disliked@k)
 
     def test_mask(self, mask_valid_in_test: bool) -> RowIndex:
@@ -148,6 +149,7 @@ def build_eval_index(data: RecData, device) -> EvalIndex:
         valid_by_user=_rows(data.validation.users, data.validation.items, U, device),
         test_by_user=_rows(data.test.users, data.test.items, U, device),
         popularity=torch.bincount(data.positives.items, minlength=data.num_items).to(device),
+        activity=torch.bincount(data.positives.users, minlength=U).to(device),
         dislikes_by_user=None if data.test_dislikes is None else _rows(
             data.test_dislikes.users, data.test_dislikes.items, U, device))
 

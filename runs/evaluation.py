@@ -28,7 +28,8 @@ import torch
 
 from runs.files import atomic_write
 from runs.log_format import format_metrics
-from runs.metrics import METRICS, Metric, Results, evaluate, recall_at_k
+from dataloader import RowIndex
+from runs.metrics import METRICS, Metric, Results, evaluate, recall_at_k, tail_items
 
 if TYPE_CHECKING:
     from recommenders.base import EvalIndex, Graphs
@@ -136,3 +137,67 @@ def read_per_user(path: Path) -> tuple[np.ndarray, dict, dict[str, dict[str, np.
             if split in splits:
                 splits[split][key] = npz[name]
         return npz["user_ids"], meta, splits
+
+
+# ------------------------------------------------------------------------ breakdowns
+# Recall and NDCG of a run's selected model on test, broken down two ways (metrics.json's
+# ``breakdowns``, ``compare.py --by``):
+#
+# - ``item_popularity``: the ground truth restricted to one group of items by their positive
+#   training rows — ``unpopular`` the 80 % least interacted (floor(0.8 I), ties by item
+#   index, runs.metrics.tail_items), ``popular`` the top 5 % (floor(0.05 I), at least one),
+#   ``normal`` the rest (HNLMRec's groups); the ranking is unchanged, each user counts in a
+#   group where it has a ground-truth item of it;
+# - ``user_activity``: the test users split into quartiles by their positive training rows
+#   (``q1`` the least active; equal counts by rank, ties by user index), each quartile's mean
+#   of the users' values.
+#
+# Each group also records how many users it averages over.
+
+GROUPS = ("unpopular", "normal", "popular")
+QUARTILES = ("q1", "q2", "q3", "q4")
+BROKEN_DOWN = tuple(m for m in METRICS if m.name in ("recall", "ndcg"))
+
+
+def item_groups(popularity: torch.Tensor) -> torch.Tensor:
+    """(I,) 0 unpopular, 1 normal, 2 popular."""
+    n = popularity.numel()
+    groups = torch.ones(n, dtype=torch.long, device=popularity.device)
+    groups[tail_items(popularity)] = 0
+    order = torch.sort(popularity.to(torch.float64), stable=True).indices
+    groups[order[n - max(1, int(0.05 * n)):]] = 2
+    return groups
+
+
+def user_quartiles(activity: torch.Tensor) -> torch.Tensor:
+    """(U,) 0..3: the quartile of each user by rank of activity (ties by user index)."""
+    order = torch.sort(activity.to(torch.float64), stable=True).indices
+    quartile = torch.empty_like(order)
+    quartile[order] = torch.arange(order.numel(), device=order.device) * 4 // order.numel()
+    return quartile
+
+
+def breakdowns(model: torch.nn.Module, graphs: Graphs, index: EvalIndex,
+               config: Config) -> dict:
+    exclude, truth = index.test_mask(config.mask_valid_in_test), index.test_by_user
+    num_users = truth.degree().numel()
+    owner, cols = truth.gather(torch.arange(num_users, device=index.popularity.device))
+    groups = item_groups(index.popularity)[cols]
+    by_items = {}
+    for g, name in enumerate(GROUPS):
+        keep = groups == g
+        part = RowIndex.build(owner[keep], cols[keep], num_users)
+        results = evaluate_model(model, graphs, exclude, part, config, metrics=BROKEN_DOWN)
+        users = int((part.degree() > 0).sum())  # none: no number (not a 0)
+        by_items[name] = {**{key: value if users else None for key, value in results.items()
+                             if key.partition("@")[0] in ("recall", "ndcg")}, "users": users}
+    values: dict = {}
+    evaluate_model(model, graphs, exclude, truth, config, per_user=values, metrics=BROKEN_DOWN)
+    quartile = user_quartiles(index.activity).cpu().numpy()[values["users"]]
+    names = [name for name in values if "@" in name]
+    by_users = {}
+    for i, q in enumerate(QUARTILES):
+        mine = quartile == i
+        by_users[q] = {**{name: float(values[name][mine].mean()) if mine.any() else None
+                          for name in names}, "users": int(mine.sum())}
+    return {"item_popularity": by_items, "user_activity": by_users}

@@ -30,7 +30,8 @@ from recommenders import MODELS
 from recommenders.base import (EvalIndex, Graphs, Recommender, TrainingError, build_eval_index,
                                build_graphs)
 from runs import distributed, run_folder
-from runs.evaluation import disliked_at_k, evaluate_model, final_lines, write_per_user
+from runs.evaluation import (breakdowns, disliked_at_k, evaluate_model, final_lines,
+                             write_per_user)
 from runs.cli import command_line
 from runs.faults import fault_point
 from runs.log_format import RULE, format_metrics
@@ -325,8 +326,7 @@ class Training:
         return self.evaluate_logged(loss, self.splits.test_by_user,
                                     "Test (no validation split; nothing is selected on it):")
 
-    def log_final(self, test: Results) -> Results:
-        """The final block; returns ``test`` with disliked@k on a dislikes variant."""
+    def log_final(self, test: Results) -> Results:  # + disliked@k on a dislikes variant
         test = {**test, **disliked_at_k(self.model, self.graphs, self.splits, self.config)}
         self.log(f"\nTraining completed in {self.train_seconds} seconds.")
         self.log("\n" + RULE)
@@ -394,6 +394,7 @@ class Training:
         return {"dataset": self.config.dataset, "best_epoch": self.stopper.best_epoch,
                 "last_epoch": self.epoch, "early_stopped": self.stopper.should_stop,
                 "best_validation": self.stopper.best_metrics, "test": test,
+                "breakdowns": breakdowns(self.model, self.graphs, self.splits, self.config),
                 "train_seconds": self.train_seconds,
                 "seconds_per_epoch": self.train_seconds / max(self.epoch, 1),
                 "inputs": provenance.as_dicts(self.checked.inputs)}
