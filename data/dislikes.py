@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from data import checks
-from data.protocols import read_protocol
+from data.protocols import read_json_spec, read_protocol
 from data.provenance import file_sha1, git_blob_sha1
 from data.registry import DATASETS, PUBLISHED_BLOBS, published_key
 from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError, sorted_ids
@@ -328,12 +328,9 @@ def stats_line(out: str, dataset: str, recipe: DislikeRecipe, counts: dict) -> s
 def read_variant(data_dir, dataset: str) -> dict | None:
     """The folder's variant.json, or None for a folder that is no variant."""
     path = Path(data_dir) / dataset / VARIANT_FILE
-    if not path.is_file():
+    spec = read_json_spec(path)
+    if spec is None:
         return None
-    try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path}: not readable as JSON ({err})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("files"), dict) \
             or not isinstance(spec.get("derived_from"), str):
         raise DataError(f"{path}: not a variant file of python dataloader.py dislikes (no "

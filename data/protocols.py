@@ -47,15 +47,23 @@ def protocol_path(data_dir, dataset: str) -> Path:
     return Path(data_dir) / dataset / PROTOCOL_FILE
 
 
-def read_protocol(data_dir, dataset: str) -> dict | None:
-    """The folder's protocol.json, or None for an ordinary dataset folder."""
-    path = protocol_path(data_dir, dataset)
+def read_json_spec(path: Path):
+    """A folder's description file (protocol.json, a variant's variant.json) parsed, None
+    when there is none; DataError when it is not JSON."""
     if not path.is_file():
         return None
     try:
-        spec = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not readable as JSON ({err})") from None
+
+
+def read_protocol(data_dir, dataset: str) -> dict | None:
+    """The folder's protocol.json, or None for an ordinary dataset folder."""
+    path = protocol_path(data_dir, dataset)
+    spec = read_json_spec(path)
+    if spec is None:
+        return None
     needed = {"protocol", "split", "files", "threshold", "epochs", "evaluation_step"}
     if not isinstance(spec, dict) or not needed <= set(spec):
         raise DataError(f"{path}: not a protocol file of python dataloader.py prepare "

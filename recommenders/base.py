@@ -139,11 +139,13 @@ def build_graphs(data: RecData, device, positives_graph: bool = False) -> Graphs
         augmented=data.augmented)
 
 
-def build_eval_index(data: RecData, device) -> EvalIndex:
+def build_eval_index(data: RecData, device, seen_by_user: RowIndex | None = None) -> EvalIndex:
+    """``seen_by_user``: the training graphs' own (the same rows), to build it only once."""
     U = data.num_users
     seen_users, seen_items = _seen(data)
     return EvalIndex(
-        seen_by_user=_rows(seen_users, seen_items, U, device),
+        seen_by_user=seen_by_user if seen_by_user is not None
+        else _rows(seen_users, seen_items, U, device),
         seen_or_valid_by_user=_rows(torch.cat([seen_users, data.validation.users]),
                                     torch.cat([seen_items, data.validation.items]), U, device),
         valid_by_user=_rows(data.validation.users, data.validation.items, U, device),

@@ -139,7 +139,7 @@ def check_before_writing(config: Config, device, shard) -> Checked:
     if resuming:
         check_resumed_inputs(run_dir, inputs)
     return Checked(run_dir, state, data, inputs, recommender, graphs,
-                   build_eval_index(data, device), sampling, warnings, stamp)
+                   build_eval_index(data, device, graphs.seen_by_user), sampling, warnings, stamp)
 
 
 def file_stamp(path: Path) -> tuple:
