@@ -25,9 +25,8 @@ from data.errors import UserError
 from runs.files import is_temp
 
 LOCK_FILE = ".lock"
-RUN_FILES = ("argv.txt", "config.json", "train.log", "epochs.jsonl", "best.pt", "best.next.pt",
-             "last.pt",
-             "metrics.json")
+RUN_FILES = ("argv.txt", "config.json", "environment.jsonl", "train.log", "epochs.jsonl",
+             "best.pt", "best.next.pt", "last.pt", "metrics.json")
 FINISHED = ("last.pt", "metrics.json")  # a folder with one of these holds a finished epoch
 _names_given: set[str] = set()
 

@@ -4,8 +4,7 @@ validation and early stopping, test the best checkpoint, write metrics.json.
 Flags, device, data (and its fit with what a resumed run started on), the sampling's
 feasibility and the checkpoint to resume are all checked before anything is written, so a
 bad flag or a missing/broken file leaves no half-made run behind; an error after that also
-goes into train.log. The run folder (runs/run_folder.py) holds argv.txt, config.json,
-train.log, epochs.jsonl, best.pt, last.pt and metrics.json; docs/training.md describes them.
+goes into train.log. The run folder's files: runs/run_folder.py, docs/training.md.
 """
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ from dataloader import RecData
 from recommenders import MODELS
 from recommenders.base import (EvalIndex, Graphs, Recommender, TrainingError, build_eval_index,
                                build_graphs)
-from runs import distributed, run_folder
+from runs import distributed, environment, run_folder
 from runs.evaluation import (breakdowns, disliked_at_k, evaluate_model, final_lines,
                              write_per_user)
 from runs.cli import command_line
@@ -37,8 +36,7 @@ from runs.faults import fault_point
 from runs.log_format import RULE, format_metrics
 from runs.log_header import data_lines, header_lines
 from runs.metrics import Results, as_named, early_stopping_score
-from runs.resume import (BEST_NEXT, check_resumed_inputs, load_resume_state,
-                         rewind_to_checkpoint)
+from runs.resume import BEST_NEXT, check_resumed_inputs, load_resume_state, rewind_to_checkpoint
 from runs.config import Config, ConfigError
 from runs.files import atomic_save, atomic_write_text, dump_json
 from utils import (EarlyStopping, RunLogger, resolve_device, rng_state, seed_everything,
@@ -231,10 +229,12 @@ class Training:
 
     def start(self) -> None:
         config, checked = self.config, self.checked
-        if checked.state is None and self.is_main:
-            atomic_write_text(self.run_dir / "argv.txt", command_line("python main.py") + "\n")
-            dump_json({**config.to_dict(), "inputs": provenance.as_dicts(checked.inputs)},
-                      self.run_dir / "config.json")
+        if self.is_main:
+            if checked.state is None:
+                atomic_write_text(self.run_dir / "argv.txt", command_line("python main.py") + "\n")
+                dump_json({**config.to_dict(), "inputs": provenance.as_dicts(checked.inputs)},
+                          self.run_dir / "config.json")
+            environment.record(self.run_dir, self.device, (checked.state or {}).get("epoch", 0))
         for line in header_lines(config, self.device, checked.inputs) + checked.warnings:
             self.log(line)
         if self.shard is not None:

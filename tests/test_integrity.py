@@ -378,8 +378,8 @@ def test_two_processes_racing_for_one_path_name(tmp_path):
     assert argv.startswith("python main.py --") and f"--random_seed {winner}" in argv
     assert json.loads((run_dir / "config.json").read_text())["random_seed"] == winner
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".")) == [
-        "argv.txt", "best.pt", "config.json", "epochs.jsonl", "last.pt", "metrics.json",
-        "per_user.npz", "train.log"]
+        "argv.txt", "best.pt", "config.json", "environment.jsonl", "epochs.jsonl", "last.pt",
+        "metrics.json", "per_user.npz", "train.log"]
     assert parse_log(run_dir / "train.log")["hparams"]["ramdom_seed"] == str(winner)
 
 

@@ -1,0 +1,63 @@
+"""What a run ran on: one line of ``environment.jsonl`` per process that trained in the folder.
+
+Two runs of the same code on the same data and seed agree to the last bit on one machine; on
+another CPU (a different vector unit, so different BLAS kernels and summation orders) or
+another torch build, float32 results differ from the first epochs on in their last bits, and
+after hundreds of epochs a few metrics differ in the fourth decimal. Without a record of the
+machine such a difference cannot be explained, so every start and every resume appends what
+decides it: the library versions, the CPU and its vector unit as torch dispatches to it,
+the thread count and the GPU. Lines are appended, never rewritten: a resumed run on another
+machine shows both.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FILE = "environment.jsonl"
+
+
+def cpu_name() -> str:
+    """The CPU model as the kernel reports it (Linux), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe(device: torch.device) -> dict:
+    """The facts that decide float rounding, as JSON-ready values."""
+    facts = {"python": platform.python_version(), "torch": torch.__version__,
+             "numpy": np.__version__, "platform": platform.platform(),
+             "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+        facts["cuda"] = torch.version.cuda
+    return facts
+
+
+def record(run_dir: Path, device: torch.device, after_epoch: int) -> None:
+    """Append this process's line: ``after_epoch`` 0 for a fresh start, else the resumed epoch."""
+    line = json.dumps({"after_epoch": after_epoch, **describe(device)}, sort_keys=True)
+    with open(run_dir / FILE, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read(run_dir: Path) -> list[dict]:
+    """The folder's lines (none for runs made before the file existed)."""
+    path = Path(run_dir) / FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
