@@ -280,16 +280,14 @@ def test_json_holds_the_table_numbers(tmp_path, capsys):
 
 
 def test_two_real_runs_end_to_end(tmp_path, capsys):
-    """Two short runs through main.main on synthetic splits; skipped until training writes
-    per_user.npz into each run folder."""
+    """Two short runs through main.main on synthetic splits."""
     write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
     base = ["--dataset", "Synth", "--data_dir", str(tmp_path / "data"), "--epochs", "2",
             "--batch_size", "64"]
     rc, result = run_main(["--model", "lightgcn", *base], tmp_path, "first")
     assert rc == 0
     first = result / "Synth" / "first"
-    if not (first / paired_runs.PER_USER_FILE).is_file():
-        pytest.skip("training does not write per_user.npz yet (the per-user metrics change)")
+    assert (first / paired_runs.PER_USER_FILE).is_file()
     rc, _ = run_main(["--model", "lightgcn", "--learning_rate", "0.01", *base], tmp_path,
                      "second")
     assert rc == 0
@@ -303,3 +301,20 @@ def test_two_real_runs_end_to_end(tmp_path, capsys):
             assert mean == pytest.approx(test[row["metric"]], abs=1e-9)
     assert saved["users"] == 30 and len(saved["rows"]) == 2
     assert "lightgcn:second" in capsys.readouterr().out
+
+
+def test_committed_ml100k_runs_pair(tmp_path, capsys):
+    """The committed five-seed runs carry per_user.npz whose means are their metrics.json
+    (checked by the pairing) and pair on the same published split."""
+    results = Path(__file__).resolve().parents[1] / "results4comparison"
+    out = tmp_path / "t.json"
+    assert compare.main(["--test", str(results / "refine_plus/ML-100K_shared"),
+                         str(results / "lightgcn/ML-100K_refined"), "--json", str(out)]) == 0
+    saved = json.loads(out.read_text())
+    rows = {row["metric"]: row for row in saved["rows"]}
+    for side, folder in (("baseline_mean", "refine_plus/ML-100K_shared"),
+                         ("mean", "lightgcn/ML-100K_refined")):
+        summary = json.loads((results / folder / "summary.json").read_text())
+        for metric in ("recall@20", "ndcg@20"):  # every user has every seed: mean of means
+            assert rows[metric][side] == pytest.approx(summary["test"][metric]["mean"], abs=1e-12)
+    assert "938 test users" in capsys.readouterr().out
