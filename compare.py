@@ -20,7 +20,9 @@ follows the table when two runs of the same dataset name read different files.
 ``--test`` prints paired significance tests instead: each run against the first (the
 baseline) on the test split, users paired by id, at ``--metrics`` (default recall@20 and
 ndcg@20), Holm-adjusted at ``--alpha``; run folders with per_user.npz only
-(runs/significance.py, docs/baselines.md). ``--json FILE`` writes its numbers.
+(runs/significance.py, docs/baselines.md). ``--split test_dislikes`` pairs the users with
+held-out dislikes of runs on a dislikes variant instead (default disliked@20). ``--json
+FILE`` writes its numbers.
 """
 from __future__ import annotations
 
@@ -334,7 +336,7 @@ def main(argv=None) -> int:
     return run_cli(run)
 
 
-TEST_OPTIONS = ("metrics", "alpha", "seed", "other_train", "json_to")
+TEST_OPTIONS = ("metrics", "alpha", "seed", "other_train", "json_to", "split")
 
 
 def add_test_flags(parser) -> None:
@@ -350,6 +352,10 @@ def add_test_flags(parser) -> None:
     group.add_argument("--other_train", action="store_true",
                        help="allow runs trained on other files (e.g. augmented vs original "
                             "training data); validation and test files must still be the same")
+    group.add_argument("--split", choices=("test", "test_dislikes"),
+                       help="the users and values to pair: test (default) or, for runs on a "
+                            "dislikes variant, test_dislikes (the users with held-out "
+                            "dislikes; default metric disliked@20, lower is better)")
     group.add_argument("--json", dest="json_to", metavar="FILE",
                        help="also write every number of the tests to this file")
 
@@ -361,11 +367,12 @@ def significance_lines(paths, labels=None, plot_to=None, **options) -> list[str]
     if plot_to:
         raise CompareError("--plot draws the side-by-side table's curves; run it without --test")
     options = {k: v for k, v in options.items() if v is not None}
+    split = options.pop("split", "test")
     significance.check_options(options.get("alpha", significance.DEFAULT_ALPHA),
                                options.get("json_to"))
     labels, runs = list(labels or []), []
     for i, path in enumerate(paths):
-        run = paired_runs.load_run(path)
+        run = paired_runs.load_run(path, split)
         name = labels[i] if i < len(labels) else model_label(Path(path).name, run.model)
         run.label = f"{name} ({len(run.seeds)} seeds)" if run.multi_seed else name
         runs.append(run)

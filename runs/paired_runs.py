@@ -22,8 +22,8 @@ from data.errors import UserError
 from data.provenance import CHECK_ONLY_ROLES
 
 PER_USER_FILE = "per_user.npz"
-SPLIT = "test"
-DATA_ROLES = ("train", "validation", "test")
+SPLITS = ("test", "test_dislikes")  # test_dislikes: a dislikes variant's held-out dislikes
+DATA_ROLES = ("train", "validation", "test", "test_dislikes")
 
 
 class PairingError(UserError, ValueError):
@@ -43,6 +43,7 @@ class RunScores:
     user_ids: np.ndarray
     values: dict[str, np.ndarray]
     label: str = ""
+    split: str = "test"
 
     def per_user(self, metric: str) -> np.ndarray:
         """Each user's value, averaged over the seeds."""
@@ -70,8 +71,9 @@ def permutation(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray | None:
 
 # --------------------------------------------------------------------------- reading
 
-def load_run(path) -> RunScores:
-    """A run folder (its per_user.npz) or a finished multi-seed run folder (every seed's)."""
+def load_run(path, split: str = "test") -> RunScores:
+    """A run folder (its per_user.npz) or a finished multi-seed run folder (every seed's),
+    the per-user values of ``split``."""
     folder = Path(path)
     if folder.is_file():
         raise PairingError(f"{path}: --test needs run folders (with {PER_USER_FILE}), not a "
@@ -91,8 +93,9 @@ def load_run(path) -> RunScores:
     else:
         raise PairingError(f"{path}: neither a run folder (config.json) nor a multi-seed "
                            f"run folder (seeds.json)")
-    return combine_seeds(folder, model, seeds, [read_seed(d) for d in dirs],
-                         multi_seed=folder.joinpath("seeds.json").is_file())
+    scores = combine_seeds(folder, model, seeds, [read_seed(d, split) for d in dirs],
+                           multi_seed=folder.joinpath("seeds.json").is_file())
+    return replace(scores, split=split)
 
 
 def combine_seeds(folder: Path, model, seeds, parts, multi_seed: bool) -> RunScores:
@@ -120,8 +123,9 @@ def read_json(path: Path) -> dict:
         raise PairingError(f"{path}: cannot be read ({type(err).__name__})") from None
 
 
-def read_seed(run_dir: Path) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
-    """(data files, test user ids, {metric@k: per-user values}) of one run folder."""
+def read_seed(run_dir: Path, split: str = "test"
+              ) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
+    """(data files, ``split``'s user ids, {metric@k: per-user values}) of one run folder."""
     if not run_dir.is_dir():
         raise PairingError(f"{run_dir}: the seed's run folder is missing")
     data = data_files(run_dir)
@@ -132,11 +136,14 @@ def read_seed(run_dir: Path) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
     try:
         with np.load(path, allow_pickle=False) as npz:
             splits = json.loads(str(npz["meta"][()]))["splits"]
-            if SPLIT not in splits:
-                raise PairingError(f"{path}: no {SPLIT} split (it has {', '.join(splits)})")
-            users = npz[f"{SPLIT}.users"]
+            if split not in splits:
+                hint = ("; only a run on a dislikes variant (python dataloader.py dislikes) "
+                        "has one") if split == "test_dislikes" else ""
+                raise PairingError(f"{path}: no {split} split (it has {', '.join(splits)})"
+                                   + hint)
+            users = npz[f"{split}.users"]
             ids = npz["user_ids"][users].astype(str)
-            prefix = f"{SPLIT}."
+            prefix = f"{split}."
             values = {name[len(prefix):]: np.asarray(npz[name], dtype=np.float64)
                       for name in npz.files if name.startswith(prefix)
                       and name[len(prefix):] not in ("users", "num_relevant")}
@@ -146,27 +153,29 @@ def read_seed(run_dir: Path) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]:
         raise PairingError(f"{path}: cannot be read ({type(err).__name__}: "
                            f"{str(err)[:80]})") from None
     if any(v.shape != ids.shape for v in values.values()):
-        raise PairingError(f"{path}: per-user arrays not aligned with {SPLIT}.users")
+        raise PairingError(f"{path}: per-user arrays not aligned with {split}.users")
     check_means(run_dir, values)
     return data, ids, values
 
 
 def check_means(run_dir: Path, values: dict[str, np.ndarray]) -> None:
-    """The per-user values must average to metrics.json's test values (a per_user.npz of
-    another epoch or run would not): PairingError naming the first that does not."""
+    """The per-user values must average to metrics.json's test values (disliked@k is there
+    too; a per_user.npz of another epoch or run would not): PairingError naming the first
+    that does not."""
     if not (run_dir / "metrics.json").is_file():
         raise PairingError(f"{run_dir}: the run has not finished (no metrics.json)")
-    saved = read_json(run_dir / "metrics.json").get(SPLIT) or {}
+    saved = read_json(run_dir / "metrics.json").get("test") or {}
     for metric, per_user in values.items():
         if metric in saved and not np.isclose(per_user.mean(), saved[metric], rtol=0, atol=1e-6):
             raise PairingError(f"{run_dir}: {PER_USER_FILE} does not match metrics.json "
-                               f"({SPLIT} {metric}: mean {per_user.mean():.6f} vs "
+                               f"(test {metric}: mean {per_user.mean():.6f} vs "
                                f"{saved[metric]:.6f}); it is not this run's")
 
 
 def data_files(run_dir: Path) -> dict[str, tuple[str, str] | None]:
-    """role -> (file name, git blob) of the train file trained on, validation and test, from
-    config.json's inputs (train_original read only to check an augmented file is left out)."""
+    """role -> (file name, git blob) of the train file trained on, validation, test and held-out
+    dislikes, from config.json's inputs (train_original read only to check an augmented file
+    is left out)."""
     inputs = read_json(run_dir / "config.json").get("inputs")
     if not inputs:
         raise PairingError(f"{run_dir}: config.json records no input files (an older "
@@ -175,7 +184,7 @@ def data_files(run_dir: Path) -> dict[str, tuple[str, str] | None]:
     train = [r for r in train if r["role"] not in CHECK_ONLY_ROLES] or train
     found = {"train": train[0] if train else None,
              **{role: next((r for r in inputs if r["role"] == role), None)
-                for role in ("validation", "test")}}
+                for role in DATA_ROLES[1:]}}
     return {role: (Path(r["path"]).name, r["git_blob"]) if r else None
             for role, r in found.items()}
 

@@ -30,13 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from data.errors import UserError
-from runs.paired_runs import SPLIT, RunScores, blob, file_text, paired
+from runs.paired_runs import RunScores, blob, file_text, paired
 
 RESAMPLES = 10_000
 CONFIDENCE = 0.95
 DEFAULT_SEED = 0  # of the bootstrap: the same seed, the same intervals
 DEFAULT_ALPHA = 0.05
-DEFAULT_METRICS = ("recall", "ndcg")  # at k = 20, else at the largest k every run has
+# at k = 20, else at the largest k every run has; on held-out dislikes, the share inside top-k
+DEFAULT_METRICS = {"test": ("recall", "ndcg"), "test_dislikes": ("disliked",)}
 TESTS = {"wilcoxon": "Wilcoxon p (Holm)", "t_users": "t users p (Holm)",
          "t_seeds": "t seeds p (Holm)"}
 
@@ -156,8 +157,8 @@ def holm(rows: list[Row], alpha: float) -> None:
 # ---------------------------------------------------------------------- the command
 
 def choose_metrics(runs: list[RunScores], asked) -> list[str]:
-    """``asked`` (checked: every run must have each), or recall and ndcg at k = 20 (else at
-    the largest k every run has)."""
+    """``asked`` (checked: every run must have each), or the split's default metrics (recall
+    and ndcg; on test_dislikes disliked) at k = 20, else at the largest k every run has."""
     common = set.intersection(*(set(run.values) for run in runs))
     if asked:
         missing = [m for m in asked if m not in common]
@@ -165,13 +166,14 @@ def choose_metrics(runs: list[RunScores], asked) -> list[str]:
             raise SignificanceError(f"--metrics {missing[0]}: not in every run's per-user "
                                     f"file (all have: {', '.join(sorted_names(common))})")
         return list(dict.fromkeys(asked))
+    defaults = DEFAULT_METRICS[runs[0].split]
     ks = {int(k) for name, _, k in (m.rpartition("@") for m in common)
-          if name in DEFAULT_METRICS and k.isdigit()}
+          if name in defaults and k.isdigit()}
     if not ks:
-        raise SignificanceError(f"no {' or '.join(DEFAULT_METRICS)} in every run; name them "
+        raise SignificanceError(f"no {' or '.join(defaults)} in every run; name them "
                                 f"with --metrics (all have: {', '.join(sorted_names(common))})")
     k = 20 if 20 in ks else max(ks)
-    return [f"{name}@{k}" for name in DEFAULT_METRICS if f"{name}@{k}" in common]
+    return [f"{name}@{k}" for name in defaults if f"{name}@{k}" in common]
 
 
 def sorted_names(names) -> list[str]:
@@ -250,7 +252,7 @@ def run_json(run: RunScores) -> dict:
 
 def as_json(base: RunScores, rows: list[Row], alpha: float, seed: int) -> dict:
     """Every number of the table, unrounded; a test without p-value has p null and a reason."""
-    return {"split": SPLIT, "baseline": run_json(base), "users": len(base.user_ids),
+    return {"split": base.split, "baseline": run_json(base), "users": len(base.user_ids),
             "alpha": alpha, "correction": "holm within each test, over the rows with a p-value",
             "bootstrap": {"method": "percentile", "paired": True, "resamples": RESAMPLES,
                           "confidence": CONFIDENCE, "seed": seed},
@@ -282,7 +284,7 @@ def report_lines(runs: list[RunScores], metrics=None, alpha: float = DEFAULT_ALP
     check_options(alpha, json_to)
     rows = tested_rows(runs, metrics, alpha, seed, other_train)
     base = runs[0]
-    heading = (f"baseline: {base.label}, {len(base.user_ids)} {SPLIT} users paired by user id, "
+    heading = (f"baseline: {base.label}, {len(base.user_ids)} {base.split} users paired by user id, "
                f"seeds {seeds_text(base.seeds)}")
     lines = [heading, *table_lines(rows), *note_lines(base, rows, alpha, seed)]
     if json_to:

@@ -290,3 +290,38 @@ def test_disliked_at_k_by_hand(tmp_path):
     assert sorted(splits["test_dislikes"]["users"].tolist()) == sorted(held)
     assert splits["test_dislikes"]["disliked@10"].mean() == \
         pytest.approx(metrics["test"]["disliked@10"], abs=1e-12)
+
+
+def test_compare_tests_disliked_at_k_on_the_users_with_held_out_dislikes(tmp_path, capsys):
+    """compare.py --test --split test_dislikes pairs the users with held-out dislikes and
+    tests disliked@20 by default; a run without a dislikes split is refused in one line."""
+    import compare
+    root = write_source(tmp_path / "data")
+    derive(root)
+    runs = []
+    for name, model in (("base", "lightgcn"), ("other", "refine_plus")):
+        rc, result = run_main(["--dataset", "Synth_dislikes", "--data_dir", str(root),
+                               "--model", model, "--epochs", "2"], tmp_path, name=name)
+        assert rc == 0
+        runs.append(result / "Synth_dislikes" / name)
+    out = tmp_path / "t.json"
+    assert compare.main(["--test", *map(str, runs), "--split", "test_dislikes",
+                         "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    held_users = {u for u, _, _ in rows(root / "Synth_dislikes" /
+                                         "Synth_dislikes_test_dislikes.csv")}
+    assert saved["split"] == "test_dislikes" and saved["users"] == len(held_users)
+    assert f"{len(held_users)} test_dislikes users" in printed
+    [row] = saved["rows"]
+    assert row["metric"] == "disliked@20"
+    for side, run in (("baseline_mean", runs[0]), ("mean", runs[1])):
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert row[side] == pytest.approx(metrics["test"]["disliked@20"], abs=1e-12)
+    plain = write_source(tmp_path / "plain")
+    rc, result = run_main(["--dataset", "Synth", "--data_dir", str(plain), "--model",
+                           "lightgcn", "--epochs", "1"], tmp_path, name="plain")
+    assert rc == 0
+    fails_with(capsys, compare.main(["--test", str(result / "Synth" / "plain"), str(runs[1]),
+                                     "--split", "test_dislikes"]),
+               "no test_dislikes split", "dislikes variant")
