@@ -1,28 +1,17 @@
 """Training logs side by side: ``python compare.py LOG_OR_RUN [LOG_OR_RUN ...] [--plot out.png]``.
 
 Reads the reference logs (refine_plus/*.log, refine/*.out), our train.log files, run folders
-(their train.log) and multi-seed run folders (their summary.json, mean ± std) with the one
-parser, runs.log_format.parse_log. Prints best epoch, best validation and final test
-metrics at each k (every metric of runs/metrics.py's table the logs hold), training seconds
-and seconds per epoch, each column's difference to the first one; ``--plot`` draws
-validation Recall@20, NDCG@20 and the loss per epoch of every log.
+and multi-seed run folders (summary.json, mean ± std) with one parser, runs.log_format.
+Prints best epoch, best validation and final test metrics at each k, seconds, and each
+column's difference to the first; ``--plot`` draws validation Recall@20, NDCG@20 and the
+loss per epoch. Columns are ``<model>:<folder or file name>`` (``--labels`` replaces them;
+a repeated label gets ``#2``...). The ``data`` row names the input files each run read
+("published", or "MODIFIED" when a published dataset's file has other bytes); a warning
+follows when two runs of one dataset read different files.
 
-A column is labelled ``<model>:<folder or file name>`` (the model from the run's config.json,
-a multi-seed run's seeds.json, or the log header's ``model:`` line; the reference's logs
-have none and keep the bare name); ``--labels`` replaces that, and a label met twice gets
-``#2``, ``#3``... so that every column's label is its own.
-
-The ``data`` row names the input files each run read (from the ``input`` lines of its log
-header): "published" when every file is the published one, "MODIFIED" when a file of a
-published dataset has other bytes, with a short fingerprint of the files; a warning line
-follows the table when two runs of the same dataset name read different files.
-
-``--test`` prints paired significance tests instead: each run against the first (the
-baseline) on the test split, users paired by id, at ``--metrics`` (default recall@20 and
-ndcg@20), Holm-adjusted at ``--alpha``; run folders with per_user.npz only
-(runs/significance.py, docs/baselines.md). ``--split test_dislikes`` pairs the users with
-held-out dislikes of runs on a dislikes variant instead (default disliked@20). ``--json
-FILE`` writes its numbers.
+``--test``: paired significance tests of each run folder against the first, users paired by
+id (runs/significance.py, runs/paired_runs.py; ``--split test_dislikes`` for held-out
+dislikes); ``--by``: test breakdowns (runs/breakdown_rows.py). docs/baselines.md.
 """
 from __future__ import annotations
 
@@ -211,12 +200,16 @@ def _load(path: Path, label: str | None) -> Entry:
 
 
 def with_run_counts(entry: Entry, run_dir: Path) -> Entry:
-    """A finished run's epoch count and seconds per epoch from its metrics.json: the log
-    shows only the validated epochs (every --evaluation_step-th)."""
+    """A finished run's epoch count and seconds per epoch from its metrics.json (the log
+    shows only the validated epochs, every --evaluation_step-th), and its disliked@k on a
+    dislikes variant (the log shows them rounded)."""
     if (run_dir / "metrics.json").is_file():
         metrics = json.loads((run_dir / "metrics.json").read_text())
         entry.rows["epochs run"] = (metrics["last_epoch"], None)
         entry.rows["seconds/epoch"] = (metrics["seconds_per_epoch"], None)
+        for name, value in metrics["test"].items():
+            if name.startswith("disliked@"):
+                entry.rows[f"test {short_key(name)}"] = (value, None)
     return entry
 
 

@@ -325,3 +325,17 @@ def test_compare_tests_disliked_at_k_on_the_users_with_held_out_dislikes(tmp_pat
     fails_with(capsys, compare.main(["--test", str(result / "Synth" / "plain"), str(runs[1]),
                                      "--split", "test_dislikes"]),
                "no test_dislikes split", "dislikes variant")
+
+
+def test_compare_table_shows_disliked_rows_of_a_run(tmp_path, capsys):
+    import compare
+    root = write_source(tmp_path / "data")
+    derive(root)
+    rc, result = run_main(["--dataset", "Synth_dislikes", "--data_dir", str(root), "--model",
+                           "lightgcn", "--epochs", "1"], tmp_path)
+    assert rc == 0
+    run = result / "Synth_dislikes" / "run"
+    value = json.loads((run / "metrics.json").read_text())["test"]["disliked@20"]
+    assert compare.main([str(run)]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("test disliked@20")]
+    assert line.split()[-1] == f"{value:.4f}"
