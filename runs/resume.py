@@ -5,11 +5,13 @@ at any point every epoch appears exactly once in both."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import zipfile
 from pathlib import Path
 
 import torch
+from torch.nn.utils import get_total_norm
 
 from data import provenance
 from runs.config import ConfigError
@@ -31,6 +33,10 @@ def load_resume_state(run_dir: Path, device) -> dict:
                           f"cannot continue exactly — start it again") from None
     if not isinstance(state, dict) or not {"epoch", "model", "early_stopping"} <= set(state):
         raise ConfigError(f"--resume {run_dir}: last.pt is not a checkpoint of a run")
+    if not all_finite(state["model"], state.get("optimizer", {}).get("state", {})):
+        raise ConfigError(f"--resume {run_dir}: last.pt (epoch {state['epoch']}) holds non-finite "
+                          f"parameters (inf/NaN, saved by a version before this check); "
+                          f"continuing it cannot give numbers — start the run again")
     best_epoch = state["early_stopping"]["best_epoch"]
     if best_epoch > 0 and saved_epoch(run_dir / "best.pt") != best_epoch \
             and saved_epoch(run_dir / BEST_NEXT) != best_epoch:
@@ -39,6 +45,17 @@ def load_resume_state(run_dir: Path, device) -> dict:
                           f"best so far); the final test needs it — restore it or start the "
                           f"run again")
     return state
+
+
+def all_finite(model_state: dict, optimizer_state: dict) -> bool:
+    """No inf/NaN in a model's state_dict nor in an optimizer's per-parameter state (Adam's
+    moments): one max-|x| norm over every floating tensor (a fused kernel per device, one
+    host sync; NaN propagates through the max, and unlike a sum it never overflows)."""
+    tensors = [t for t in [*model_state.values(),
+                           *(v for per_param in optimizer_state.values()
+                             for v in per_param.values())]
+               if torch.is_tensor(t) and t.is_floating_point() and t.numel() > 0]
+    return not tensors or bool(torch.isfinite(get_total_norm(tensors, norm_type=math.inf)))
 
 
 def saved_epoch(path: Path) -> int | None:

