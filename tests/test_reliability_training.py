@@ -99,3 +99,22 @@ def test_resume_of_a_non_finite_last_pt_is_refused_untouched(tmp_path, capsys):
     rc = M.main(["--resume", str(run_dir), "--epochs", "3", "--quiet"])
     fails_with(capsys, rc, "last.pt", "non-finite")
     assert snapshot(run_dir) == before
+
+
+# ------------------------------------------------ 4. sampling feasibility: n >= 1
+
+def nine_item_rows():
+    train, valid, test = [], [], []
+    for u in range(20):
+        items = [(u + k) % 9 for k in range(7)]
+        train += [(u, i, 5) for i in items[:4]] + [(u, items[4], 1)]
+        valid.append((u, items[5], 5))
+        test.append((u, items[6], 4))
+    return train, valid, test
+
+
+def test_fewer_than_ten_items_means_no_negatives_and_is_refused(tmp_path, capsys):
+    data = data_folder(tmp_path, nine_item_rows(), name="Nine")
+    rc, result = run_main(args(data, "--top_k", "1", "5", name="Nine"), tmp_path)
+    fails_with(capsys, rc, "9 items", "n = floor(I/10) = 0")
+    assert not (result / "Nine").exists()
