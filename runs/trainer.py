@@ -22,7 +22,8 @@ from recommenders import MODELS
 from recommenders.base import TrainingError, build_eval_index, build_graphs
 from runs import distributed, run_folder
 from runs.faults import fault_point
-from runs.resume import check_resumed_inputs, load_resume_state, rewind_to_checkpoint
+from runs.resume import (check_resumed_inputs, check_same_settings, load_resume_state,
+                         rewind_to_checkpoint)
 from runs.config import Config, ConfigError
 from runs.training_loop import Checked, Training
 from utils import RunLogger, resolve_device, seed_everything
@@ -73,6 +74,8 @@ def check_before_writing(config: Config, device, shard) -> Checked:
     run_dir = Path(config.resume) if resuming else (
         Path(config.result_dir) / config.dataset / (config.path_name or run_folder.default_name()))
     state = load_resume_state(run_dir, device) if resuming else None
+    if resuming:
+        check_same_settings(run_dir, config.to_dict(), state)
     stamp = file_stamp(run_dir / "last.pt") if resuming else None
     if not resuming:
         run_folder.check_result_dir(config.result_dir)

@@ -101,6 +101,28 @@ def test_resume_of_a_non_finite_last_pt_is_refused_untouched(tmp_path, capsys):
     assert snapshot(run_dir) == before
 
 
+# ------------------------------------- 3. resume compares config.json with last.pt's own
+
+@pytest.mark.parametrize("key, value", [("learning_rate", 0.5), ("layers", 1),
+                                        ("embedding_dim", 8), ("model", "lightgcn")])
+def test_resume_refuses_an_edited_config_json_before_touching_a_file(tmp_path, capsys, key,
+                                                                     value):
+    run_dir = finished_run(tmp_path)
+    config = json.loads((run_dir / "config.json").read_text())
+    config[key] = value
+    (run_dir / "config.json").write_text(json.dumps(config))
+    before = snapshot(run_dir)
+    rc = resume(run_dir, "--epochs", "3")
+    fails_with(capsys, rc, f"config.json has {key} {value}", "last.pt")
+    assert snapshot(run_dir) == before
+
+
+def test_resume_may_still_change_the_allowed_flags(tmp_path):
+    run_dir = finished_run(tmp_path)
+    assert resume(run_dir, "--epochs", "3", "--device", "cpu") == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["last_epoch"] == 3
+
+
 # ------------------------------------------------ 4. sampling feasibility: n >= 1
 
 def nine_item_rows():
@@ -118,3 +140,17 @@ def test_fewer_than_ten_items_means_no_negatives_and_is_refused(tmp_path, capsys
     rc, result = run_main(args(data, "--top_k", "1", "5", name="Nine"), tmp_path)
     fails_with(capsys, rc, "9 items", "n = floor(I/10) = 0")
     assert not (result / "Nine").exists()
+
+
+# ------------------------------------------------ 7. rewind never extends a file
+
+@pytest.mark.parametrize("name", ["train.log", "epochs.jsonl"])
+def test_resume_refuses_a_log_shorter_than_last_pt_recorded(tmp_path, capsys, name):
+    run_dir = finished_run(tmp_path)
+    path = run_dir / name
+    path.write_bytes(path.read_bytes()[:40])
+    before = snapshot(run_dir)
+    rc = resume(run_dir, "--epochs", "3")
+    fails_with(capsys, rc, name, "40 bytes", "shorter")
+    assert snapshot(run_dir) == before
+    assert b"\0" not in path.read_bytes()
