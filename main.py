@@ -174,8 +174,8 @@ def check_paths(config: Config) -> None:
 def train(argv=None) -> None:
     config = config_from_args(argv)
     check_paths(config)
-    if config.seeds is None:
-        trainer.run(config)
+    if config.seeds is None:  # a plain run, or one seed of a multi-seed run continued alone
+        seeds.resume_one_seed(config, trainer.run)
         return
     if distributed.world_size_from_env() > 1:
         raise ConfigError("--seeds/--num_seeds cannot run under torchrun; launch one torchrun "

@@ -101,6 +101,45 @@ def test_resume_of_a_non_finite_last_pt_is_refused_untouched(tmp_path, capsys):
     assert snapshot(run_dir) == before
 
 
+# ----------------------------------------------- 2. a multi-seed summary is never stale
+
+def seeds_run(tmp_path):
+    rc, result = run_main(args(data_folder(tmp_path), "--seeds", "1", "2"), tmp_path, "ms")
+    assert rc == 0
+    return result / "Synth" / "ms"
+
+
+def resume(run_dir, *extra):
+    return M.main(["--resume", str(run_dir), "--quiet", "--threads", "1", *extra])
+
+
+def test_a_seed_resumed_on_its_own_rebuilds_or_removes_the_summary(tmp_path, capsys):
+    parent = seeds_run(tmp_path)
+    assert resume(parent / "seed1", "--epochs", "3") == 0
+    # seed1 now ran 3 epochs, seed2 2: no summary may average them (nor show the old one)
+    assert not (parent / "summary.json").exists() and not (parent / "summary.txt").exists()
+    capsys.readouterr()
+    with pytest.raises(compare.CompareError, match="--resume"):
+        compare.compare_lines([str(parent)])
+    assert resume(parent / "seed2", "--epochs", "3") == 0
+    summary = json.loads((parent / "summary.json").read_text())
+    assert summary["last_epoch"]["values"] == [3, 3]
+    seed1 = json.loads((parent / "seed1" / "metrics.json").read_text())
+    assert summary["test"]["recall@20"]["values"][0] == seed1["test"]["recall@20"]
+    assert "2 seeds: 1 2" in (parent / "summary.txt").read_text()
+    assert compare.compare_lines([str(parent)])
+
+
+def test_compare_refuses_a_summary_its_seeds_no_longer_match(tmp_path):
+    parent = seeds_run(tmp_path)
+    path = parent / "seed2" / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["test"]["recall@20"] += 0.125  # as a seed continued by an older version would
+    path.write_text(json.dumps(metrics))
+    with pytest.raises(compare.CompareError, match="seed2"):
+        compare.compare_lines([str(parent)])
+
+
 # ------------------------------------- 3. resume compares config.json with last.pt's own
 
 @pytest.mark.parametrize("key, value", [("learning_rate", 0.5), ("layers", 1),
