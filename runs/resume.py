@@ -93,7 +93,8 @@ def check_same_settings(run_dir: Path, settings: dict, state: dict) -> None:
         if key in RESUME_OVERRIDES or key in LOCATIONS or key not in settings:
             continue
         if as_json(settings[key]) != as_json(value):
-            source = "config.json" if key in read_config(run_dir) else "seeds.json"
+            own = as_json(read_config(run_dir).get(key)) == as_json(settings[key])
+            source = "config.json" if own else "seeds.json"  # else: the multi-seed run's
             raise ConfigError(f"--resume {run_dir}: {source} has {key} {settings[key]}, but "
                               f"last.pt was trained with {key} {value}; a resumed run keeps "
                               f"its settings (only {resume_flags()} may change) — "
@@ -110,13 +111,24 @@ def as_json(value):
 
 
 def read_config(run_dir: Path) -> dict:
-    """The settings of config.json whose value differs from last.pt's are named by it; a
-    key it lacks came from a multi-seed run's seeds.json."""
+    """The run's config.json ({} when unreadable): it names the file a differing setting
+    came from (a seed resumed with its multi-seed run takes its settings from seeds.json)."""
     try:
         saved = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return {}
     return saved if isinstance(saved, dict) else {}
+
+
+def trained_config(run_dir: Path) -> dict | None:
+    """The settings ``run_dir``'s last.pt was trained with (None: none readable); mapped,
+    not read whole."""
+    try:
+        state = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=False,
+                           mmap=True)
+    except Exception:  # noqa: BLE001 - a missing or damaged last.pt is judged on resume
+        return None
+    return state.get("config") if isinstance(state, dict) else None
 
 
 def check_log_sizes(run_dir: Path, state: dict) -> None:

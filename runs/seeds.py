@@ -92,7 +92,10 @@ def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
 def finished_seed(seed_dir: Path, seed: int, config: Config) -> dict | None:
     """The metrics.json of a seed that can stand in the summary as it is; None when the
     seed is to (continue to) run; SeedsError when it finished on other data, or ran more
-    epochs than --epochs now allows."""
+    epochs than --epochs now allows; ConfigError when it was trained with other settings."""
+    from runs.resume import check_same_settings, trained_config  # the training side's
+    check_same_settings(seed_dir, {**config.to_dict(), "random_seed": seed, "seeds": None},
+                        {"config": trained_config(seed_dir)})  # an edited seeds.json
     path = seed_dir / "metrics.json"
     if not path.is_file():
         return None

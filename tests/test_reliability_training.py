@@ -156,6 +156,16 @@ def test_resume_refuses_an_edited_config_json_before_touching_a_file(tmp_path, c
     assert snapshot(run_dir) == before
 
 
+def test_multi_seed_resume_refuses_an_edited_seeds_json(tmp_path, capsys):
+    parent = seeds_run(tmp_path)
+    saved = json.loads((parent / "seeds.json").read_text())
+    (parent / "seeds.json").write_text(json.dumps({**saved, "learning_rate": 0.5}))
+    before = {p.name: p.read_bytes() for p in parent.rglob("*") if p.is_file()}
+    rc = resume(parent, "--epochs", "3")
+    fails_with(capsys, rc, "seeds.json has learning_rate 0.5", "learning_rate 0.001")
+    assert {p.name: p.read_bytes() for p in parent.rglob("*") if p.is_file()} == before
+
+
 def test_resume_may_still_change_the_allowed_flags(tmp_path):
     run_dir = finished_run(tmp_path)
     assert resume(run_dir, "--epochs", "3", "--device", "cpu") == 0
