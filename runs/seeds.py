@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from itertools import takewhile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -75,6 +76,7 @@ def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
         result_dir = config.result_dir
         run_folder.check_result_dir(result_dir)
         parent = Path(result_dir) / config.dataset / name
+        made = new_folders(parent)
         folder = run_folder.claim_new(parent, finished=(SEEDS_FILE,), known=())
     try:
         per_seed = {}
@@ -85,8 +87,30 @@ def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
         remove_summary(parent)  # rewritten when every seed is done
         dump_json({**config.to_dict(), "resume": None, "path_name": name}, parent / SEEDS_FILE)
         return _run_seeds(config, run_one, parent, name, result_dir, per_seed)
+    except UserError:
+        if not config.resume and not any(p.is_dir() for p in parent.iterdir()):
+            remove_unstarted(parent, made)  # the first seed was refused: as a plain run is
+        raise
     finally:
         folder.release()
+
+
+def new_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    return list(takewhile(lambda p: not p.exists(), [path, *path.parents]))
+
+
+def remove_unstarted(parent: Path, made: list[Path]) -> None:
+    """A fresh multi-seed folder whose first seed was refused before its folder existed
+    (a flag, the data, infeasible sampling): removed with the folders made for it, so that
+    the same command can run again once the cause is fixed."""
+    for name in (SEEDS_FILE, run_folder.LOCK_FILE):
+        (parent / name).unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another run's
+            break
 
 
 def finished_seed(seed_dir: Path, seed: int, config: Config) -> dict | None:

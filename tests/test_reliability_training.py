@@ -189,6 +189,11 @@ def test_fewer_than_ten_items_means_no_negatives_and_is_refused(tmp_path, capsys
     rc, result = run_main(args(data, "--top_k", "1", "5", name="Nine"), tmp_path)
     fails_with(capsys, rc, "9 items", "n = floor(I/10) = 0")
     assert not (result / "Nine").exists()
+    for _ in range(2):  # a multi-seed run refused by its first seed leaves no folder either
+        rc, _ = run_main(args(data, "--top_k", "1", "5", "--seeds", "1", "2", name="Nine"),
+                         tmp_path, "ms")
+        fails_with(capsys, rc, "n = floor(I/10) = 0")
+        assert not (result / "Nine").exists()
 
 
 # ------------------------------------------------ 7. rewind never extends a file
