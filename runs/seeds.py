@@ -224,7 +224,7 @@ def rebuild_summary(parent: Path, config: Config) -> None:
     for seed in saved["seeds"]:
         try:
             metrics = finished_seed(parent / f"seed{seed}", seed, config)
-        except SeedsError as err:
+        except UserError as err:  # other data or settings: the seed ran fine, say why here
             metrics, problem = None, str(err)
         if metrics is None:
             problem = problem or f"seed{seed} has not finished {config.epochs} epochs"
@@ -232,8 +232,8 @@ def rebuild_summary(parent: Path, config: Config) -> None:
         per_seed[seed] = metrics
     if problem is None:
         try:
-            write_summary(parent, per_seed, saved.get("compare_to"), quiet=True)
-        except SeedsError as err:
+            write_summary(parent, per_seed, saved.get("compare_to"), config.quiet)
+        except UserError as err:  # seeds on different data, or a --compare_to run gone
             problem = str(err)
     if problem is not None:
         remove_summary(parent)
