@@ -28,6 +28,7 @@ from runs.cli import run_cli
 from runs.log_format import parse_log
 from runs.breakdown_rows import BY, breakdown_rows
 from runs.metrics import LOGGED, key, short_key
+from runs.summary import SEEDS_FILE, summary_problem
 
 
 class CompareError(UserError, ValueError):
@@ -119,6 +120,8 @@ def entry_from_log(log: dict, label: str) -> Entry:
 
 def entry_from_summary(folder: Path, label: str | None) -> Entry:
     """Mean ± std rows of a multi-seed run (runs/seeds.py's summary.json) and its seeds' logs."""
+    if problem := summary_problem(folder):  # never a mean the seeds no longer have
+        raise CompareError(f"{folder}: {problem}")
     summary = json.loads((folder / "summary.json").read_text())
     entry = Entry("")
     rows = entry.rows
@@ -185,7 +188,7 @@ def load(path: str | Path, label: str | None = None) -> Entry:
 
 def _load(path: Path, label: str | None) -> Entry:
     if path.is_dir():
-        if (path / "summary.json").is_file():
+        if (path / "summary.json").is_file() or (path / SEEDS_FILE).is_file():
             return entry_from_summary(path, label)
         if (path / "train.log").is_file():
             log = parse_log(path / "train.log")

@@ -19,10 +19,8 @@ from recommenders import (DEFAULT_MODEL, MODELS, add_setting_flags, default_text
 from runs import distributed, seeds, trainer
 from runs.cli import run_cli
 from runs.config import Config, ConfigError
-from runs.resume import no_finished_epoch
+from runs.resume import RESUME_OVERRIDES, no_finished_epoch
 
-RESUME_OVERRIDES = ("epochs", "device", "gpu_id", "threads", "data_dir", "quiet", "download",
-                    "base_url", "compare_to")
 INTERRUPTED = ("interrupted: continue with --resume <run folder> (last.pt holds the last "
                "finished epoch)")
 
@@ -176,8 +174,8 @@ def check_paths(config: Config) -> None:
 def train(argv=None) -> None:
     config = config_from_args(argv)
     check_paths(config)
-    if config.seeds is None:
-        trainer.run(config)
+    if config.seeds is None:  # a plain run, or one seed of a multi-seed run continued alone
+        seeds.resume_one_seed(config, trainer.run)
         return
     if distributed.world_size_from_env() > 1:
         raise ConfigError("--seeds/--num_seeds cannot run under torchrun; launch one torchrun "

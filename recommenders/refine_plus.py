@@ -109,7 +109,10 @@ def dense_sampling_weights(graphs: Graphs, gamma: float) -> torch.Tensor:
 
 
 def check_sampling_feasible(graphs: Graphs, n: int) -> None:
-    """Every user with a positive must leave >= n items of non-zero sampling weight."""
+    """n >= 1 (else L_ssm = 0); every user with a positive leaves >= n items of weight > 0."""
+    if n < 1:
+        raise TrainingError(f"the dataset has {graphs.num_items} items: n = floor(I/10) = {n} "
+                            f"negatives, L_ssm would be 0; ReFINe++ needs >= 10 items")
     pos_users = torch.unique(graphs.train.users[graphs.is_pos])
     candidates = graphs.num_items - graphs.t_by_user.degree()[pos_users] \
         + graphs.neg_by_user.degree()[pos_users]

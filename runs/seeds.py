@@ -2,31 +2,31 @@
 
 The seeds run one after the other, each a normal run folder ``<run>/seed<S>/``; then
 ``<run>/summary.json`` holds mean ± std of every number of their metrics.json and
-``<run>/summary.txt`` the same as a table. ``--resume <run>`` continues a multi-seed run:
-finished seeds are kept, an interrupted one resumes from its last.pt, missing ones start.
-std is the sample standard deviation (n - 1 in the denominator; 0 for a single seed).
+``<run>/summary.txt`` the same as a table (runs/summary.py). ``--resume <run>`` continues a
+multi-seed run: finished seeds are kept, an interrupted one resumes from its last.pt, missing
+ones start. ``--resume <run>/seed<S>`` continues one seed on its own: the summary is removed
+before the seed's folder changes, then rebuilt from the seeds — or left out, with a note, when
+they can no longer be averaged (e.g. now of different lengths).
 """
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import replace
+from itertools import takewhile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from data.errors import UserError
 from runs import run_folder
 from runs.files import atomic_write_text, dump_json
+from runs.summary import (SEEDS_FILE, SUMMARY_FILE, SUMMARY_TEXT, mean_std,  # noqa: F401
+                          summarize, summary_lines)
 
 if TYPE_CHECKING:
     from runs.config import Config
 
 class SeedsError(UserError, ValueError):
     """A multi-seed run folder that cannot be created or continued."""
-
-
-SEEDS_FILE = "seeds.json"  # the shared config of a multi-seed run (what --resume reads)
-SUMMARY_FILE = "summary.json"
 
 
 def resolve_seeds(seeds, num_seeds: int | None, first_seed: int) -> tuple[int, ...] | None:
@@ -46,38 +46,6 @@ def resolve_seeds(seeds, num_seeds: int | None, first_seed: int) -> tuple[int, .
     return seeds
 
 
-def mean_std(values) -> tuple[float, float]:
-    """(mean, sample standard deviation) of the values; std = 0 for one value."""
-    values = [float(v) for v in values]
-    n = len(values)
-    mean = sum(values) / n
-    if n == 1:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-
-
-def summarize(per_seed: dict[int, dict]) -> dict:
-    """Mean ± std over seeds of every number in their metrics.json.
-
-    per_seed: seed -> metrics.json content. Returns {"seeds", "num_seeds", "dataset", and
-    for best_epoch, last_epoch, train_seconds, seconds_per_epoch, best_validation.<metric>,
-    test.<metric>: {"mean", "std", "values"}}.
-    """
-    seeds = sorted(per_seed)
-    runs = [per_seed[s] for s in seeds]
-
-    def stat(values):
-        mean, std = mean_std(values)
-        return {"mean": mean, "std": std, "values": list(values)}
-
-    out = {"seeds": seeds, "num_seeds": len(seeds), "dataset": runs[0].get("dataset")}
-    for key in ("best_epoch", "last_epoch", "train_seconds", "seconds_per_epoch"):
-        out[key] = stat([r[key] for r in runs])
-    for split in ("best_validation", "test"):
-        out[split] = {m: stat([r[split][m] for r in runs]) for m in runs[0][split]}
-    return out
-
-
 def check_same_inputs(per_seed: dict[int, dict]) -> None:
     """Every seed of one summary must have read the same files (SeedsError)."""
     blobs = {seed: {r["role"]: r["git_blob"] for r in m.get("inputs") or []}
@@ -89,16 +57,6 @@ def check_same_inputs(per_seed: dict[int, dict]) -> None:
         if differ:
             raise SeedsError(f"seed{seed} read other files than seed{first} ({', '.join(differ)}); "
                              f"no summary of seeds on different data")
-
-
-def summary_lines(summary: dict) -> list[str]:
-    lines = [f"{summary['num_seeds']} seeds: {' '.join(map(str, summary['seeds']))}"]
-    for split in ("best_validation", "test"):
-        for metric, s in summary[split].items():
-            lines.append(f"{split} {metric}: {s['mean']:.4f} ± {s['std']:.4f}")
-    for key in ("best_epoch", "train_seconds", "seconds_per_epoch"):
-        lines.append(f"{key}: {summary[key]['mean']:.1f} ± {summary[key]['std']:.1f}")
-    return lines
 
 
 def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
@@ -118,6 +76,7 @@ def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
         result_dir = config.result_dir
         run_folder.check_result_dir(result_dir)
         parent = Path(result_dir) / config.dataset / name
+        made = new_folders(parent)
         folder = run_folder.claim_new(parent, finished=(SEEDS_FILE,), known=())
     try:
         per_seed = {}
@@ -125,18 +84,42 @@ def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
             metrics = finished_seed(parent / f"seed{seed}", seed, config)
             if metrics is not None:
                 per_seed[seed] = metrics
-        for stale in (SUMMARY_FILE, "summary.txt"):  # rewritten when every seed is done
-            (parent / stale).unlink(missing_ok=True)
+        remove_summary(parent)  # rewritten when every seed is done
         dump_json({**config.to_dict(), "resume": None, "path_name": name}, parent / SEEDS_FILE)
         return _run_seeds(config, run_one, parent, name, result_dir, per_seed)
+    except UserError:
+        if not config.resume and not any(p.is_dir() for p in parent.iterdir()):
+            remove_unstarted(parent, made)  # the first seed was refused: as a plain run is
+        raise
     finally:
         folder.release()
+
+
+def new_folders(path: Path) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first."""
+    return list(takewhile(lambda p: not p.exists(), [path, *path.parents]))
+
+
+def remove_unstarted(parent: Path, made: list[Path]) -> None:
+    """A fresh multi-seed folder whose first seed was refused before its folder existed
+    (a flag, the data, infeasible sampling): removed with the folders made for it, so that
+    the same command can run again once the cause is fixed."""
+    for name in (SEEDS_FILE, run_folder.LOCK_FILE):
+        (parent / name).unlink(missing_ok=True)
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty: another run's
+            break
 
 
 def finished_seed(seed_dir: Path, seed: int, config: Config) -> dict | None:
     """The metrics.json of a seed that can stand in the summary as it is; None when the
     seed is to (continue to) run; SeedsError when it finished on other data, or ran more
-    epochs than --epochs now allows."""
+    epochs than --epochs now allows; ConfigError when it was trained with other settings."""
+    from runs.resume import check_same_settings, trained_config  # the training side's
+    check_same_settings(seed_dir, {**config.to_dict(), "random_seed": seed, "seeds": None},
+                        {"config": trained_config(seed_dir)})  # an edited seeds.json
     path = seed_dir / "metrics.json"
     if not path.is_file():
         return None
@@ -178,15 +161,84 @@ def _run_seeds(config: Config, run_one, parent: Path, name: str, result_dir: str
                               resume=resume, result_dir=result_dir,
                               path_name=f"{name}/{seed_dir.name}")
         per_seed[seed] = run_one(seed_config)
+    return write_summary(parent, per_seed, config.compare_to, config.quiet)
+
+
+def write_summary(parent: Path, per_seed: dict, compare_to, quiet: bool) -> dict:
+    """summary.json and summary.txt of the seeds' metrics.json (printed unless ``quiet``)."""
     check_same_inputs(per_seed)
     summary = summarize(per_seed)
     summary["runs"] = [f"seed{s}" for s in summary["seeds"]]
     dump_json(summary, parent / SUMMARY_FILE)
     lines = summary_lines(summary)
-    if config.compare_to:
+    if compare_to:
         import compare  # here: compare.py imports nothing of the training side
-        lines += ["", *compare.compare_lines([*config.compare_to, str(parent)])]
-    atomic_write_text(parent / "summary.txt", "\n".join(lines) + "\n")
-    if not config.quiet:
+        lines += ["", *compare.compare_lines([*compare_to, str(parent)])]
+    atomic_write_text(parent / SUMMARY_TEXT, "\n".join(lines) + "\n")
+    if not quiet:
         print("\n".join(lines))
     return summary
+
+
+def remove_summary(parent: Path) -> None:
+    for name in (SUMMARY_FILE, SUMMARY_TEXT):
+        (parent / name).unlink(missing_ok=True)
+
+
+def multi_seed_parent(config: Config) -> Path | None:
+    """The multi-seed run whose seed folder ``--resume`` names, or None."""
+    if config.resume is None:
+        return None
+    seed_dir = Path(config.resume)
+    try:
+        saved = json.loads((seed_dir.parent / SEEDS_FILE).read_text())
+        member = config.random_seed in saved["seeds"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return seed_dir.parent if member and seed_dir.name == f"seed{config.random_seed}" else None
+
+
+def resume_one_seed(config: Config, run_one: Callable[..., dict]) -> dict:
+    """``--resume <run>/seed<S>``: the seed continues on its own while this process holds the
+    multi-seed run (a ``--resume <run>`` at the same time is refused); the summary, which
+    counted the seed as it was, goes before the seed's folder changes and comes back from
+    the seeds' metrics.json when they can still be averaged."""
+    parent = multi_seed_parent(config)
+    if parent is None:
+        return run_one(config)
+    folder = run_folder.open_existing(parent)
+    try:
+        metrics = run_one(config, on_change=lambda: remove_summary(parent))
+        rebuild_summary(parent, config)
+        return metrics
+    finally:
+        folder.release()
+
+
+def rebuild_summary(parent: Path, config: Config) -> None:
+    """The summary of every seed of ``parent`` at --epochs ``config.epochs`` (seeds.json
+    then says that many); left out, with a note saying how to rebuild it, when a seed is
+    unfinished, shorter, longer or on other data."""
+    saved = json.loads((parent / SEEDS_FILE).read_text())
+    per_seed, problem = {}, None
+    for seed in saved["seeds"]:
+        try:
+            metrics = finished_seed(parent / f"seed{seed}", seed, config)
+        except UserError as err:  # other data or settings: the seed ran fine, say why here
+            metrics, problem = None, str(err)
+        if metrics is None:
+            problem = problem or f"seed{seed} has not finished {config.epochs} epochs"
+            break
+        per_seed[seed] = metrics
+    if problem is None:
+        try:
+            write_summary(parent, per_seed, saved.get("compare_to"), config.quiet)
+        except UserError as err:  # seeds on different data, or a --compare_to run gone
+            problem = str(err)
+    if problem is not None:
+        remove_summary(parent)
+        if not config.quiet:
+            print(f"note: {parent} has no summary now ({problem}); python main.py --resume "
+                  f"{parent} --epochs {config.epochs} continues every seed and writes it")
+        return
+    dump_json({**saved, "epochs": config.epochs}, parent / SEEDS_FILE)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -22,18 +23,21 @@ from recommenders import MODELS
 from recommenders.base import TrainingError, build_eval_index, build_graphs
 from runs import distributed, run_folder
 from runs.faults import fault_point
-from runs.resume import check_resumed_inputs, load_resume_state, rewind_to_checkpoint
+from runs.resume import (check_resumed_inputs, check_same_settings, load_resume_state,
+                         rewind_to_checkpoint)
 from runs.config import Config, ConfigError
 from runs.training_loop import Checked, Training
 from utils import RunLogger, resolve_device, seed_everything
 
 
-def run(config: Config) -> dict | None:
-    """Train (or resume) one run and return its metrics.json content (None on ranks > 0)."""
+def run(config: Config, on_change: Callable[[], None] | None = None) -> dict | None:
+    """Train (or resume) one run and return its metrics.json content (None on ranks > 0).
+    ``on_change``: called once a resume has passed every check, just before the folder's
+    files change (runs/seeds.py removes a multi-seed summary that counted the seed)."""
     device, shard = setup_device(config)
     try:
         checked = check_before_writing(config, device, shard)
-        return train_in_folder(config, device, shard, checked)
+        return train_in_folder(config, device, shard, checked, on_change)
     finally:
         if shard is not None:
             distributed.finish()
@@ -73,6 +77,8 @@ def check_before_writing(config: Config, device, shard) -> Checked:
     run_dir = Path(config.resume) if resuming else (
         Path(config.result_dir) / config.dataset / (config.path_name or run_folder.default_name()))
     state = load_resume_state(run_dir, device) if resuming else None
+    if resuming:
+        check_same_settings(run_dir, config.to_dict(), state)
     stamp = file_stamp(run_dir / "last.pt") if resuming else None
     if not resuming:
         run_folder.check_result_dir(config.result_dir)
@@ -131,7 +137,8 @@ def main_rank_first(fn, shard, device):
     return result if shard.rank == 0 else fn()
 
 
-def train_in_folder(config: Config, device, shard, checked: Checked) -> dict | None:
+def train_in_folder(config: Config, device, shard, checked: Checked,
+                    on_change: Callable[[], None] | None = None) -> dict | None:
     """Take the run folder (rank 0), log, train; an error also ends up in train.log."""
     is_main, run_dir = shard is None or shard.rank == 0, checked.run_dir
     fault_point("claim")
@@ -148,7 +155,9 @@ def train_in_folder(config: Config, device, shard, checked: Checked) -> dict | N
                 raise run_folder.RunFolderError(
                     f"{run_dir / 'last.pt'} changed while this resume was starting (another "
                     f"process continued the run); run the command again")
-            rewind_to_checkpoint(run_dir, checked.state)
+            rewind_to_checkpoint(run_dir, checked.state)  # refuses before it changes a file
+            if on_change is not None:
+                on_change()
             (run_dir / "metrics.json").unlink(missing_ok=True)  # unfinished until it ends
         if folder is not None and folder.started_over:
             checked.warnings.insert(0, f"note: {run_dir} held no finished epoch (a run that "

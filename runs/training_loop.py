@@ -30,7 +30,7 @@ from runs.faults import fault_point
 from runs.log_format import RULE, format_metrics
 from runs.log_header import data_lines, header_lines
 from runs.metrics import Results, as_named, early_stopping_score
-from runs.resume import BEST_NEXT
+from runs.resume import BEST_NEXT, all_finite
 from runs.config import Config
 from runs.files import atomic_save, atomic_write_text, dump_json
 from utils import EarlyStopping, RunLogger, rng_state, set_rng_state
@@ -113,12 +113,12 @@ class Training:
         self.epoch += 1
         tic = time.perf_counter()
         self.model.train()
-        quiet = config.quiet or not self.is_main or not sys.stderr.isatty()
-        with tqdm(desc=f"epoch {self.epoch}", unit="batch", file=sys.stderr, leave=False,
-                  disable=quiet, mininterval=1) as progress:
-            loss = self.checked.recommender.train_epoch(
-                self.model, self.optimizer, self.graphs, config, self.epoch,
-                self.checked.sampling, shard=self.shard, progress=progress)
+        loss = self.train_epoch()
+        # every rank: the parameters are the same on all of them, so all stop together
+        if not all_finite(self.model.state_dict(), self.optimizer.state):
+            raise TrainingError(f"non-finite parameters after epoch {self.epoch} (inf/NaN in "
+                                f"the model or its optimizer state); nothing of epoch "
+                                f"{self.epoch} was saved: {self.last_finite()}")
         train_time = time.perf_counter() - tic
         if not self.is_main:  # rank 0 evaluates, logs and saves; the others follow it
             return
@@ -147,6 +147,37 @@ class Training:
         if (self.run_dir / BEST_NEXT).is_file():
             fault_point("best_rename", self.epoch)  # tests: last.pt written, best.pt not yet
             os.replace(self.run_dir / BEST_NEXT, self.run_dir / "best.pt")
+
+    def train_epoch(self) -> float:
+        """The model's epoch; a float overflow in its optimizer step (Adam's lr / (1 -
+        beta1^t) beyond float32 at a huge --learning_rate) is one line, not a traceback."""
+        quiet = self.config.quiet or not self.is_main or not sys.stderr.isatty()
+        try:
+            with tqdm(desc=f"epoch {self.epoch}", unit="batch", file=sys.stderr, leave=False,
+                      disable=quiet, mininterval=1) as progress:
+                return self.checked.recommender.train_epoch(
+                    self.model, self.optimizer, self.graphs, self.config, self.epoch,
+                    self.checked.sampling, shard=self.shard, progress=progress)
+        except RuntimeError as err:
+            if isinstance(err, TrainingError) or "overflow" not in str(err):
+                raise
+            raise TrainingError(f"the optimizer step overflowed at epoch {self.epoch} "
+                                f"({str(err).splitlines()[0][:80]}): --learning_rate "
+                                f"{self.config.learning_rate:g} is too large; "
+                                f"{self.last_finite()}") from None
+
+    def last_finite(self) -> str:
+        """Which checkpoints hold the last finite state. True by construction: last.pt is
+        written after every epoch, and only after this check (a resumed one was checked
+        when it was loaded); best.pt likewise."""
+        done = self.epoch - 1
+        if done == 0:
+            return "no finite checkpoint exists (no epoch finished); start again with a " \
+                   "lower --learning_rate"
+        best = "" if self.fixed_epochs or not self.stopper.best_epoch else \
+            f", best.pt holds epoch {self.stopper.best_epoch}"
+        return f"last.pt of epoch {done} is the last finite checkpoint{best}; resuming " \
+               f"repeats the same steps — start again with a lower --learning_rate"
 
     def evaluate_logged(self, loss: float, truth, note: str | None = None):
         """The epoch's block of the log: loss, then the metrics against ``truth``."""
@@ -236,6 +267,8 @@ class Training:
         if best["epoch"] != self.stopper.best_epoch:  # best.pt edited or replaced by hand
             raise TrainingError(f"best.pt holds epoch {best['epoch']}, the best validation "
                                 f"epoch is {self.stopper.best_epoch}; start the run again")
+        if not all_finite(best["model"], {}):  # a best.pt of a version before the check
+            raise TrainingError("best.pt holds non-finite parameters; no test is reported")
         self.model.load_state_dict(best["model"])
         return evaluate_model(self.model, self.graphs,
                               self.splits.test_mask(self.config.mask_valid_in_test),
