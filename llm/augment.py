@@ -55,6 +55,7 @@ class AugmentConfig(BackendSettings):
     jobs = ("pick",)
     dataset: str
     base_run: str | None = None
+    allow_unfinished_base: bool = False
     data_dir: str | None = None
     backend: str = "embedding"
     max_new_tokens: int = 16
@@ -160,6 +161,7 @@ class Base:
     """The base run: its config, the data it trained on (checked unchanged) and its tasks."""
 
     config: object
+    record: dict  # the manifest's base_run: path, model, epochs, finished or why not
     data_dir: Path
     train_path: Path
     inputs: list
@@ -169,7 +171,9 @@ class Base:
 def load_base(cfg: AugmentConfig) -> Base:
     """Rebuild the base run's best model on its data (refused when a data file changed
     since it ran) and make every user's task."""
-    base = load_trained(Path(cfg.base_run), cfg.dataset, cfg.data_dir)
+    base = load_trained(Path(cfg.base_run), cfg.dataset, cfg.data_dir,
+                        unfinished_flag=None if cfg.allow_unfinished_base
+                        else "--allow_unfinished_base")
     data, graphs = base.data, base.graphs
     with torch.no_grad():
         top = top_candidates(*base.model(graphs.norm_adj), graphs.seen_by_user, cfg.candidates)
@@ -178,7 +182,7 @@ def load_base(cfg: AugmentConfig) -> Base:
     tasks = [UserTask(str(user), tuple(str(data.item_ids[j]) for j in top[u].tolist()),
                       tuple(histories.get(str(user), ())))
              for u, user in enumerate(data.user_ids)]
-    return Base(base.config, base.data_dir, train_path, base.inputs,
+    return Base(base.config, base.record(), base.data_dir, train_path, base.inputs,
                 tasks[:cfg.limit_users] if cfg.limit_users else tasks)
 
 
@@ -285,8 +289,8 @@ def make_manifest(cfg, base: Base, records, output: Path, asked: int, ask_second
         command=command_line("python -m llm.augment"), dataset=cfg.dataset,
         backend=cfg.backend, model=cfg.model_id(), is_llm=is_llm(cfg.backend),
         prompt_version=PROMPT_VERSION,
-        base_run=dict(path=str(cfg.base_run), model=base.config.model,
-                      inputs_fingerprint=provenance.fingerprint(provenance.as_dicts(base.inputs))),
+        base_run=dict(base.record, path=str(cfg.base_run), inputs_fingerprint=provenance.
+                      fingerprint(provenance.as_dicts(base.inputs))),
         counts=dict(users=len(records), answered=len(answered),
                     invalid=len(records) - len(answered), asked_now=asked,
                     retried=sum(r["tries"] > 1 for r in records)),
@@ -299,6 +303,8 @@ def make_manifest(cfg, base: Base, records, output: Path, asked: int, ask_second
 HELP = {
     "dataset": "dataset name (a folder under --data_dir)",
     "base_run": "run folder of a trained model on the same split (e.g. --model lightgcn)",
+    "allow_unfinished_base": "use a base run that did not finish (killed, or resumed and "
+                             "not yet ended) as its best.pt stands; the manifest says so",
     "data_dir": "folder holding <DATASET>/ (default: $REFINE_DATA_DIR or dataset/)",
     "item_file": "RecBole .item file with the titles (default: found as refine_llm.py finds it)",
     "candidates": "the base model's top-k unseen items shown per user",
