@@ -34,10 +34,10 @@ from data import provenance
 from data.items import find_item_file, item_texts, read_train
 from data.registry import DATASETS
 from data.schema import DataError
-from llm.answers import AnswerCache
+from llm.answers import AnswerCache, check_file_to_write
 from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, backend_names,
-                          check_backend, config_record, declaration, from_args, is_llm,
-                          make_backend, require_model)
+                          check_backend, check_settings, config_record, declaration, from_args,
+                          is_llm, make_backend, require_model)
 from runs.cli import add_dataclass_flags, command_line, run_cli
 from runs.faults import fault_point
 from runs.files import atomic_write_text
@@ -72,9 +72,12 @@ class AugmentConfig(BackendSettings):
 
     def __post_init__(self):
         check_backend(self.backend, "pick", self.chat)
-        for name in ("candidates", "history", "tries", "batch_size", "max_new_tokens"):
+        check_settings(self)
+        for name in ("candidates", "history", "tries"):
             if getattr(self, name) < 1:
                 raise DataError(f"--{name} must be >= 1")
+        if self.limit_users is not None and self.limit_users < 1:
+            raise DataError(f"--limit_users must be >= 1, got {self.limit_users}")
         if self.candidates < 2:
             raise DataError("--candidates must be >= 2 (a favourite and a least favourite)")
         if self.base_run is None:
@@ -231,6 +234,8 @@ def run(cfg: AugmentConfig, log=print) -> dict:
     started = time.perf_counter()
     base = load_base(cfg)
     output, cache_path = output_paths(cfg, base.data_dir)
+    check_file_to_write(output, "--output")
+    check_file_to_write(cache_path, "--cache")
     if output.exists() and not cfg.overwrite and not cfg.dry_run:
         raise DataError(f"{output} exists; pass --overwrite to replace it or --output elsewhere")
     train = read_train(base.train_path)
