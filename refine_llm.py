@@ -133,13 +133,18 @@ class RefineConfig(BackendSettings):
     def cache_path(self, output: Path) -> Path:
         return Path(self.cache) if self.cache else output.with_name(output.name + ".cache.jsonl")
 
-    def check_paths(self, output: Path) -> None:
+    def check_paths(self, source: Path, output: Path) -> None:
         """Every file flag, in one line each, before the first request."""
+        if output.resolve() == source.resolve():
+            raise DataError(f"refusing to write the output over train_original ({source})")
         for path, flag in ((output, "--output"), (self.cache_path(output), "--cache"),
                            (self.write_decisions, "--write_decisions"),
                            (self.dump_prompts, "--dump_prompts")):
             check_file_to_write(path and Path(path), flag)
         check_file_to_read(self.compare_to and Path(self.compare_to), "--compare_to")
+        if output.exists() and not self.overwrite and not self.dry_run and not self.dump_prompts:
+            raise DataError(f"{output} exists; pass --overwrite to replace it or --output "
+                            f"elsewhere")
 
     def model_id(self) -> str:
         """What identifies the answering model in the cache key."""
@@ -266,11 +271,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
     """One relabeling run; returns the manifest (also written next to the output)."""
     started = time.perf_counter()
     source, output = cfg.input_path(), cfg.output_path()
-    if output.resolve() == source.resolve():
-        raise DataError(f"refusing to write the output over train_original ({source})")
-    cfg.check_paths(output)
-    if output.exists() and not cfg.overwrite and not cfg.dry_run and not cfg.dump_prompts:
-        raise DataError(f"{output} exists; pass --overwrite to replace it or --output elsewhere")
+    cfg.check_paths(source, output)
     train = read_train(source)
     texts_cache = {}
 

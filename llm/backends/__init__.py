@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from data.schema import DataError
+from llm.http_client import check_url
 
 BACKENDS = {
     "hf": "llm.backends.hf",
@@ -193,6 +194,10 @@ def check_settings(cfg) -> None:
         raise DataError(f"--threads must be >= 1, got {cfg.threads}")
     if getattr(cfg, "dry_run", 0) < 0:
         raise DataError(f"--dry_run must be >= 0, got {cfg.dry_run}")
+    try:
+        check_url(cfg.base_url, "--base_url")
+    except ValueError as err:
+        raise DataError(str(err)) from None
 
 
 def require_model(cfg) -> None:
