@@ -160,7 +160,8 @@ BACKEND = Backend(
     options=(
         Option("base_url", "http://127.0.0.1:8000/v1", "endpoint root (…/v1)"),
         Option("api_key_env", "OPENAI_API_KEY", "environment variable with the key"),
-        Option("timeout", 120.0, "seconds per request", float),
+        Option("timeout", 120.0, "seconds per request in all (connect to last byte)",
+               float),
         Option("max_retries", 3, "HTTP retries with backoff", int),
         Option("concurrency", 1, "requests of a batch sent at once (a batching server such "
                                  "as vLLM: e.g. 64, with --batch_size as large; llama.cpp's "
