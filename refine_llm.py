@@ -32,10 +32,11 @@ from data.items import find_item_file, item_texts, read_train
 from data.provenance import file_sha1
 from data.schema import RATING_COL, USER_COL, DataError
 from data.splits import resolve_data_dir, split_path
-from llm.answers import AnswerCache, answer_requests, load_decisions, write_decisions
+from llm.answers import (AnswerCache, answer_requests, check_file_to_read, check_file_to_write,
+                         load_decisions, write_decisions)
 from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, backend_names,
-                          can_do, check_backend, config_record, either, from_args,
-                          make_backend, require_model)
+                          can_do, check_backend, check_settings, config_record, either,
+                          from_args, make_backend, require_model)
 from llm.procedure import (agreement, build_requests, decisions_from_records, plan_users,
                            relabel, sorted_users)
 from llm.notebook import notebook_entry
@@ -103,6 +104,7 @@ class RefineConfig(BackendSettings):
                                 f"--procedure reference (one request at a time, its seed, "
                                 f"chunks, template, token rule and generation length)")
         check_backend(self.backend, "full_completion" if asks_reference else "relabel", self.chat)
+        check_settings(self)
         if self.template is not None and self.template not in TEMPLATES:
             raise DataError(f"unknown template {self.template!r}; choose one of {', '.join(TEMPLATES)}")
         if self.template is None and self.dataset not in FAMILY_OF_DATASET:
@@ -127,6 +129,22 @@ class RefineConfig(BackendSettings):
         if self.output:
             return Path(self.output)
         return split_path(resolve_data_dir(self.data_dir), self.dataset, "train_augment")
+
+    def cache_path(self, output: Path) -> Path:
+        return Path(self.cache) if self.cache else output.with_name(output.name + ".cache.jsonl")
+
+    def check_paths(self, source: Path, output: Path) -> None:
+        """Every file flag, in one line each, before the first request."""
+        if output.resolve() == source.resolve():
+            raise DataError(f"refusing to write the output over train_original ({source})")
+        for path, flag in ((output, "--output"), (self.cache_path(output), "--cache"),
+                           (self.write_decisions, "--write_decisions"),
+                           (self.dump_prompts, "--dump_prompts")):
+            check_file_to_write(path and Path(path), flag)
+        check_file_to_read(self.compare_to and Path(self.compare_to), "--compare_to")
+        if output.exists() and not self.overwrite and not self.dry_run and not self.dump_prompts:
+            raise DataError(f"{output} exists; pass --overwrite to replace it or --output "
+                            f"elsewhere")
 
     def model_id(self) -> str:
         """What identifies the answering model in the cache key."""
@@ -210,8 +228,7 @@ def ask_backend(cfg: RefineConfig, train: pd.DataFrame, texts, output: Path, log
             rows.append((r.user, seen[r.user], r.prompt("main")))
         show_prompts(cfg, rows, log)
         return None
-    cache = AnswerCache(Path(cfg.cache) if cfg.cache
-                        else output.with_name(output.name + ".cache.jsonl"))
+    cache = AnswerCache(cfg.cache_path(output))
     todo = sum(r.key not in cache.records for r in requests)
     log(f"{cfg.dataset}: {len(plans)} users, {len(requests)} chunks, {len(requests) - todo} "
         f"cached, {todo} to ask ({cfg.backend})")
@@ -254,10 +271,7 @@ def run(cfg: RefineConfig, log=print) -> dict:
     """One relabeling run; returns the manifest (also written next to the output)."""
     started = time.perf_counter()
     source, output = cfg.input_path(), cfg.output_path()
-    if output.resolve() == source.resolve():
-        raise DataError(f"refusing to write the output over train_original ({source})")
-    if output.exists() and not cfg.overwrite and not cfg.dry_run and not cfg.dump_prompts:
-        raise DataError(f"{output} exists; pass --overwrite to replace it or --output elsewhere")
+    cfg.check_paths(source, output)
     train = read_train(source)
     texts_cache = {}
 

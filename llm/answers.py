@@ -16,6 +16,26 @@ from llm.prompts import cut_answer, is_complete
 from runs.files import atomic_write_text
 
 
+def check_file_to_write(path: Path | None, flag: str) -> None:
+    """One line, before any request, for a path that cannot become a file: a folder, or a
+    path under a file (the cache used to fail only at its first answer, the output after
+    the last)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise DataError(f"{flag} {path} is a folder; give a file path")
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise DataError(f"{flag} {path}: {above} is a file, not a folder")
+
+
+def check_file_to_read(path: Path | None, flag: str) -> None:
+    """One line, before any request, for an input file that is missing or a folder."""
+    if path is not None and not path.is_file():
+        what = "a folder" if path.is_dir() else "not found"
+        raise DataError(f"{flag} {path}: {what}")
+
+
 class AnswerCache:
     """Append-only JSONL of chunk answers keyed by ``Request.key``.
 

@@ -34,10 +34,10 @@ from data import provenance
 from data.items import find_item_file, item_texts, read_train
 from data.registry import DATASETS
 from data.schema import DataError
-from llm.answers import AnswerCache
+from llm.answers import AnswerCache, check_file_to_write
 from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, backend_names,
-                          check_backend, config_record, declaration, from_args, is_llm,
-                          make_backend, require_model)
+                          check_backend, check_settings, config_record, declaration, from_args,
+                          is_llm, make_backend, require_model)
 from runs.cli import add_dataclass_flags, command_line, run_cli
 from runs.faults import fault_point
 from runs.files import atomic_write_text
@@ -55,6 +55,7 @@ class AugmentConfig(BackendSettings):
     jobs = ("pick",)
     dataset: str
     base_run: str | None = None
+    allow_unfinished_base: bool = False
     data_dir: str | None = None
     backend: str = "embedding"
     max_new_tokens: int = 16
@@ -71,9 +72,12 @@ class AugmentConfig(BackendSettings):
 
     def __post_init__(self):
         check_backend(self.backend, "pick", self.chat)
-        for name in ("candidates", "history", "tries", "batch_size", "max_new_tokens"):
+        check_settings(self)
+        for name in ("candidates", "history", "tries"):
             if getattr(self, name) < 1:
                 raise DataError(f"--{name} must be >= 1")
+        if self.limit_users is not None and self.limit_users < 1:
+            raise DataError(f"--limit_users must be >= 1, got {self.limit_users}")
         if self.candidates < 2:
             raise DataError("--candidates must be >= 2 (a favourite and a least favourite)")
         if self.base_run is None:
@@ -160,6 +164,7 @@ class Base:
     """The base run: its config, the data it trained on (checked unchanged) and its tasks."""
 
     config: object
+    record: dict  # the manifest's base_run: path, model, epochs, finished or why not
     data_dir: Path
     train_path: Path
     inputs: list
@@ -169,7 +174,9 @@ class Base:
 def load_base(cfg: AugmentConfig) -> Base:
     """Rebuild the base run's best model on its data (refused when a data file changed
     since it ran) and make every user's task."""
-    base = load_trained(Path(cfg.base_run), cfg.dataset, cfg.data_dir)
+    base = load_trained(Path(cfg.base_run), cfg.dataset, cfg.data_dir,
+                        unfinished_flag=None if cfg.allow_unfinished_base
+                        else "--allow_unfinished_base")
     data, graphs = base.data, base.graphs
     with torch.no_grad():
         top = top_candidates(*base.model(graphs.norm_adj), graphs.seen_by_user, cfg.candidates)
@@ -178,7 +185,7 @@ def load_base(cfg: AugmentConfig) -> Base:
     tasks = [UserTask(str(user), tuple(str(data.item_ids[j]) for j in top[u].tolist()),
                       tuple(histories.get(str(user), ())))
              for u, user in enumerate(data.user_ids)]
-    return Base(base.config, base.data_dir, train_path, base.inputs,
+    return Base(base.config, base.record(), base.data_dir, train_path, base.inputs,
                 tasks[:cfg.limit_users] if cfg.limit_users else tasks)
 
 
@@ -227,6 +234,8 @@ def run(cfg: AugmentConfig, log=print) -> dict:
     started = time.perf_counter()
     base = load_base(cfg)
     output, cache_path = output_paths(cfg, base.data_dir)
+    check_file_to_write(output, "--output")
+    check_file_to_write(cache_path, "--cache")
     if output.exists() and not cfg.overwrite and not cfg.dry_run:
         raise DataError(f"{output} exists; pass --overwrite to replace it or --output elsewhere")
     train = read_train(base.train_path)
@@ -285,8 +294,8 @@ def make_manifest(cfg, base: Base, records, output: Path, asked: int, ask_second
         command=command_line("python -m llm.augment"), dataset=cfg.dataset,
         backend=cfg.backend, model=cfg.model_id(), is_llm=is_llm(cfg.backend),
         prompt_version=PROMPT_VERSION,
-        base_run=dict(path=str(cfg.base_run), model=base.config.model,
-                      inputs_fingerprint=provenance.fingerprint(provenance.as_dicts(base.inputs))),
+        base_run=dict(base.record, path=str(cfg.base_run), inputs_fingerprint=provenance.
+                      fingerprint(provenance.as_dicts(base.inputs))),
         counts=dict(users=len(records), answered=len(answered),
                     invalid=len(records) - len(answered), asked_now=asked,
                     retried=sum(r["tries"] > 1 for r in records)),
@@ -299,6 +308,8 @@ def make_manifest(cfg, base: Base, records, output: Path, asked: int, ask_second
 HELP = {
     "dataset": "dataset name (a folder under --data_dir)",
     "base_run": "run folder of a trained model on the same split (e.g. --model lightgcn)",
+    "allow_unfinished_base": "use a base run that did not finish (killed, or resumed and "
+                             "not yet ended) as its best.pt stands; the manifest says so",
     "data_dir": "folder holding <DATASET>/ (default: $REFINE_DATA_DIR or dataset/)",
     "item_file": "RecBole .item file with the titles (default: found as refine_llm.py finds it)",
     "candidates": "the base model's top-k unseen items shown per user",

@@ -39,7 +39,8 @@ from data.vectors import write_pair_vectors
 from llm.answers import AnswerCache
 from llm.augment import NOUNS, user_histories
 from llm.backends import (BackendSettings, add_backend_flags, backend_model_id, check_backend,
-                          config_record, from_args, make_backend, require_model)
+                          check_settings, config_record, from_args, make_backend,
+                          require_model)
 from runs.cli import add_dataclass_flags, command_line, run_cli
 from runs.faults import fault_point
 from runs.files import atomic_write_text
@@ -72,6 +73,7 @@ class HNLMConfig(BackendSettings):
             check_backend(self.backend, "text", self.chat)
             if not self.dry_run:
                 require_model(self)
+        check_settings(self)
         for name in ("history", "max_new_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 raise DataError(f"--{name} must be >= 1")

@@ -77,8 +77,7 @@ def ask_reference(cfg, train: pd.DataFrame, output: Path, log=print):
         ref.show_prompts(cfg, [(r.user, r.chunk, r.prompt(rules.main)) for r in requests], log)
         return None
     requests = ref.keyed(requests, rules, cfg.model_id())
-    cache = AnswerCache(Path(cfg.cache) if cfg.cache
-                        else output.with_name(output.name + ".cache.jsonl"))
+    cache = AnswerCache(cfg.cache_path(output))
     todo = [r for r in requests if r.key not in cache.records]
     users = list(dict.fromkeys(r.user for r in requests))
     listed = ref.listed_users(table, rules)

@@ -46,6 +46,7 @@ LOSSES = ("infonce", "pairwise_logistic")
 class SCFTConfig:
     dataset: str
     mixgcf_run: str | None = None
+    allow_unfinished_base: bool = False
     model: str | None = None
     data_dir: str | None = None
     profiles_dir: str | None = None
@@ -252,7 +253,8 @@ def mixgcf_records(cfg: SCFTConfig, chunk: int = 4096) -> Records:
     from recommenders.mixgcf import mixgcf_negatives, pool_layers
     from runs.trained import load_trained
     run = load_trained(Path(cfg.mixgcf_run), cfg.dataset, cfg.data_dir, "--mixgcf_run",
-                       model="mixgcf")
+                       model="mixgcf", unfinished_flag=None if cfg.allow_unfinished_base
+                       else "--allow_unfinished_base")
     g, pool, U = run.graphs, run.config.settings.pool, run.graphs.num_users
     users, items = g.train.users[g.is_pos], g.train.items[g.is_pos]
     picked = torch.arange(users.numel())
@@ -287,7 +289,7 @@ def mixgcf_records(cfg: SCFTConfig, chunk: int = 4096) -> Records:
     queries = [query(u, i) for u, i in zip(users.tolist(), items.tolist())]
     train = [Record(*queries[k], vector_text(synth[n]), vector_text(pooled[U + randoms[n]]))
              for n, k in enumerate(picked.tolist())]
-    about = dict(mixgcf_run=str(cfg.mixgcf_run), pool=pool, candidates=cfg.candidates,
+    about = dict(mixgcf_run=str(cfg.mixgcf_run), mixgcf_run_state=run.record(), pool=pool, candidates=cfg.candidates,
                  pairs=len(queries), training_records=len(train),
                  profiles=bool(user_prof or item_prof),
                  inputs_git_blob={r.role: r.git_blob for r in run.inputs})
@@ -330,6 +332,8 @@ def parse_args(argv=None) -> SCFTConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     helps = {"mixgcf_run": "run folder of a trained --model mixgcf (the labels)",
+             "allow_unfinished_base": "use a --mixgcf_run that did not finish as its best.pt "
+                                      "stands (the manifest says so)",
              "model": "local Hugging Face causal LM (directory)",
              "profiles_dir": "python -m llm.hnlm's folder with items.jsonl / users.jsonl",
              "output": "default: <mixgcf_run>/scft_negatives.npz",

@@ -26,6 +26,14 @@ class Trained:
     inputs: list  # the provenance records of the files the run read (checked unchanged)
     best_epoch: int | None = None  # the epoch best.pt holds
     run_dir: Path | None = None
+    unfinished: str | None = None  # why the run did not finish (None: it did)
+
+    def record(self) -> dict:
+        """What a manifest says of the run: where, which model, which epochs, finished."""
+        record = dict(path=str(self.run_dir), model=self.config.model,
+                      best_epoch=self.best_epoch, epochs=self.config.epochs,
+                      finished=self.unfinished is None)
+        return {**record, "unfinished": self.unfinished} if self.unfinished else record
 
 
 def read_run(run_dir: Path, flag: str) -> tuple[dict, dict]:
@@ -37,13 +45,36 @@ def read_run(run_dir: Path, flag: str) -> tuple[dict, dict]:
             raise DataError(f"{flag} {run_dir}: no {name} there ({what})")
     try:
         saved = json.loads((run_dir / "config.json").read_text())
-        best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
-    except (OSError, ValueError, RuntimeError, EOFError) as err:
-        raise DataError(f"{flag} {run_dir}: not a finished run "
+    except (OSError, ValueError) as err:
+        raise DataError(f"{flag} {run_dir}: config.json is unreadable "
                         f"({str(err).splitlines()[0][:120]})") from None
+    try:
+        best = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch.load of a damaged file raises anything
+        what = "an empty file" if (run_dir / "best.pt").stat().st_size == 0 else \
+            f"{type(err).__name__}: {(str(err).splitlines() or [''])[0][:100]}"
+        raise DataError(f"{flag} {run_dir}: best.pt is unreadable ({what}); a damaged or "
+                        f"truncated checkpoint: train the run again") from None
     if not isinstance(saved, dict) or not isinstance(best, dict) or "model" not in best:
         raise DataError(f"{flag} {run_dir}: config.json or best.pt is not a run's")
     return saved, best
+
+
+def unfinished(run_dir: Path, best_epoch, epochs) -> str | None:
+    """Why the run did not finish, or None when it did: its metrics.json (written at the
+    end, removed when a run is resumed) is there and names best.pt's epoch."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except FileNotFoundError:
+        return (f"it did not finish (no metrics.json): killed or still running; best.pt "
+                f"holds epoch {best_epoch} of --epochs {epochs}")
+    except (OSError, ValueError):
+        return "it did not finish (metrics.json is unreadable)"
+    said = metrics.get("best_epoch") if isinstance(metrics, dict) else None
+    if said != best_epoch:
+        return (f"it did not finish as it is now: metrics.json names epoch {said}, best.pt "
+                f"holds epoch {best_epoch}")
+    return None
 
 
 def inputs_now(saved: list, data_files: list, data_dir: Path, where: str) -> list:
@@ -63,15 +94,21 @@ def inputs_now(saved: list, data_files: list, data_dir: Path, where: str) -> lis
 
 
 def load_trained(run_dir: Path, dataset: str | None, data_dir: str | None,
-                 flag: str = "--base_run", model: str | None = None) -> Trained:
+                 flag: str = "--base_run", model: str | None = None,
+                 unfinished_flag: str | None = None) -> Trained:
     """The run's config and best model on its data, with the model's transform (an LLM
     augmentation's edges) as training applied it; DataError when the folder is not a
-    finished run, is of another dataset (``dataset`` None: any) or ``model``, or a file it
-    read changed since."""
+    run, is of another dataset (``dataset`` None: any) or ``model``, or a file it read
+    changed since. ``unfinished_flag``: a run that did not finish is refused, naming this
+    flag that accepts it (None: accepted; ``Trained.unfinished`` says why it is one)."""
     run_dir = Path(run_dir)
     saved, best = read_run(run_dir, flag)
     config = make_config(strict=False, **{**{k: v for k, v in saved.items() if k != "inputs"},
                                           "data_dir": data_dir or saved.get("data_dir")})
+    why = unfinished(run_dir, best.get("epoch"), config.epochs)
+    if why and unfinished_flag:
+        raise DataError(f"{flag} {run_dir}: {why}; finish it (python main.py --resume "
+                        f"{run_dir}) or pass {unfinished_flag} to use that best.pt")
     if dataset is not None and config.dataset != dataset:
         raise DataError(f"{flag} {run_dir} trained on {config.dataset}, not {dataset}")
     if model is not None and config.model != model:
@@ -88,9 +125,13 @@ def load_trained(run_dir: Path, dataset: str | None, data_dir: str | None,
         raise DataError(f"{flag} {run_dir}: {change}; its embeddings would be of other data")
     graphs = build_graphs(data, "cpu", recommender.positives_graph)
     net = recommender.build(graphs, config)
-    net.load_state_dict(best["model"])
+    try:
+        net.load_state_dict(best["model"])
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise DataError(f"{flag} {run_dir}: best.pt does not fit its config.json's model "
+                        f"({(str(err).splitlines() or [''])[0][:100]})") from None
     net.eval()
-    return Trained(config, resolved, data, graphs, net, inputs, best.get("epoch"), run_dir)
+    return Trained(config, resolved, data, graphs, net, inputs, best.get("epoch"), run_dir, why)
 
 
 def top_items(e_users: torch.Tensor, e_items: torch.Tensor, seen, k: int,

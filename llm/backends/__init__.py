@@ -18,11 +18,13 @@ imports (transformers, sentence_transformers) happen only inside ``build``.
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from data.schema import DataError
+from llm.http_client import check_url
 
 BACKENDS = {
     "hf": "llm.backends.hf",
@@ -175,6 +177,27 @@ def check_backend(name: str, job: str, chat: bool = False) -> Backend:
     if chat and "text" in spec.supports and "chat" not in spec.supports:
         raise DataError(f"--backend {name} has no chat template: drop --chat")
     return spec
+
+
+def check_settings(cfg) -> None:
+    """The common numbers of every driver, refused in one line before anything is asked (a
+    negative timeout used to reach the socket as a traceback, --max_retries -1 to end in
+    "after 0 tries")."""
+    if not (math.isfinite(cfg.timeout) and cfg.timeout > 0):
+        raise DataError(f"--timeout must be a number of seconds > 0, got {cfg.timeout:g}")
+    if cfg.max_retries < 0:
+        raise DataError(f"--max_retries must be >= 0 (0: no retry), got {cfg.max_retries}")
+    for name in ("concurrency", "batch_size", "max_new_tokens"):
+        if getattr(cfg, name) < 1:
+            raise DataError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise DataError(f"--threads must be >= 1, got {cfg.threads}")
+    if getattr(cfg, "dry_run", 0) < 0:
+        raise DataError(f"--dry_run must be >= 0, got {cfg.dry_run}")
+    try:
+        check_url(cfg.base_url, "--base_url")
+    except ValueError as err:
+        raise DataError(str(err)) from None
 
 
 def require_model(cfg) -> None:

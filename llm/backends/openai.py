@@ -1,25 +1,27 @@
 """An OpenAI-compatible server answering refine_llm.py's prompts (``--backend openai``)."""
 from __future__ import annotations
 
+import http.client
 import json
 import os
-import socket
 import sys
-import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from data.schema import DataError
 from llm.backends import Backend, Option
+from llm.http_client import AnswerTooLarge, Client, check_url
 from llm.prompts import SEPARATOR
+
+MAX_ANSWER_BYTES = 16 << 20  # an answer is a few KB: a larger one is a server gone wrong
 
 
 class OpenAIBackend:
     """OpenAI-compatible ``/completions`` (or ``/chat/completions`` with ``--chat``),
     temperature 0. Server errors (5xx, 429), timeouts, dropped connections and malformed
     answers are retried ``max_retries`` times with exponential backoff (1 s, 2 s, 4 s …);
-    then the run stops with a one-line error, keeping the cache.
+    then the run stops with a one-line error, keeping the cache. ``timeout`` bounds each
+    request as a whole, an answer past MAX_ANSWER_BYTES is refused, and Ctrl-C ends every
+    request in flight at once (llm/http_client.py).
 
     Token counts come from the server's tokenize endpoint when it has one (llama.cpp's
     ``/tokenize`` or llama-cpp-python's ``/extras/tokenize``), else from a length
@@ -30,6 +32,11 @@ class OpenAIBackend:
 
     def __init__(self, cfg, backoff: float = 1.0):
         self.base = cfg.base_url.rstrip("/")
+        try:
+            check_url(self.base, "--base_url")
+        except ValueError as err:
+            raise DataError(str(err)) from None
+        self.client = Client(cfg.timeout, MAX_ANSWER_BYTES)
         self.model, self.chat = cfg.model, cfg.chat
         self.timeout, self.max_retries, self.backoff = cfg.timeout, cfg.max_retries, backoff
         self.max_new_tokens = cfg.max_new_tokens
@@ -66,24 +73,26 @@ class OpenAIBackend:
         last = ""
         for attempt in range(retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            req = urllib.request.Request(url, data=data, method=method, headers=self.headers)
+                self.client.pause(self.backoff * 2 ** (attempt - 1))
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                    body = resp.read()
+                status, body = self.client.request(method, url, data, self.headers)
+                if status >= 400:
+                    last = f"HTTP {status} from {url}"
+                    if status < 500 and status != 429:
+                        raise DataError(f"{last}: {body[:200].decode(errors='replace')}")
+                    continue
                 return json.loads(body)
-            except urllib.error.HTTPError as err:
-                last = f"HTTP {err.code} from {url}"
-                if err.code < 500 and err.code != 429:
-                    raise DataError(f"{last}: {err.read()[:200].decode(errors='replace')}") from None
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 last = f"timeout after {self.timeout:g} s from {url}"
-            except urllib.error.URLError as err:
-                last = f"cannot connect to {url} ({err.reason})"
+            except AnswerTooLarge:
+                raise DataError(f"answer larger than {MAX_ANSWER_BYTES / 2 ** 20:g} MiB from "
+                                f"{url}: not an OpenAI-compatible server?") from None
             except (json.JSONDecodeError, UnicodeDecodeError):
                 last = f"malformed (non-JSON) answer from {url}"
-            except (ConnectionError, OSError) as err:
-                last = f"connection error with {url} ({err})"
+            except ConnectionRefusedError as err:
+                last = f"cannot connect to {url} ({err.strerror})"
+            except (OSError, http.client.HTTPException) as err:
+                last = f"connection error with {url} ({err or type(err).__name__})"
         raise DataError(last)
 
     def count_tokens(self, prompt: str) -> int:
@@ -126,7 +135,7 @@ class OpenAIBackend:
             except (KeyError, IndexError, TypeError):
                 pass
             if attempt < self.max_retries:
-                time.sleep(self.backoff * 2 ** attempt)
+                self.client.pause(self.backoff * 2 ** attempt)
         raise DataError(f"malformed answer from {self.base}{path} (no choices[0] text) after "
                         f"{self.max_retries + 1} tries")
 
@@ -135,8 +144,14 @@ class OpenAIBackend:
         batches, such as vLLM, then works on them together); answers in prompt order."""
         if self.concurrency == 1 or len(prompts) < 2:
             return [self._complete(p) for p in prompts]
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts))) as pool:
+        pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(prompts)))
+        try:
             return list(pool.map(self._complete, prompts))
+        except BaseException:  # Ctrl-C, or one request failed for good: end the others now
+            self.client.stop()
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 BACKEND = Backend(
@@ -145,7 +160,8 @@ BACKEND = Backend(
     options=(
         Option("base_url", "http://127.0.0.1:8000/v1", "endpoint root (…/v1)"),
         Option("api_key_env", "OPENAI_API_KEY", "environment variable with the key"),
-        Option("timeout", 120.0, "seconds per request", float),
+        Option("timeout", 120.0, "seconds per request in all (connect to last byte)",
+               float),
         Option("max_retries", 3, "HTTP retries with backoff", int),
         Option("concurrency", 1, "requests of a batch sent at once (a batching server such "
                                  "as vLLM: e.g. 64, with --batch_size as large; llama.cpp's "
