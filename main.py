@@ -19,6 +19,7 @@ from recommenders import (DEFAULT_MODEL, MODELS, add_setting_flags, default_text
 from runs import distributed, seeds, trainer
 from runs.cli import run_cli
 from runs.config import Config, ConfigError
+from runs.config_file import as_tokens, parse_file, read_config_file, split_config_flag
 from runs.resume import no_finished_epoch
 
 RESUME_OVERRIDES = ("epochs", "device", "gpu_id", "threads", "data_dir", "quiet", "download",
@@ -80,6 +81,8 @@ def build_parser(model: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     a("--seeds", type=int, nargs="+", help="run once per seed, each in <run>/seed<S>/, then "
                                            "write <run>/summary.json (mean ± std)")
     a("--num_seeds", type=int, help="as --seeds with random_seed, random_seed + 1, ...")
+    a("--config", metavar="FILE.yaml", help="flags as a YAML mapping (learning_rate: 0.001, "
+                                            "...); the command line's flags win")
     a("--compare_to", nargs="+", metavar="PATH",
       help="logs or run folders to print side by side with this run at the end (compare.py)")
     add_setting_flags(p, model)  # the model's own flags, from its Settings (recommenders/)
@@ -88,14 +91,19 @@ def build_parser(model: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
 
 def parse_flags(argv: list[str]) -> dict:
     """The given flags, parsed by the parser of the run's model (--model, the model of the
-    --resume run, or the default); a flag of another model is refused naming its owner."""
+    --resume run, or the default); a flag of another model is refused naming its owner.
+    ``--config FILE.yaml`` gives flags as a YAML mapping; the command line's win
+    (runs/config_file.py)."""
+    argv, config_path = split_config_flag(argv)
+    from_file = read_config_file(config_path) if config_path else {}
     first = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
     first.add_argument("--model")
     first.add_argument("--resume")
     known, _ = first.parse_known_args(argv)
-    model = getattr(known, "model", None)
-    if model is None and getattr(known, "resume", None):
-        model = saved_model(Path(known.resume))
+    model = getattr(known, "model", None) or from_file.get("model")
+    resume = getattr(known, "resume", None) or from_file.get("resume")
+    if model is None and resume:
+        model = saved_model(Path(str(resume)))
     model = model or DEFAULT_MODEL
     if model not in MODELS:
         raise ConfigError(f"--model must be one of {', '.join(MODELS)}")
@@ -105,7 +113,12 @@ def parse_flags(argv: list[str]) -> dict:
         name = arg.split("=", 1)[0]
         if name.startswith("--") and name not in ours and owner_of(name[2:]):
             raise ConfigError(not_a_setting(name[2:], model))
-    return vars(parser.parse_args(argv))
+    given = {}
+    if config_path:
+        source = f"--config {config_path}"
+        tokens = as_tokens(parser, from_file, source, lambda key: not_a_setting(key, model))
+        given = parse_file(parser, tokens, source)
+    return {**given, **vars(parser.parse_args(argv))}
 
 
 def saved_model(run_dir: Path) -> str | None:
