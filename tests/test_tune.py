@@ -117,3 +117,8 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert 6 <= len(done) <= 7 and all(t.state != optuna.trial.TrialState.FAIL for t in done)
     assert {t.user_attrs["pid"] for t in done} == pids  # both processes ran trials
     assert len({t.number for t in done}) == len(done)
+
+
+def test_recorded_storage_hides_the_password():
+    assert tuning.shown_storage("postgresql+psycopg://ann:s3cret@db:5432/tune") == \
+        "postgresql+psycopg://ann:***@db:5432/tune"
