@@ -103,12 +103,19 @@ def parse_flags(argv: list[str]) -> dict:
         name = arg.split("=", 1)[0]
         if name.startswith("--") and name not in ours and owner_of(name[2:]):
             raise ConfigError(not_a_setting(name[2:], model))
-    given = {}
-    if config_path:
-        source = f"--config {config_path}"
-        tokens = as_tokens(parser, from_file, source, lambda key: not_a_setting(key, model))
-        given = parse_file(parser, tokens, source)
+    given = values_as_flags(from_file, f"--config {config_path}", model) if config_path else {}
     return {**given, **vars(parser.parse_args(argv))}
+
+
+def values_as_flags(values: dict, source: str, model: str | None = None) -> dict:
+    """A mapping of flag names to values (a --config file, a sweep's cell) parsed as the
+    flags of ``model`` (default: its ``model`` key) would be; errors name ``source``."""
+    model = model or values.get("model") or DEFAULT_MODEL
+    if model not in MODELS:
+        raise ConfigError(f"{source}: --model must be one of {', '.join(MODELS)}")
+    parser = build_parser(model)
+    tokens = as_tokens(parser, values, source, lambda key: not_a_setting(key, model))
+    return parse_file(parser, tokens, source)
 
 
 def saved_model(run_dir: Path) -> str | None:
