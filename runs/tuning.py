@@ -69,6 +69,13 @@ def sample(trial: optuna.Trial, space: dict) -> dict:
     return params
 
 
+def default_point(model: str, dataset: str) -> dict:
+    """The model's defaults (on ``dataset``) at the names of its search space."""
+    from recommenders import MODELS, defaults_of
+    defaults = defaults_of(model, dataset)
+    return {name: defaults[name] for name in MODELS[model].search_space}
+
+
 def shown_storage(url: str) -> str:
     """The storage URL without its password (recorded, printed)."""
     return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
@@ -187,6 +194,8 @@ def search(argv: list[str], pruner=None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial: ours
     study = open_study(name, storage, base.random_seed, own.warmup_epochs, pruner)
     run_args = {**given, "result_dir": base.result_dir}
+    if not study.trials:  # trial 0: the model's defaults, the baseline any tuning must beat
+        study.enqueue_trial(default_point(base.model, base.dataset), skip_if_exists=True)
 
     def enough(study, _trial) -> None:
         if finished(study) >= own.trials:

@@ -116,3 +116,21 @@ def test_sweep_killed_with_sigkill_finishes_every_cell_once_with_the_same_number
             assert (k / "metrics.json").stat().st_mtime_ns == before[k.name]
         mk, mc = (json.loads((f / "metrics.json").read_text()) for f in (k, c))
         assert mk["test"] == mc["test"] and mk["best_validation"] == mc["best_validation"]
+
+
+def test_a_tune_section_makes_each_cell_a_study_then_its_seeds(tmp_path):
+    result = tmp_path / "result"
+    exp = experiment(tmp_path, result, seeds="[7]")
+    with open(exp, "a") as f:
+        f.write("tune: {trials: 2, final_seeds: 2}\n")
+    done = run_sweep(exp)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [cell] = cells(result)
+    assert re.fullmatch(r"lightgcn-tuned-[0-9a-f]{10}", cell.name)
+    [best] = cell.glob("best-trial*")
+    assert json.loads((best / "seeds.json").read_text())["study"]["trials"] == 2
+    assert sorted(p.name for p in best.glob("seed[0-9]*")) == ["seed7", "seed8"]
+    row = (result / "sweeps" / "tiny" / "results.txt").read_text().splitlines()[1]
+    assert row.split()[:3] == ["lightgcn", "Synth", "2"]
+    again = run_sweep(exp)
+    assert "1 finished, 0 to run" in again.stdout

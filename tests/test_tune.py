@@ -36,6 +36,9 @@ def test_each_model_declares_a_search_space_of_its_own_settings(model):
     assert "learning_rate" in space
     names = {f for f in MODELS[model].settings.__dataclass_fields__} | set(GENERAL_FIELDS)
     assert set(space) <= names
+    defaults = tuning.default_point(model, "ML-100K")  # trial 0 of every study
+    for name, (kind, low, high, *_) in space.items():
+        assert low <= defaults[name] <= high, name
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(5):  # every sampled point is a valid configuration
         params = tuning.sample(study.ask(), space)
@@ -61,6 +64,7 @@ def test_trials_never_read_the_test_split(tmp_path, capsys):
     # the final seeds read test: back in place, they run on the best trial's settings
     test_file.write_bytes(kept)
     assert tune.main(tiny(tmp_path, "--trials", "3", "--final_seeds", "2")) == 0
+    assert study.trials[0].params == tuning.default_point("lightgcn", "Synth")
     best = study.best_trial
     final = study_dir / f"best-trial{best.number:04d}"
     summary = json.loads((final / "summary.json").read_text())
