@@ -71,6 +71,8 @@ def read_experiment(path: str) -> dict:
     for key, kind in (("settings", dict), ("grid", dict), ("runs", list), ("tune", dict)):
         if not isinstance(spec.get(key, kind()), kind):
             raise SweepError(f"{path}: {key} must be a {'mapping' if kind is dict else 'list'}")
+    if not all(isinstance(run, dict) for run in spec.get("runs") or []):
+        raise SweepError(f"{path}: each entry of runs must be a mapping of flags")
     return spec
 
 

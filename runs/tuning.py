@@ -148,9 +148,12 @@ def run_trial(trial: optuna.Trial, given: dict, view: Path, study_name: str) -> 
         best.append(training.stopper.best_score)
         trial.report(score, training.epoch)
         if trial.should_prune():
+            training.log(f"\nTuning: trial {trial.number} pruned at epoch {training.epoch}.")
             raise optuna.TrialPruned(f"epoch {training.epoch}: {score:.4f}")
         if training.epoch + config.evaluation_step > config.epochs or \
                 training.stopper.should_stop:
+            training.log(f"\nTuning: trial {trial.number} ends after its last validation "
+                         f"(best Recall@20 {training.stopper.best_score:.4f}); not tested.")
             raise TrialEnd
 
     training_loop.VALIDATION_HOOKS.append(report)
