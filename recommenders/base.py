@@ -67,6 +67,30 @@ class Recommender:
     # (data, config, warn) -> data, before the graphs are built (an LLM augmentation)
     transform: Callable[..., RecData] = lambda data, config, warn: data
     distributed: Callable[[Any], str | None] | None = None
+    # what tune.py searches: setting name (general or the model's own) -> a range below
+    search_space: Mapping[str, tuple] = field(default_factory=dict)
+
+
+def log_uniform(low: float, high: float) -> tuple:
+    """A search range sampled uniformly in log scale (learning rates, L2 weights)."""
+    return ("log", low, high)
+
+
+def uniform(low: float, high: float) -> tuple:
+    return ("float", low, high)
+
+
+def integer(low: int, high: int, log: bool = False) -> tuple:
+    return ("int", low, high, log)
+
+
+def one_of(*options) -> tuple:
+    return ("choice", options)
+
+
+# every model's search starts from these (its file adds its own)
+LEARNING_RATE = {"learning_rate": log_uniform(1e-4, 1e-2)}
+GCN_SPACE = {**LEARNING_RATE, "layers": integer(1, 4)}
 
 
 # the papers' LightGCN depth where it is not 4 (ReFINe++'s Amazon_Books runs)

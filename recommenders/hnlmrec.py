@@ -38,6 +38,7 @@ from data.vectors import pair_vector_dim, read_pair_vectors
 from model import LightGCNRecommender, batch_l2, bpr_loss, categorical_sample
 from recommenders.base import (Graphs, Recommender, TrainingError, lambda_reg, minibatch_epoch,
                                no_shard, on_off, setting)
+from recommenders.base import GCN_SPACE, log_uniform  # tune.py
 from recommenders.bpr import check_candidates, unseen_weights
 from runs.config import require
 
@@ -219,7 +220,12 @@ def header(config: Config) -> tuple[list, list]:
         "missing", "adapter_final_relu", "freeze_adapter", "cl_inbatch")]]
 
 
+# tune.py's ranges (docs/experiments.md): around the defaults, weights in log scale
+SEARCH_SPACE = {**GCN_SPACE, "lambda_reg": log_uniform(1e-6, 1e-2),
+                "alpha": log_uniform(1e-3, 0.5), "align_weight": log_uniform(1e-4, 0.1)}
+
 RECOMMENDER = Recommender("hnlmrec", Settings, positives_graph=True, build=build,
                           make_optimizer=make_optimizer, prepare=prepare,
                           train_epoch=train_epoch, header=header,
-                          defaults={"layers": 3})  # HNLMRec's L
+                          defaults={"layers": 3},  # HNLMRec's L
+                          search_space=SEARCH_SPACE)

@@ -10,6 +10,7 @@ import torch
 
 import recommenders.llm_augmentation as augmentation
 from recommenders.base import PAPER_DEPTH, Graphs, Recommender, adam, build_gcn, lambda_reg
+from recommenders.base import GCN_SPACE, log_uniform  # tune.py
 from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling, unseen_weights
 from runs.config import require
 
@@ -49,7 +50,11 @@ def header(config: Config) -> tuple[list, list]:
                 *augmentation.header(config)]
 
 
+# tune.py's ranges (docs/experiments.md): around the defaults, weights in log scale
+SEARCH_SPACE = {**GCN_SPACE, "lambda_reg": log_uniform(1e-6, 1e-2)}
+
 RECOMMENDER = Recommender("lightgcn", Settings, positives_graph=True, build=build_gcn,
                           make_optimizer=adam, prepare=prepare, train_epoch=bpr_epoch,
                           header=header, dataset_defaults=PAPER_DEPTH,
-                          transform=augmentation.transform)
+                          transform=augmentation.transform,
+                          search_space=SEARCH_SPACE)

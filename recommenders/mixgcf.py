@@ -31,6 +31,7 @@ from torch import Tensor
 from model import LightGCN, draws_from_cdf
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, minibatch_epoch, no_shard, \
     on_off, setting, setting_lines
+from recommenders.base import GCN_SPACE, integer, log_uniform  # tune.py
 from recommenders.bpr import check_candidates, unseen_weights
 from runs.config import require
 
@@ -180,7 +181,12 @@ def header(config: Config) -> tuple[list, list]:
         config.settings, "lambda_reg", "candidates", "num_negatives", "pool", "drop_last")]
 
 
+# tune.py's ranges (docs/experiments.md): around the defaults, weights in log scale
+SEARCH_SPACE = {**GCN_SPACE, "lambda_reg": log_uniform(1e-6, 1e-2),
+                "candidates": integer(4, 64, log=True)}
+
 RECOMMENDER = Recommender("mixgcf", Settings, positives_graph=True, build=build,
                           make_optimizer=adam, prepare=prepare, train_epoch=train_epoch,
                           header=header, defaults={"layers": 3},
-                          dataset_defaults={"ML-1M": {"candidates": 32}})
+                          dataset_defaults={"ML-1M": {"candidates": 32}},
+                          search_space=SEARCH_SPACE)

@@ -24,6 +24,7 @@ import dataloader
 import recommenders.llm_augmentation as augmentation
 from model import LightGCN
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting, setting_lines
+from recommenders.base import LEARNING_RATE, integer, log_uniform, uniform  # tune.py
 from recommenders.signed import (ViewAttention, degree_rows, neg_form, negative_graph_header,
                                  negative_graph_rows, num_negatives, reduce_pairs, reduction,
                                  sampler, signed_epoch, signed_prepare, weighted_bpr_pairs)
@@ -157,7 +158,13 @@ def header(config: Config) -> tuple[list, list]:
                 *augmentation.header(config)]
 
 
+# tune.py's ranges (docs/experiments.md): around the defaults, weights in log scale
+SEARCH_SPACE = {**LEARNING_RATE, "lambda_reg": log_uniform(1e-3, 0.2),
+                "num_negatives": integer(10, 80, log=True), "b": uniform(1.0, 4.0),
+                "dropout": uniform(0.0, 0.6)}
+
 RECOMMENDER = Recommender(
     "pngnn", Settings, positives_graph=True, build=build, make_optimizer=adam,
     prepare=prepare, train_epoch=signed_epoch(loss), header=header,
-    defaults={"learning_rate": 5e-3}, transform=partial(augmentation.transform, negatives=True))
+    defaults={"learning_rate": 5e-3}, transform=partial(augmentation.transform, negatives=True),
+    search_space=SEARCH_SPACE)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from recommenders.base import (PAPER_DEPTH, Graphs, Recommender, TrainingError, adam,
                                build_gcn, gamma, lambda_reg, setting)
+from recommenders.base import GCN_SPACE, log_uniform, uniform  # tune.py
 from recommenders.bpr import BPRSampling, bpr_epoch, bpr_sampling, check_candidates
 from recommenders.refine_plus import dense_sampling_weights
 from runs.config import ConfigError
@@ -100,8 +101,14 @@ def header(config: Config) -> tuple[list, list]:
             [("model", "refine"), ("lambda_reg", config.settings.lambda_reg)])
 
 
+# tune.py's ranges (docs/experiments.md): around the defaults, weights in log scale
+SEARCH_SPACE = {**GCN_SPACE, "lambda_reg": log_uniform(1e-6, 1e-2),
+                "real_neg_samp_prob": uniform(0.5, 3.0), "p": uniform(1.0, 3.0),
+                "q": uniform(0.25, 1.0)}
+
 RECOMMENDER = Recommender("refine", Settings, positives_graph=True, build=build_gcn,
                           make_optimizer=adam, prepare=prepare, train_epoch=bpr_epoch,
                           header=header,
                           dataset_defaults={"ML-1M": {"r": 250}, "Netflix-1M": {"r": 300},
-                                            **PAPER_DEPTH})
+                                            **PAPER_DEPTH},
+                                            search_space=SEARCH_SPACE)

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from model import (ReFINePlus, ae_terms_dense, ae_terms_sparse, alignment_loss, gumbel_topk,
                    half_l2, multinomial_without_replacement, per_row_scores,
                    sampled_softmax_loss)
-from recommenders.base import (PAPER_DEPTH, Graphs, Recommender, TrainingError, batches,
-                               epoch_loss, gamma, on_off, setting)
+from recommenders.base import (GCN_SPACE, PAPER_DEPTH, Graphs, Recommender, TrainingError,
+                               batches, epoch_loss, gamma, log_uniform, on_off, setting, uniform)
 from recommenders.compiled import EAGER, LossKernels, make_kernels
 from runs.config import ConfigError, require
 
@@ -397,4 +397,6 @@ def build(graphs: Graphs, config: Config) -> ReFINePlus:
 RECOMMENDER = Recommender(
     "refine_plus", Settings, positives_graph=False, build=build, make_optimizer=make_optimizer,
     prepare=prepare, train_epoch=train_epoch, header=header, check=check,
-    dataset_defaults=PAPER_DEPTH, distributed=distributed)
+    dataset_defaults=PAPER_DEPTH, distributed=distributed,  # tune.py's ranges (log: weights):
+    search_space={**GCN_SPACE, "lambda1": log_uniform(1e-9, 1e-5),
+                  "lambda2": log_uniform(1e-7, 1e-3), "real_neg_samp_prob": uniform(0.5, 3.0)})

@@ -32,6 +32,7 @@ from dataloader import resolve_data_dir, split_path
 from model import LightGCNRecommender, batch_l2, bpr_loss, per_row_scores
 from recommenders.base import (PAPER_DEPTH, Graphs, Recommender, TrainingError, adam,
                                lambda_reg, minibatch_epoch, no_shard, setting)
+from recommenders.base import GCN_SPACE, integer, log_uniform, uniform  # tune.py
 from recommenders.signed import num_negatives
 from runs.config import require
 
@@ -273,6 +274,11 @@ def semantic_epoch(model, optimizer, graphs: Graphs, config: Config, epoch: int,
                            state.pos_users.device, step_loss, progress)
 
 
+# tune.py's ranges (docs/experiments.md): around the defaults, weights in log scale
+SEARCH_SPACE = {**GCN_SPACE, "lambda_reg": log_uniform(1e-6, 1e-2),
+                "hard_ratio": uniform(0.0, 1.0), "hard_pool": integer(10, 200, log=True)}
+
 RECOMMENDER = Recommender("semantic_neg", Settings, positives_graph=True, build=build,
                           make_optimizer=adam, prepare=prepare, train_epoch=semantic_epoch,
-                          header=header, dataset_defaults=PAPER_DEPTH)
+                          header=header, dataset_defaults=PAPER_DEPTH,
+                          search_space=SEARCH_SPACE)

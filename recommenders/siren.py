@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from model import LightGCN
 from recommenders.base import Graphs, Recommender, adam, lambda_reg, setting
+from recommenders.base import LEARNING_RATE, integer, log_uniform, uniform  # tune.py
 from recommenders.signed import (ViewAttention, degree_rows, neg_form, negative_graph_header,
                                  num_negatives, reduce_pairs, reduction, sampler, signed_epoch,
                                  signed_prepare, weighted_bpr_pairs)
@@ -113,7 +114,13 @@ def header(config: Config) -> tuple[list, list]:
                 ("dropout", config.settings.dropout)]
 
 
+# tune.py's ranges (docs/experiments.md): around the defaults, weights in log scale
+SEARCH_SPACE = {**LEARNING_RATE, "lambda_reg": log_uniform(1e-3, 0.2),
+                "num_negatives": integer(10, 80, log=True), "c_neg": uniform(1.0, 4.0),
+                "dropout": uniform(0.0, 0.6)}
+
 RECOMMENDER = Recommender(
     "siren", Settings, positives_graph=True, build=build, make_optimizer=adam,
     prepare=signed_prepare, train_epoch=signed_epoch(loss), header=header,
-    defaults={"learning_rate": 5e-3})
+    defaults={"learning_rate": 5e-3},
+    search_space=SEARCH_SPACE)

@@ -35,6 +35,9 @@ from runs.config import Config
 from runs.files import atomic_save, atomic_write_text, dump_json
 from utils import EarlyStopping, RunLogger, rng_state, set_rng_state
 
+# called as hook(training, score) after each validation (tune.py's pruning); empty otherwise
+VALIDATION_HOOKS: list = []
+
 
 @dataclass
 class Checked:
@@ -200,6 +203,8 @@ class Training:
         else:
             self.log(f"EarlyStopping counter: {self.stopper.counter} out of "
                      f"{self.stopper.patience}")
+        for hook in VALIDATION_HOOKS:
+            hook(self, score)
         return results
 
     def test_epoch(self, loss: float):

@@ -68,9 +68,10 @@ def test_stated_defaults_by_hand():
 
 @pytest.mark.parametrize("model", list(MODELS))
 def test_a_model_parses_the_general_flags_and_its_own_alone(model):
+    # --config is read (runs/config_file.py) before the parser, which lists it for -h only
     dests = {a.dest for a in main.build_parser(model)._actions} - {"help", "num_seeds",
                                                                      "flush_denormal",
-                                                                     "download"}
+                                                                     "download", "config"}
     own = {f.name for f in fields(MODELS[model].settings)}
     assert dests == (set(GENERAL_FIELDS) - {"flush_denormal", "download"}) | own
 

@@ -1,0 +1,136 @@
+"""sweep.py: an experiment file's grid as a queue of ordinary run folders named by a hash of
+their settings and inputs; finished cells skipped, interrupted ones resumed (also after
+kill -9 of the sweep); one table of mean ± std per cell group at the end."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from runs import sweep
+from tests.conftest import REPO, fails_with, synthetic_rows, write_split_folder
+
+
+def experiment(tmp_path, result, grid="model: [lightgcn]", seeds="[1, 2, 3]", extra=""):
+    write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+    path = tmp_path / "tiny.yaml"
+    path.write_text(f"name: tiny\nresult_dir: {result}\nseeds: {seeds}\n"
+                    f"settings:\n  dataset: Synth\n  data_dir: {tmp_path / 'data'}\n"
+                    f"  epochs: 3\n  top_k: [5, 20]\n  embedding_dim: 8\n  no_download: true\n"
+                    f"{extra}grid:\n  {grid}\n")
+    return str(path)
+
+
+def run_sweep(exp, *more, env=None):
+    return subprocess.run([sys.executable, str(REPO / "sweep.py"), exp, *more], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def cells(result):
+    return sorted((result / "sweeps" / "tiny" / "Synth").iterdir())
+
+
+def epochs_logged(cell):
+    return [json.loads(line)["epoch"] for line in (cell / "epochs.jsonl").read_text().splitlines()]
+
+
+def test_grid_runs_as_run_folders_and_a_table_per_group(tmp_path):
+    result = tmp_path / "result"
+    exp = experiment(tmp_path, result, grid="model: [lightgcn, mixgcf]", seeds="[1, 2]")
+    done = run_sweep(exp, "--workers", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    folders = cells(result)
+    assert len(folders) == 4
+    for cell in folders:
+        config = json.loads((cell / "config.json").read_text())
+        assert re.fullmatch(rf"{config['model']}-s{config['random_seed']}-[0-9a-f]{{10}}",
+                            cell.name)
+        assert config["epochs"] == 3  # each worker its share of the cores:
+        assert config["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    table = (result / "sweeps" / "tiny" / "results.txt").read_text().splitlines()
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert set(rows) == {"lightgcn", "mixgcf"}
+    records = json.loads((result / "sweeps" / "tiny" / "results.json").read_text())
+    for record in records:  # the mean of the two seeds' own numbers
+        values = [json.loads((REPO / f / "metrics.json").read_text())["test"]["recall@20"]
+                  for f in record["folders"]]
+        mean = record["summary"]["test"]["recall@20"]["mean"]
+        assert mean == pytest.approx(sum(values) / 2)
+        assert f"{mean:.4f} ±" in rows[record["cell"].split()[0]]
+    stamps = {c: (c / "metrics.json").stat().st_mtime_ns for c in folders}
+    again = run_sweep(exp, "--workers", "2")
+    assert again.returncode == 0 and "4 finished, 0 to run" in again.stdout
+    assert stamps == {c: (c / "metrics.json").stat().st_mtime_ns for c in cells(result)}
+
+
+def test_cell_names_follow_settings_and_input_bytes(tmp_path):
+    exp = experiment(tmp_path, tmp_path / "r", extra="  learning_rate: 0.01\n")
+    spec = sweep.read_experiment(exp)
+    first = [c.name for c in sweep.make_cells(spec, exp, None)]
+    assert len(set(first)) == 3
+    spec["settings"]["threads"] = 2  # how fast, not what: the same cells
+    assert [c.name for c in sweep.make_cells(spec, exp, None)] == first
+    spec["settings"]["learning_rate"] = 0.02
+    assert not set(c.name for c in sweep.make_cells(spec, exp, None)) & set(first)
+    spec["settings"]["learning_rate"] = 0.01
+    valid = tmp_path / "data" / "Synth" / "Synth_validation.csv"
+    valid.write_text(valid.read_text() + "0,39,5\n")
+    assert not set(c.name for c in sweep.make_cells(spec, exp, None)) & set(first)
+
+
+def test_bad_experiment_files_are_one_line(tmp_path, capsys):
+    import sweep as S
+    exp = experiment(tmp_path, tmp_path / "r", extra="  path_name: x\n")
+    fails_with(capsys, S.main([exp]), "path_name is set by the sweep")
+    exp = experiment(tmp_path, tmp_path / "r", extra="  lambda1: 0.1\n")
+    fails_with(capsys, S.main([exp]), "--lambda1 is a setting of refine_plus")
+    (tmp_path / "bad.yaml").write_text("gird: {model: [lightgcn]}\n")
+    fails_with(capsys, S.main([str(tmp_path / "bad.yaml")]), "unknown key 'gird'")
+
+
+def test_sweep_killed_with_sigkill_finishes_every_cell_once_with_the_same_numbers(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    exp = experiment(tmp_path, killed)
+    # the sweep kills itself (kill -9) when its first cell has finished, the second running
+    out = run_sweep(exp, "--workers", "2", env={"REFINE_CRASH_AT": "sweep_cell:1"})
+    assert out.returncode == -signal.SIGKILL, out.stdout + out.stderr
+    time.sleep(2)  # its workers die with it (PR_SET_PDEATHSIG)
+    before = {c.name: (c / "metrics.json").stat().st_mtime_ns for c in cells(killed)
+              if (c / "metrics.json").is_file()}
+    assert 1 <= len(before) < 3
+    resumed = run_sweep(exp, "--workers", "2")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"{len(before)} finished, {3 - len(before)} to run" in resumed.stdout
+    assert run_sweep(experiment(tmp_path, clean), "--workers", "2").returncode == 0
+    assert [c.name for c in cells(killed)] == [c.name for c in cells(clean)]
+    for k, c in zip(cells(killed), cells(clean)):
+        assert epochs_logged(k) == [1, 2, 3]  # each epoch once
+        if k.name in before:  # not run again
+            assert (k / "metrics.json").stat().st_mtime_ns == before[k.name]
+        mk, mc = (json.loads((f / "metrics.json").read_text()) for f in (k, c))
+        assert mk["test"] == mc["test"] and mk["best_validation"] == mc["best_validation"]
+
+
+def test_a_tune_section_makes_each_cell_a_study_then_its_seeds(tmp_path):
+    result = tmp_path / "result"
+    exp = experiment(tmp_path, result, seeds="[7]")
+    with open(exp, "a") as f:
+        f.write("tune: {trials: 2, final_seeds: 2}\n")
+    done = run_sweep(exp)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [cell] = cells(result)
+    assert re.fullmatch(r"lightgcn-tuned-[0-9a-f]{10}", cell.name)
+    [best] = cell.glob("best-trial*")
+    assert json.loads((best / "seeds.json").read_text())["study"]["trials"] == 2
+    assert sorted(p.name for p in best.glob("seed[0-9]*")) == ["seed7", "seed8"]
+    row = (result / "sweeps" / "tiny" / "results.txt").read_text().splitlines()[1]
+    assert row.split()[:3] == ["lightgcn", "Synth", "2"]
+    again = run_sweep(exp)
+    assert "1 finished, 0 to run" in again.stdout

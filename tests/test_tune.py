@@ -1,0 +1,129 @@
+"""tune.py: Optuna TPE search on validation Recall@20 with pruning, search spaces declared by
+each model, trials that never read the test split, several worker processes on one study
+(SQLite; PostgreSQL in tests/test_tune_postgres.py), five seeds of the best on test."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+import tune
+from runs import tuning
+from recommenders import MODELS, make_config
+from runs.config import GENERAL_FIELDS
+from tests.conftest import REPO, fails_with, synthetic_rows, write_split_folder
+
+TINY = ["--model", "lightgcn", "--dataset", "Synth", "--epochs", "2", "--top_k", "5", "20",
+        "--threads", "1", "--no_download", "--quiet", "--embedding_dim", "8"]
+
+
+def synth(tmp_path):
+    return write_split_folder(tmp_path / "data", "Synth", *synthetic_rows())
+
+
+def tiny(tmp_path, *more):
+    return [*TINY, "--data_dir", str(tmp_path / "data"), "--result_dir",
+            str(tmp_path / "result"), *more]
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_each_model_declares_a_search_space_of_its_own_settings(model):
+    space = MODELS[model].search_space
+    assert "learning_rate" in space
+    names = {f for f in MODELS[model].settings.__dataclass_fields__} | set(GENERAL_FIELDS)
+    assert set(space) <= names
+    defaults = tuning.default_point(model, "ML-100K")  # trial 0 of every study
+    for name, (kind, low, high, *_) in space.items():
+        assert low <= defaults[name] <= high, name
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):  # every sampled point is a valid configuration
+        params = tuning.sample(study.ask(), space)
+        make_config(model=model, **params)
+
+
+def test_trials_never_read_the_test_split(tmp_path, capsys):
+    data = synth(tmp_path)
+    test_file = data / "Synth" / "Synth_test.csv"
+    kept = test_file.read_bytes()
+    test_file.unlink()  # a trial that opened it would fail
+    assert tune.main(tiny(tmp_path, "--trials", "3", "--final_seeds", "0")) == 0
+    study_dir = tmp_path / "result" / "Synth" / "lightgcn-tune"
+    study = optuna.load_study(study_name="lightgcn-tune",
+                              storage=f"sqlite:///{study_dir / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == 3 and optuna.trial.TrialState.FAIL not in states
+    for trial in study.trials:  # validation only: no test metrics anywhere
+        run = study_dir / "trials" / f"trial{trial.number:04d}"
+        assert (run / "epochs.jsonl").is_file() and not (run / "metrics.json").exists()
+        assert list(trial.intermediate_values) == [1, 2]  # reported after each validation
+        assert "ends after its last validation" in (run / "train.log").read_text()
+    assert not test_file.exists()
+    # the final seeds read test: back in place, they run on the best trial's settings
+    test_file.write_bytes(kept)
+    assert tune.main(tiny(tmp_path, "--trials", "3", "--final_seeds", "2")) == 0
+    assert study.trials[0].params == tuning.default_point("lightgcn", "Synth")
+    best = study.best_trial
+    final = study_dir / f"best-trial{best.number:04d}"
+    summary = json.loads((final / "summary.json").read_text())
+    assert summary["num_seeds"] == 2 and "test" in summary
+    seeds = json.loads((final / "seeds.json").read_text())
+    assert seeds["study"] == {"name": "lightgcn-tune",
+                              "storage": f"sqlite:///{study_dir / 'study.db'}",
+                              "best_trial": best.number, "value": best.value,
+                              "trials": 3}
+    for name, value in best.params.items():
+        assert seeds[name] == pytest.approx(value)
+    assert len(optuna.load_study(study_name="lightgcn-tune",
+                                 storage=f"sqlite:///{study_dir / 'study.db'}").trials) == 3
+
+
+def test_pruner_stops_trials_after_a_validation(tmp_path):
+    synth(tmp_path)
+    pruner = optuna.pruners.ThresholdPruner(lower=2.0)  # recall <= 1: prune at once
+    study = tuning.search(tiny(tmp_path, "--epochs", "3", "--trials", "2", "--final_seeds", "0"),
+                        pruner=pruner)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 2
+    assert all(list(t.intermediate_values) == [1] for t in study.trials)
+
+
+def test_tuning_refuses_what_it_owns(tmp_path, capsys):
+    synth(tmp_path)
+    fails_with(capsys, tune.main(tiny(tmp_path, "--seeds", "1", "2")), "--seeds")
+    fails_with(capsys, tune.main(tiny(tmp_path, "--trials", "0")), "--trials")
+
+
+def start_worker(tmp_path, storage=None, trials=6):
+    extra = ["--storage", storage] if storage else []
+    return subprocess.Popen([sys.executable, "tune.py", *tiny(tmp_path, "--trials", str(trials),
+                                                              "--final_seeds", "0", *extra)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def two_workers(tmp_path, storage=None, trials=6):
+    """Two tune.py processes on one study; the study's trials with the pid of each worker."""
+    workers = [start_worker(tmp_path, storage, trials) for _ in range(2)]
+    for w in workers:
+        out, _ = w.communicate(timeout=300)
+        assert w.returncode == 0, out
+    storage = storage or f"sqlite:///{tmp_path / 'result' / 'Synth' / 'lightgcn-tune' / 'study.db'}"
+    study = optuna.load_study(study_name="lightgcn-tune", storage=storage)
+    return study, {w.pid for w in workers}
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    synth(tmp_path)
+    study, pids = two_workers(tmp_path)
+    done = [t for t in study.trials if t.state.is_finished()]
+    assert 6 <= len(done) <= 7 and all(t.state != optuna.trial.TrialState.FAIL for t in done)
+    assert {t.user_attrs["pid"] for t in done} == pids  # both processes ran trials
+    assert len({t.number for t in done}) == len(done)
+
+
+def test_recorded_storage_hides_the_password():
+    assert tuning.shown_storage("postgresql+psycopg://ann:s3cret@db:5432/tune") == \
+        "postgresql+psycopg://ann:***@db:5432/tune"
