@@ -4,9 +4,8 @@ autoencoders) and the loss terms are in model.py; docs/method.md explains the me
 
 Each batch of T draws n = floor(I/10) negatives per positive from the re-weighted weights
 (0 on the user's rows in T, gamma on its confirmed negatives, 1 elsewhere) and minimises
-L = L_ssm + (λ1/2)||E0||² + L_ae + (λ2/2)||θ_AE||² + L_align. ``--impl fast`` and
-``--impl reference`` are two functions of each step that compute the same values and
-updates (tests/test_oracles.py); the reference one is the slow, obvious computation.
+L = L_ssm + (λ1/2)||E0||² + L_ae + (λ2/2)||θ_AE||² + L_align. ``--impl fast`` / ``reference``:
+the same values and updates (tests/test_oracles.py), the second the slow, obvious one.
 """
 from __future__ import annotations
 
@@ -396,7 +395,6 @@ def build(graphs: Graphs, config: Config) -> ReFINePlus:
 
 RECOMMENDER = Recommender(
     "refine_plus", Settings, positives_graph=False, build=build, make_optimizer=make_optimizer,
-    prepare=prepare, train_epoch=train_epoch, header=header, check=check,
-    dataset_defaults=PAPER_DEPTH, distributed=distributed,  # tune.py's ranges (log: weights):
-    search_space={**GCN_SPACE, "lambda1": log_uniform(1e-9, 1e-5),
-                  "lambda2": log_uniform(1e-7, 1e-3), "real_neg_samp_prob": uniform(0.5, 3.0)})
+    prepare=prepare, train_epoch=train_epoch, header=header, check=check, distributed=distributed,
+    dataset_defaults=PAPER_DEPTH, search_space={**GCN_SPACE, "lambda1": log_uniform(1e-9, 1e-5),
+    "lambda2": log_uniform(1e-7, 1e-3), "real_neg_samp_prob": uniform(0.5, 3.0)})  # tune.py
