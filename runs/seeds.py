@@ -185,7 +185,7 @@ def _run_seeds(config: Config, run_one, parent: Path, name: str, result_dir: str
     lines = summary_lines(summary)
     if config.compare_to:
         import compare  # here: compare.py imports nothing of the training side
-        lines += ["", *compare.compare_lines([*config.compare_to, str(parent)])]
+        lines += ["", *compare.lines_after_run([*config.compare_to, str(parent)])]
     atomic_write_text(parent / "summary.txt", "\n".join(lines) + "\n")
     if not config.quiet:
         print("\n".join(lines))

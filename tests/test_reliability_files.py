@@ -118,6 +118,21 @@ def test_ctrl_c_in_the_middle_of_writing_last_pt(tmp_path, capsys, monkeypatch):
     assert json.loads((run_dir / "metrics.json").read_text())["last_epoch"] == 3
 
 
+def test_ctrl_c_in_the_middle_of_writing_the_first_best_model(tmp_path, capsys, monkeypatch):
+    """Epoch 1's new best model (best.next.pt, renamed to best.pt after last.pt): nothing
+    of the epoch is kept, and the same command starts the folder over."""
+    data = synth(tmp_path)
+    break_torch_save(monkeypatch, "best.next.pt", 1, KeyboardInterrupt())
+    rc, result = run_main(train_args(data), tmp_path)
+    run_dir = result / "Synth" / "run"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 130 and err == [M.INTERRUPTED], err
+    assert not any((run_dir / n).exists() for n in ("last.pt", "best.pt", "best.next.pt"))
+    assert temps(run_dir) == []
+    monkeypatch.undo()
+    assert run_main(train_args(data), tmp_path)[0] == 0
+
+
 @pytest.mark.parametrize("err_no", [errno.ENOSPC, errno.EDQUOT])
 def test_disk_full_in_the_middle_of_writing_last_pt(tmp_path, capsys, monkeypatch, err_no):
     data = synth(tmp_path)
@@ -379,14 +394,11 @@ def test_compare_to_a_run_with_strings_is_refused_before_training(tmp_path, caps
     assert not (result / "Synth" / "second").exists()
 
 
-def test_compare_to_damaged_during_training_keeps_the_finished_run(tmp_path, capsys,
-                                                                   monkeypatch):
-    """The comparison is an extra: when its file turns bad while the run trains, the run
-    still ends with rc 0, its final block and metrics.json, and a warning line."""
+def damage_during_training(monkeypatch, run_dir: Path) -> None:
+    """The first training epoch writes a string into ``run_dir``'s metrics.json."""
     from dataclasses import replace
 
     from recommenders import MODELS
-    run_dir = finished(tmp_path, "first")
     spec = MODELS["refine_plus"]
 
     def damaging(*args, **kwargs):
@@ -395,6 +407,14 @@ def test_compare_to_damaged_during_training_keeps_the_finished_run(tmp_path, cap
         return spec.train_epoch(*args, **kwargs)
 
     monkeypatch.setitem(MODELS, "refine_plus", replace(spec, train_epoch=damaging))
+
+
+def test_compare_to_damaged_during_training_keeps_the_finished_run(tmp_path, capsys,
+                                                                   monkeypatch):
+    """The comparison is an extra: when its file turns bad while the run trains, the run
+    still ends with rc 0, its final block and metrics.json, and a warning line."""
+    run_dir = finished(tmp_path, "first")
+    damage_during_training(monkeypatch, run_dir)
     rc, result = run_main([*train_args(synth(tmp_path), epochs=1), "--compare_to",
                            str(run_dir)], tmp_path, "second")
     assert rc == 0, capsys.readouterr().err
@@ -403,6 +423,19 @@ def test_compare_to_damaged_during_training_keeps_the_finished_run(tmp_path, cap
     log = (second / "train.log").read_text()
     assert "Final Test Results" in log
     assert "warning: --compare_to" in log and "last_epoch" in log.splitlines()[-1]
+
+
+def test_compare_to_damaged_during_a_multi_seed_run_keeps_its_summary(tmp_path, capsys,
+                                                                      monkeypatch):
+    run_dir = finished(tmp_path, "first")
+    damage_during_training(monkeypatch, run_dir)
+    rc, result = run_main([*train_args(synth(tmp_path), epochs=1), "--seeds", "1", "2",
+                           "--compare_to", str(run_dir)], tmp_path, "ms")
+    assert rc == 0, capsys.readouterr().err
+    parent = result / "Synth" / "ms"
+    assert json.loads((parent / "summary.json").read_text())["num_seeds"] == 2
+    last = (parent / "summary.txt").read_text().splitlines()[-1]
+    assert last.startswith("warning: --compare_to") and "last_epoch" in last
 
 
 def test_plot_into_a_folder_that_cannot_be_written(tmp_path, capsys, monkeypatch):
