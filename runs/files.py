@@ -76,7 +76,7 @@ def atomic_write(path: Path, write) -> None:
     except OSError as err:
         if err.filename is not None and str(err.filename) not in (str(tmp), str(path)):
             raise
-        raise write_error(path, err, kept=path.is_file()) from None
+        raise write_error(path, err, kept=os.path.isfile(path)) from None
     finally:
         remove_quietly(tmp)
 

@@ -184,6 +184,18 @@ def written_name_of_path(path) -> str:
     return m.group(1) if m else name
 
 
+def test_atomic_write_names_the_file_it_could_not_write(tmp_path):
+    from runs.files import WriteError, atomic_write, atomic_write_text
+    too_long = tmp_path / ("q" * 240 + ".txt")  # the temp name beside it passes 255 bytes
+    with pytest.raises(WriteError, match=f"cannot write {too_long}: the file name is too long"):
+        atomic_write_text(too_long, "x")
+    assert list(tmp_path.iterdir()) == []
+    # an OSError about another file (one the callback reads) is not a failed write
+    with pytest.raises(FileNotFoundError):
+        atomic_write(tmp_path / "out", lambda f: open(tmp_path / "missing"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_too_long_a_run_name_is_one_line(tmp_path, capsys):
     data = synth(tmp_path)
     rc, result = run_main(train_args(data), tmp_path, name="x" * 250)
