@@ -25,9 +25,10 @@ from pathlib import Path
 from data import provenance
 from data.errors import UserError
 from runs.cli import run_cli
+from runs.curves import plot, plot_problem
 from runs.log_format import parse_log
 from runs.breakdown_rows import BY, breakdown_rows
-from runs.metrics import LOGGED, key, short_key
+from runs.metrics import LOGGED, short_key
 from runs.summary import SEEDS_FILE, summary_problem
 
 
@@ -118,24 +119,37 @@ def entry_from_log(log: dict, label: str) -> Entry:
     return entry
 
 
+def number(value, path: Path, key: str, missing_ok: bool = False) -> float | None:
+    """``value`` of ``key`` in the JSON file ``path`` when it is a number (None too with
+    ``missing_ok``); else CompareError naming the file and the key."""
+    if (value is None and missing_ok) or \
+            (isinstance(value, (int, float)) and not isinstance(value, bool)):
+        return value
+    raise CompareError(f"{path}: {key} is {json.dumps(value)[:40]}, not a number (the file "
+                       f"was edited or damaged)")
+
+
 def entry_from_summary(folder: Path, label: str | None) -> Entry:
     """Mean ± std rows of a multi-seed run (runs/seeds.py's summary.json) and its seeds' logs."""
     if problem := summary_problem(folder):  # never a mean the seeds no longer have
         raise CompareError(f"{folder}: {problem}")
-    summary = json.loads((folder / "summary.json").read_text())
+    path = folder / "summary.json"
+    summary = json.loads(path.read_text())
     entry = Entry("")
     rows = entry.rows
 
-    def put(name, stat):
-        rows[name] = (stat["mean"], stat["std"])
+    def put(name, stat, key=None):
+        key = key or name
+        rows[name] = (number(stat["mean"], path, f"{key} mean"),
+                      number(stat["std"], path, f"{key} std", missing_ok=True))
 
-    put("best epoch", summary["best_epoch"])
-    put("epochs run", summary["last_epoch"])
+    put("best epoch", summary["best_epoch"], "best_epoch")
+    put("epochs run", summary["last_epoch"], "last_epoch")
     for split, block in (("valid", "best_validation"), ("test", "test")):
         for name_at_k, stat in summary[block].items():
-            put(f"{split} {short_key(name_at_k)}", stat)
-    put("train seconds", summary["train_seconds"])
-    put("seconds/epoch", summary["seconds_per_epoch"])
+            put(f"{split} {short_key(name_at_k)}", stat, f"{block} {name_at_k}")
+    put("train seconds", summary["train_seconds"], "train_seconds")
+    put("seconds/epoch", summary["seconds_per_epoch"], "seconds_per_epoch")
     for run in summary.get("runs", []):
         if (folder / run / "train.log").is_file():
             entry.logs.append(parse_log(folder / run / "train.log"))
@@ -206,13 +220,15 @@ def with_run_counts(entry: Entry, run_dir: Path) -> Entry:
     """A finished run's epoch count and seconds per epoch from its metrics.json (the log
     shows only the validated epochs, every --evaluation_step-th), and its disliked@k on a
     dislikes variant (the log shows them rounded)."""
-    if (run_dir / "metrics.json").is_file():
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        entry.rows["epochs run"] = (metrics["last_epoch"], None)
-        entry.rows["seconds/epoch"] = (metrics["seconds_per_epoch"], None)
+    path = run_dir / "metrics.json"
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        for row, key in (("epochs run", "last_epoch"), ("seconds/epoch", "seconds_per_epoch")):
+            entry.rows[row] = (number(metrics[key], path, key), None)
         for name, value in metrics["test"].items():
             if name.startswith("disliked@"):
-                entry.rows[f"test {short_key(name)}"] = (value, None)
+                entry.rows[f"test {short_key(name)}"] = (number(value, path, f"test {name}"),
+                                                         None)
     return entry
 
 
@@ -253,57 +269,6 @@ def table_lines(entries: list[Entry]) -> list[str]:
     return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                       for i, (c, w) in enumerate(zip(r, widths))).rstrip()
             for r in cells] + input_warnings(entries)
-
-
-def plot(entries: list[Entry], out: str | Path) -> None:
-    """Validation Recall@20, NDCG@20 and the loss per epoch of every log on shared axes;
-    a dot marks each log's best epoch. Seeds of one multi-seed run share a colour."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    # a run on a folder without validation logs its test metrics per epoch instead
-    fixed = {log["best_valid"] is None for entry in entries for log in entry.logs}
-    split = {frozenset({False}): "validation", frozenset({True}): "test (no validation)"}.get(
-        frozenset(fixed), "validation, or test where a run has none")
-    panels = ((f"{split} Recall@20", key("recall", 20)), (f"{split} NDCG@20", key("ndcg", 20)),
-              ("loss", None))
-    for c, entry in enumerate(entries):
-        colour = f"C{c % 10}"
-        for s, log in enumerate(entry.logs):
-            epochs = [e["epoch"] for e in log["epochs"]]
-            label = entry.label if s == 0 else None
-            alpha = 1.0 if len(entry.logs) == 1 else 0.6
-            for ax, (title, name) in zip(axes, panels):
-                if name is None:
-                    ys = [e["loss"] for e in log["epochs"]]
-                else:
-                    ys = [e["metrics"].get(name, float("nan")) for e in log["epochs"]]
-                ax.plot(epochs, ys, color=colour, lw=1, alpha=alpha, label=label)
-                best = log["best_epoch"]
-                if best is not None and best in epochs:
-                    ax.plot([best], [ys[epochs.index(best)]], "o", color=colour, ms=5)
-    for ax, (title, _) in zip(axes, panels):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def plot_problem(out: str) -> str | None:
-    """Why the plot cannot be written to ``out``, or None."""
-    path = Path(out)
-    if path.is_dir():
-        return "is a folder; name a file (e.g. curves.png)"
-    if not path.parent.is_dir():
-        return f"the folder {path.parent} does not exist"
-    if path.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg"):
-        return "name a .png, .pdf, .svg or .jpg file"
-    return None
 
 
 def main(argv=None) -> int:
@@ -373,6 +338,16 @@ def significance_lines(paths, labels=None, plot_to=None, **options) -> list[str]
         run.label = f"{name} ({len(run.seeds)} seeds)" if run.multi_seed else name
         runs.append(run)
     return significance.report_lines(unique_labels(runs), **options)
+
+
+def lines_after_run(paths) -> list[str]:
+    """main.py --compare_to, after the run finished and wrote metrics.json: the table, or one
+    warning line when a compared file can no longer be read (it was checked before training;
+    the run's own results stand and the run still ends with exit code 0)."""
+    try:
+        return compare_lines(paths)
+    except UserError as err:
+        return [f"warning: --compare_to: no table ({err}); the run itself finished"]
 
 
 def compare_lines(paths, labels=None, plot_to: str | None = None, by: str | None = None

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runs.files import write_error
+
 
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (all devices); the one place for determinism switches."""
@@ -76,36 +78,57 @@ class EarlyStopping:
 # ---------------------------------------------------------------------------- logging
 
 class RunLogger:
-    """Writes every line to stdout and to the run's train.log (flushed, so a kill loses nothing)."""
+    """Writes every line to stdout and to the run's train.log (flushed, so a kill loses
+    nothing); a write the file system refuses is a WriteError naming train.log."""
 
     def __init__(self, path: Path | None, quiet: bool = False):
-        self.file = open(path, "a", encoding="utf-8") if path else None
+        self.path = path
+        try:
+            self.file = open(path, "a", encoding="utf-8") if path else None
+        except OSError as err:
+            raise write_error(path, err) from None
         self.quiet = quiet
 
     def __call__(self, line: str = "") -> None:
         if not self.quiet:
             print(line, flush=True)
+        self._write(line)
+
+    def _write(self, line: str) -> None:
         if self.file:
-            self.file.write(line + "\n")
-            self.file.flush()
+            try:
+                self.file.write(line + "\n")
+                self.file.flush()
+            except OSError as err:
+                raise write_error(self.path, err) from None
 
     def to_file(self, line: str) -> None:
-        """A line for train.log only (an error main() also prints to stderr)."""
-        if self.file:
-            self.file.write(line + "\n")
-            self.file.flush()
+        """A line for train.log only (an error main() also prints to stderr); as the error
+        may be that train.log cannot be written, a failure here is left unsaid."""
+        try:
+            self._write(line)
+        except OSError:
+            pass
 
     def sync(self) -> int:
         """Flush train.log to disk; its size in bytes (what a resume truncates it back to)."""
         if not self.file:
             return 0
-        self.file.flush()
-        os.fsync(self.file.fileno())
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        except OSError as err:
+            raise write_error(self.path, err) from None
         return os.fstat(self.file.fileno()).st_size
 
     def close(self) -> None:
+        """Every line was flushed when written (a refused one raised then); what a full disk
+        still holds in the buffer is dropped rather than raised a second time."""
         if self.file:
-            self.file.close()
+            try:
+                self.file.close()
+            except OSError:
+                pass
             self.file = None
 
 

@@ -21,6 +21,22 @@ def run_folders(path: Path) -> list[Path]:
     return [path]
 
 
+def checked_block(block, path: Path, by: str) -> dict:
+    """A breakdowns block whose values are numbers or null; else one line naming the file
+    and the key (an edited or damaged metrics.json)."""
+    if not isinstance(block, dict):
+        raise UserError(f"{path}: breakdowns {by} is not a table (the file was edited or "
+                        f"damaged)")
+    for group, values in block.items():
+        for name, value in (values.items() if isinstance(values, dict) else [(None, values)]):
+            if value is not None and (isinstance(value, bool) or
+                                      not isinstance(value, (int, float))):
+                raise UserError(f"{path}: breakdowns {by} {group} {name} is "
+                                f"{json.dumps(value)[:40]}, not a number (the file was "
+                                f"edited or damaged)")
+    return block
+
+
 def breakdown_rows(path: str | Path, by: str) -> dict[str, tuple[float | None, float | None]]:
     """row name ("popular R@20", "q1 users") -> (mean, std over seeds or None)."""
     path = Path(path)
@@ -35,7 +51,7 @@ def breakdown_rows(path: str | Path, by: str) -> dict[str, tuple[float | None, f
         if by not in metrics.get("breakdowns", {}):
             raise UserError(f"--by {by}: {folder}/metrics.json has no breakdowns (a run from "
                             f"before they were recorded: train it again)")
-        blocks.append(metrics["breakdowns"][by])
+        blocks.append(checked_block(metrics["breakdowns"][by], folder / "metrics.json", by))
     rows: dict[str, tuple[float | None, float | None]] = {}
     for group, values in blocks[0].items():
         for name in values:

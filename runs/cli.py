@@ -1,6 +1,7 @@
 """The one error wrapper of every command-line entry point: a ``UserError`` (bad flag,
-bad data, impossible training, a run folder in use …) becomes one ``error:`` line on
-stderr and exit code 2; Ctrl-C exits with 130 and says how to continue."""
+bad data, impossible training, a run folder in use …) and a file system's refusal (full
+disk, read-only, too long a name, no permission: runs/files.py) become one ``error:`` line
+on stderr and exit code 2; Ctrl-C exits with 130 and says how to continue."""
 from __future__ import annotations
 
 import shlex
@@ -8,6 +9,7 @@ import sys
 from typing import Callable
 
 from data.errors import UserError
+from runs.files import is_refusal, reason
 
 
 def run_cli(fn: Callable[[], object], interrupted: str | None = None) -> int:
@@ -18,6 +20,12 @@ def run_cli(fn: Callable[[], object], interrupted: str | None = None) -> int:
         return rc if isinstance(rc, int) else 0
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a refusal no layer named (a bug's OSError keeps its traceback)
+        if not is_refusal(err):
+            raise
+        where = f"{err.filename}: " if err.filename else "a file could not be written: "
+        print(f"error: {where}{reason(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         if interrupted is None:

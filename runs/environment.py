@@ -12,12 +12,13 @@ machine shows both.
 from __future__ import annotations
 
 import json
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from runs.files import append_synced
 
 FILE = "environment.jsonl"
 
@@ -49,10 +50,7 @@ def describe(device: torch.device) -> dict:
 def record(run_dir: Path, device: torch.device, after_epoch: int) -> None:
     """Append this process's line: ``after_epoch`` 0 for a fresh start, else the resumed epoch."""
     line = json.dumps({"after_epoch": after_epoch, **describe(device)}, sort_keys=True)
-    with open(run_dir / FILE, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_synced(run_dir / FILE, line + "\n")
 
 
 def read(run_dir: Path) -> list[dict]:

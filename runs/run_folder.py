@@ -12,6 +12,7 @@ a finished epoch is continued with ``--resume`` and never overwritten.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -22,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from data.errors import UserError
-from runs.files import is_temp
+from runs.files import is_refusal, is_temp, reason
 
 LOCK_FILE = ".lock"
 RUN_FILES = ("argv.txt", "config.json", "environment.jsonl", "train.log", "epochs.jsonl",
@@ -94,6 +95,11 @@ def claim_new(run_dir: Path, finished=FINISHED, known=RUN_FILES) -> RunFolder:
     except PermissionError:
         raise RunFolderError(f"cannot make {run_dir}: {run_dir.parent} is not writable") \
             from None
+    except OSError as err:
+        if not is_refusal(err):
+            raise
+        hint = " (choose a shorter --path_name)" if err.errno == errno.ENAMETOOLONG else ""
+        raise RunFolderError(f"cannot make {run_dir}: {reason(err)}{hint}") from None
     fd = _try_lock(staging)
     try:
         os.rename(staging, run_dir)  # atomic; fails when run_dir is a non-empty folder
@@ -137,8 +143,16 @@ def _take_over(run_dir: Path, finished, known) -> RunFolder:
 
 
 def open_existing(run_dir: Path) -> RunFolder:
-    """Lock a run folder to continue it (--resume); RunFolderError when in use."""
-    fd = _try_lock(Path(run_dir))
+    """Lock a run folder to continue it (--resume); RunFolderError when in use or when its
+    file system refuses writes (a resume appends to the folder)."""
+    try:
+        fd = _try_lock(Path(run_dir))
+    except OSError as err:
+        if not is_refusal(err):
+            raise
+        raise RunFolderError(f"--resume {run_dir}: cannot write into the run folder: "
+                             f"{reason(err)}; copy it to a writable place to continue it") \
+            from None
     if fd is None:
         raise RunFolderError(f"run folder {run_dir} is in use by another process")
     remove_temps(Path(run_dir))

@@ -173,7 +173,7 @@ def write_summary(parent: Path, per_seed: dict, compare_to, quiet: bool) -> dict
     lines = summary_lines(summary)
     if compare_to:
         import compare  # here: compare.py imports nothing of the training side
-        lines += ["", *compare.compare_lines([*compare_to, str(parent)])]
+        lines += ["", *compare.lines_after_run([*compare_to, str(parent)])]
     atomic_write_text(parent / SUMMARY_TEXT, "\n".join(lines) + "\n")
     if not quiet:
         print("\n".join(lines))

@@ -32,7 +32,7 @@ from runs.log_header import data_lines, header_lines
 from runs.metrics import Results, as_named, early_stopping_score
 from runs.resume import BEST_NEXT, all_finite
 from runs.config import Config
-from runs.files import atomic_save, atomic_write_text, dump_json
+from runs.files import append_synced, atomic_save, atomic_write_text, dump_json
 from utils import EarlyStopping, RunLogger, rng_state, set_rng_state
 
 # called as hook(training, score) after each validation (tune.py's pruning); empty otherwise
@@ -131,13 +131,9 @@ class Training:
             if due else None
         epoch_time = time.perf_counter() - tic
         self.train_seconds += epoch_time
-        with open(self.run_dir / "epochs.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"epoch": self.epoch, "loss": loss, "train_s": train_time,
-                                "epoch_s": epoch_time,
-                                "test" if self.fixed_epochs else "valid": results}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-            jsonl_bytes = f.tell()
+        jsonl_bytes = append_synced(self.run_dir / "epochs.jsonl", json.dumps(
+            {"epoch": self.epoch, "loss": loss, "train_s": train_time, "epoch_s": epoch_time,
+             "test" if self.fixed_epochs else "valid": results}) + "\n")
         fault_point("epochs_jsonl", self.epoch)  # the window a resume must rewind (tests)
         # the log sizes let a resume drop what an interrupted later epoch wrote
         atomic_save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -263,7 +259,7 @@ class Training:
         metrics = self.metrics(test)
         dump_json(metrics, self.run_dir / "metrics.json")
         if config.compare_to:
-            for line in compare.compare_lines([*config.compare_to, str(self.run_dir)]):
+            for line in compare.lines_after_run([*config.compare_to, str(self.run_dir)]):
                 log(line)
         return metrics
 
