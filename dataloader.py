@@ -22,6 +22,7 @@ from data import checks, dislikes, protocols
 from data.registry import DATASETS, PROTOCOLS, SPLITS
 from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError, sorted_ids
 from data.splits import DATA_DIR_ENV, read_split, resolve_data_dir, split_path
+from data.transfer import DEFAULT_MAX_MB, DEFAULT_TIMEOUT_S
 
 @dataclass
 class Interactions:
@@ -293,6 +294,10 @@ def build_parser():
     p.add_argument("--raw", action="store_true",
                    help="fetch RecBole's raw zip into --raw_dir instead of the splits")
     p.add_argument("--raw_dir", help="raw folder (default <data_dir>/raw)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds a whole file may take, from the request to the last byte")
+    p.add_argument("--max_mb", type=float, default=DEFAULT_MAX_MB,
+                   help="refuse a response larger than this many MiB")
 
     p = sub.add_parser("prepare", parents=[common], help="write train_original/validation/test "
                        "from raw RecBole files (docs/datasets.md)")
@@ -335,65 +340,15 @@ def build_parser():
     return parser
 
 
-def download(args, data_dir: Path) -> int:
-    from data import fetch
-    if args.raw:
-        fetch.download_raw(args.dataset, Path(args.raw_dir or data_dir / "raw"),
-                           base_url=args.base_url)
-        return 0
-    for split in args.splits:
-        path = split_path(data_dir, args.dataset, split)
-        if not path.is_file():
-            fetch.download_split(data_dir, args.dataset, split, base_url=args.base_url)
-        elif not fetch.check_published([path], args.dataset):
-            print(f"warning: kept the local {path}; delete it to download the published file")
-    return 0
-
-
-def prepare(args, data_dir: Path) -> int:
-    from data import fetch
-    from data import prepare as prep
-    if args.protocol:
-        return protocols.command(args, data_dir)
-    mixed = [f"--{k}" for k in ("split", "test_file", "augment_edges", "base_url")
-             if getattr(args, k)]
-    if mixed:
-        raise DataError(f"{mixed[0]}: only with --protocol")
-    protocol = prep.SplitProtocol(positive=args.positive, core=args.core,
-                                  valid_ratio=args.valid_ratio, test_ratio=args.test_ratio,
-                                  seed=args.seed)
-    if bool(args.dataset) == bool(args.inter):
-        raise DataError("prepare needs either --dataset NAME or --inter FILE --name NAME")
-    own = [f"--{k}" for k in ("item", "text_cols", "name", "sample_users") if getattr(args, k)]
-    if args.dataset and own:
-        raise DataError(f"{', '.join(own)}: only for your own data (--inter FILE), not with "
-                        f"--dataset")
-    if args.dataset:
-        raw_dir = Path(args.raw_dir or data_dir / "raw" / prep.RAW_FORMATS[args.dataset].stem)
-        paths = prep.prepare_dataset(args.dataset, raw_dir, data_dir, protocol,
-                                     overwrite=args.overwrite)
-        return 1 if args.check and not fetch.check_published(paths, args.dataset) else 0
-    if not args.name:
-        raise DataError("--inter needs --name NAME (the output folder name)")
-    prep.prepare_custom(args.inter, args.name, data_dir, item_path=args.item,
-                        text_cols=args.text_cols, protocol=protocol,
-                        sample_users=args.sample_users, overwrite=args.overwrite)
-    return 0
-
-
-def stats(args, data_dir: Path) -> int:
-    from data import prepare as prep
-    print(prep.format_stats(prep.dataset_stats(data_dir, args.dataset)))
-    return 0
-
-
 def main(argv=None) -> int:
     """``python dataloader.py prepare|download|stats|dislikes``; bad input: one line, exit 2."""
+    from data import commands
     from runs.cli import run_cli
     args = build_parser().parse_args(argv)
-    command = {"download": download, "prepare": prepare, "stats": stats,
-               "dislikes": dislikes.command}[args.command]
-    return run_cli(lambda: command(args, resolve_data_dir(args.data_dir)))
+    command = {"download": commands.download, "prepare": commands.prepare,
+               "stats": commands.stats, "dislikes": dislikes.command}[args.command]
+    return run_cli(lambda: command(args, resolve_data_dir(args.data_dir)),
+                   interrupted=commands.INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -8,10 +8,7 @@ the folder where the file can be placed by hand.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from data.registry import (NETFLIX_GENRES, NETFLIX_TITLES, PUBLISHED_BLOBS, PUBL
                            PUBLISHED_REPO, RawFormat, published_key)
 from data.schema import DataError
 from data.splits import split_path
+from data.transfer import Limits, copy_url, remove_stale_parts
 
 DEFAULT_BASE_URL = (f"https://raw.githubusercontent.com/{PUBLISHED_REPO}/{PUBLISHED_COMMIT}/"
                     f"dataset")
@@ -37,38 +35,24 @@ RAW_SHA256 = {
 }
 
 
-def _fetch(url: str, dest: Path, verify, hand_hint: str) -> None:
-    """Stream ``url`` into a temp file next to ``dest``; ``verify(tmp)`` returns an error text
-    or None; only a verified file is renamed to ``dest``."""
+def _fetch(url: str, dest: Path, verify, hand_hint: str, limits: Limits | None = None) -> None:
+    """Stream ``url`` into a temp file next to ``dest`` within ``limits`` (data/transfer.py);
+    ``verify(tmp)`` returns an error text or None; only a verified file is renamed to
+    ``dest``. The temp file goes on every way out (an error, the deadline, the size cap,
+    Ctrl-C); one left by a killed earlier download of ``dest`` goes at the next."""
+    limits = limits or Limits()
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise DataError(f"cannot write {dest}: a part of {dest.parent} is a file, not a "
                         f"folder (check --data_dir / --raw_dir)") from None
+    remove_stale_parts(dest)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")  # same folder: rename is atomic
     try:
         with open(tmp, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=60)
-            except urllib.error.HTTPError as err:
-                raise DataError(f"download failed: HTTP {err.code} {err.reason} for {url}; "
-                                f"{hand_hint}") from None
-            except (urllib.error.URLError, OSError, ValueError) as err:
-                reason = getattr(err, "reason", err)
-                raise DataError(f"download failed: cannot reach {url} ({reason}); "
-                                f"{hand_hint}") from None
-            with response:
-                size = response.headers.get("Content-Length")
-                total = int(size) if size and size.isdigit() else None
-                with tqdm(total=total, unit="B", unit_scale=True,
-                          unit_divisor=1024, desc=dest.name, mininterval=0.5) as bar:
-                    try:
-                        for block in iter(lambda: response.read(1 << 16), b""):
-                            out.write(block)
-                            bar.update(len(block))
-                    except (OSError, http.client.HTTPException) as err:
-                        raise DataError(f"download failed: connection lost while reading "
-                                        f"{url} ({err}); {hand_hint}") from None
+            copy_url(url, out, limits, hand_hint, progress=lambda total: tqdm(
+                total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=dest.name,
+                mininterval=0.5))
         problem = verify(tmp)
         if problem:
             raise DataError(f"download of {url} rejected: {problem}; deleted it, nothing "
@@ -84,7 +68,7 @@ def resolve_base_url(base_url: str | None = None) -> str:
 
 
 def download_split(data_dir, dataset: str, split: str, base_url: str | None = None,
-                   log=print) -> Path:
+                   log=print, limits: Limits | None = None) -> Path:
     """Download one published split file into ``data_dir`` and verify its git blob SHA-1."""
     key = published_key(dataset, split)
     if key not in PUBLISHED_BLOBS:
@@ -92,10 +76,11 @@ def download_split(data_dir, dataset: str, split: str, base_url: str | None = No
                         f"{', '.join(RAW_FORMATS)}); prepare it with python dataloader.py prepare")
     dest = split_path(data_dir, dataset, split)
     return download_verified(f"{resolve_base_url(base_url)}/{key}", dest, PUBLISHED_BLOBS[key],
-                             log)
+                             log, limits)
 
 
-def download_verified(url: str, dest: Path, expected_blob: str, log=print) -> Path:
+def download_verified(url: str, dest: Path, expected_blob: str, log=print,
+                      limits: Limits | None = None) -> Path:
     """Download ``url`` to ``dest``, kept only when its git blob SHA-1 is ``expected_blob``."""
     def verify(tmp: Path) -> str | None:
         got = git_blob_sha1(tmp)
@@ -107,13 +92,15 @@ def download_verified(url: str, dest: Path, expected_blob: str, log=print) -> Pa
         return None
 
     log(f"downloading {url}")
-    _fetch(url, dest, verify, f"to work offline, place {dest.name} in {dest.parent}/ by hand")
+    _fetch(url, dest, verify, f"to work offline, place {dest.name} in {dest.parent}/ by hand",
+           limits)
     log(f"verified {dest} (git blob {expected_blob})")
     return dest
 
 
 def ensure_split_files(data_dir, dataset: str, splits: list[str], download: bool = True,
-                       base_url: str | None = None, log=print) -> None:
+                       base_url: str | None = None, log=print,
+                       limits: Limits | None = None) -> None:
     """Make sure every split file of ``dataset`` exists in ``data_dir``: missing published
     files are downloaded and verified (unless ``download`` is False); otherwise DataError
     says which file is missing and how to get it. Existing files are used as they are."""
@@ -130,10 +117,11 @@ def ensure_split_files(data_dir, dataset: str, splits: list[str], download: bool
             raise DataError(f"missing data file {path}: allow downloading (drop --no_download) "
                             f"or run python dataloader.py download --dataset {dataset} "
                             f"--data_dir {Path(data_dir)}, or place it there by hand")
-        download_split(data_dir, dataset, split, base_url=base_url, log=log)
+        download_split(data_dir, dataset, split, base_url=base_url, log=log, limits=limits)
 
 
-def download_raw(dataset: str, raw_dir, base_url: str | None = None, log=print) -> Path:
+def download_raw(dataset: str, raw_dir, base_url: str | None = None, log=print,
+                 limits: Limits | None = None) -> Path:
     """Fetch RecBole's zip of ``dataset`` and extract its .inter/.item files into
     ``raw_dir/<stem>/``; files with a known SHA-256 are verified."""
     fmt = raw_format(dataset)
@@ -161,14 +149,18 @@ def download_raw(dataset: str, raw_dir, base_url: str | None = None, log=print) 
 
     log(f"downloading {url}")
     _fetch(url, zip_path, verify, f"to work offline, download it by hand and extract "
-                                   f"{fmt.stem}.inter and {fmt.stem}.item into {out_dir}/")
+                                   f"{fmt.stem}.inter and {fmt.stem}.item into {out_dir}/",
+           limits)
     with zipfile.ZipFile(zip_path) as zf:
         for name in zf.namelist():
             if Path(name).name in _raw_names(fmt) and not name.endswith("/"):
                 dest = out_dir / Path(name).name
                 part = dest.with_name(f".{dest.name}.part")
-                part.write_bytes(zf.read(name))
-                os.replace(part, dest)
+                try:
+                    part.write_bytes(zf.read(name))
+                    os.replace(part, dest)
+                finally:  # Ctrl-C or a full disk while extracting
+                    part.unlink(missing_ok=True)
                 log(f"extracted {dest}")
     zip_path.unlink()
     if fmt.netflix_items:

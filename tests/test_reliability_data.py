@@ -1,0 +1,208 @@
+"""Reliability of getting and preparing data (review r27): a download that drips or
+never ends is bounded by a total deadline and a size cap and leaves no partial file, Ctrl-C
+included; prepare drops duplicate (user, item) rows before splitting and never writes a pair
+into two splits.
+
+Servers are local (127.0.0.1) and every test is bounded in time.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import dataloader
+from data import fetch
+from data import prepare as prep
+from data.provenance import git_blob_sha1
+from data.schema import DataError
+from data.splits import split_path
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER = "user_id:token,item_id:token,rating:float"
+
+
+def parts(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.part")) if folder.exists() else []
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """GET answers with the server's ``mode``: ``drip`` (1 byte every 0.2 s of a promised
+    100,000), ``big`` (``size`` bytes, with a Content-Length), ``big_unannounced`` (the
+    same, ended by closing the connection) or ``file`` (``body``)."""
+
+    protocol_version = "HTTP/1.0"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        server = self.server
+        server.requests += 1
+        body = server.body if server.mode == "file" else b"x" * server.size
+        self.send_response(200)
+        if server.mode != "big_unannounced":
+            self.send_header("Content-Length", "100000" if server.mode == "drip"
+                             else str(len(body)))
+        self.end_headers()
+        try:
+            if server.mode == "drip":
+                while not server.stopping.is_set():
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            else:
+                self.wfile.write(body)
+        except OSError:  # the client gave up
+            pass
+
+
+@pytest.fixture
+def mirror():
+    """Start a local mirror in a given mode; returns (base URL, server)."""
+    servers = []
+
+    def start(mode: str, size: int = 0, body: bytes = b""):
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.mode, server.size, server.body, server.requests = mode, size, body, 0
+        server.stopping = threading.Event()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}", server
+
+    yield start
+    for server in servers:
+        server.stopping.set()
+        server.shutdown()
+        server.server_close()
+
+
+def download_args(tmp_path: Path, base: str, *extra: str) -> list[str]:
+    return ["download", "--dataset", "ML-100K", "--splits", "validation", "--data_dir",
+            str(tmp_path / "data"), "--base_url", base, *extra]
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+# ----------------------------------------------------------------------------- downloads
+
+def test_a_dripping_mirror_ends_at_the_total_deadline(tmp_path, mirror, capsys):
+    base, _ = mirror("drip")
+    start = time.monotonic()
+    assert dataloader.main(download_args(tmp_path, base, "--timeout", "2")) == 2
+    took = time.monotonic() - start
+    err = capsys.readouterr().err
+    assert 1.5 < took < 6, took
+    assert "Traceback" not in err and len(error_lines(err)) == 1
+    assert "did not finish within 2 s" in error_lines(err)[0] and "--timeout" in err
+    assert parts(tmp_path) == [] and not split_path(tmp_path / "data", "ML-100K",
+                                                     "validation").exists()
+
+
+@pytest.mark.parametrize("mode", ["big", "big_unannounced"])
+def test_a_response_over_the_size_cap_is_one_line(tmp_path, mirror, capsys, mode):
+    base, _ = mirror(mode, size=300_000)
+    assert dataloader.main(download_args(tmp_path, base, "--max_mb", "0.1")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(error_lines(err)) == 1
+    assert "larger than --max_mb 0.1" in err
+    assert parts(tmp_path) == []
+
+
+@pytest.mark.parametrize("flag, value", [("--timeout", "0"), ("--timeout", "-5"),
+                                         ("--timeout", "nan"), ("--max_mb", "0"),
+                                         ("--max_mb", "-1"), ("--max_mb", "inf")])
+def test_bad_limits_are_refused_before_the_first_request(tmp_path, mirror, capsys, flag, value):
+    base, server = mirror("big", size=10)
+    assert dataloader.main(download_args(tmp_path, base, flag, value)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {flag} must be")
+    assert server.requests == 0
+
+
+def test_a_normal_mirror_still_downloads_and_verifies(tmp_path, mirror):
+    body = (HEADER + "\n1,2,4\n" * 5000).encode()
+    base, _ = mirror("file", body=body)
+    (tmp_path / "blob").write_bytes(body)
+    dest = tmp_path / "data" / "f.csv"
+    fetch.download_verified(f"{base}/f.csv", dest, git_blob_sha1(tmp_path / "blob"),
+                            log=lambda *_: None, limits=fetch.Limits(timeout_s=30, max_mb=1))
+    assert dest.read_bytes() == body and parts(tmp_path) == []
+    with pytest.raises(DataError, match="rejected: git blob SHA-1"):
+        fetch.download_verified(f"{base}/f.csv", tmp_path / "data" / "g.csv", "0" * 40,
+                                log=lambda *_: None)
+    assert parts(tmp_path) == [] and not (tmp_path / "data" / "g.csv").exists()
+
+
+def test_http_error_and_an_unexpected_exception_leave_no_part_file(tmp_path, serve,
+                                                                   monkeypatch):
+    (tmp_path / "served").mkdir()
+    with pytest.raises(DataError, match="HTTP 404"):
+        fetch.download_split(tmp_path / "data", "ML-100K", "test",
+                             base_url=serve(tmp_path / "served"), log=lambda *_: None)
+    assert parts(tmp_path) == []
+    (tmp_path / "served" / "ML-100K").mkdir()
+    (tmp_path / "served" / "ML-100K" / "ML-100K_test.csv").write_text(HEADER + "\n1,2,4\n")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(fetch, "git_blob_sha1", broken)
+    with pytest.raises(RuntimeError):
+        fetch.download_split(tmp_path / "data", "ML-100K", "test",
+                             base_url=serve(tmp_path / "served"), log=lambda *_: None)
+    assert parts(tmp_path) == []
+
+
+def test_the_part_file_of_a_killed_download_is_removed_by_the_next(tmp_path, mirror):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is no longer a process
+    folder = tmp_path / "data" / "ML-100K"
+    folder.mkdir(parents=True)
+    stale = folder / f".ML-100K_validation.csv.{dead.pid}.part"
+    mine = folder / f".ML-100K_validation.csv.{os.getppid()}.part"  # a live process's
+    stale.write_bytes(b"half")
+    mine.write_bytes(b"half")
+    base, _ = mirror("big", size=10)
+    with pytest.raises(DataError, match="rejected"):
+        fetch.download_split(tmp_path / "data", "ML-100K", "validation", base_url=base,
+                             log=lambda *_: None)
+    assert not stale.exists() and mine.exists()
+
+
+def test_ctrl_c_during_a_download_ends_at_once_with_one_line(tmp_path, mirror):
+    base, _ = mirror("drip")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "dataloader.py", *download_args(tmp_path, base)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not parts(tmp_path) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert parts(tmp_path), "the download never started"
+        time.sleep(0.5)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and took < 3, (proc.returncode, took)
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert len(lines) == 1, err
+    assert parts(tmp_path) == []
