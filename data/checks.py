@@ -87,24 +87,29 @@ def pair_keys(df: pd.DataFrame) -> pd.Series:
     return df[USER_COL].astype(str) + "\x1f" + df[ITEM_COL].astype(str)
 
 
-def check_overlap(splits: list[tuple[str, pd.DataFrame]], allow: bool = False,
-                  warn=print) -> None:
-    """No (user, item) pair in two of the named frames: DataError naming the count and the
-    first pair, or (``allow``) a warning."""
+def overlaps(splits: list[tuple[str, pd.DataFrame]]):
+    """For every two of the named frames sharing (user, item) pairs: the count and the
+    first shared pair (in the later frame's order), as a phrase."""
     keys = [(name, pair_keys(df)) for name, df in splits]
     for a in range(len(keys)):
         for b in range(a + 1, len(keys)):
             (name_a, keys_a), (name_b, keys_b) = keys[a], keys[b]
             both = keys_b.isin(keys_a)
-            if not both.any():
-                continue
-            user, item = keys_b[both].iloc[0].split("\x1f")
-            message = (f"{int(both.sum())} (user, item) pair(s) in both {name_a} and {name_b}, "
+            if both.any():
+                user, item = keys_b[both].iloc[0].split("\x1f")
+                yield (f"{int(both.sum())} (user, item) pair(s) in both {name_a} and {name_b}, "
                        f"first: user {user}, item {item}")
-            if not allow:
-                raise DataError(f"{message}; a split must not hold rows of another (pass "
-                                f"--allow_split_overlap to train on such data anyway)")
-            warn(f"warning: {message} (allowed by --allow_split_overlap)")
+
+
+def check_overlap(splits: list[tuple[str, pd.DataFrame]], allow: bool = False,
+                  warn=print) -> None:
+    """No (user, item) pair in two of the named frames: DataError naming the count and the
+    first pair, or (``allow``) a warning."""
+    for message in overlaps(splits):
+        if not allow:
+            raise DataError(f"{message}; a split must not hold rows of another (pass "
+                            f"--allow_split_overlap to train on such data anyway)")
+        warn(f"warning: {message} (allowed by --allow_split_overlap)")
 
 
 def _canonical(value: str) -> str:

@@ -11,12 +11,17 @@ Preparation (docs/datasets.md), for every dataset alike:
   4. per user in ascending id order, one global seed: permutation(n), test = first int(0.2 n),
      validation = next int(0.1 n), train = the rest, each in original row order;
   5. train_original = train parts + neg; write user_id:token, item_id:token, rating:float.
+Between 1 and 2, rows repeating a (user, item) pair are dropped: the first row of each pair
+in file order is kept (the loader's rule), so no pair can land in two splits; the count is
+printed and recorded in ``prepared.json`` beside the splits, with the source and the
+parameters. A pair in two of the splits about to be written is refused (nothing written).
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +29,17 @@ import pandas as pd
 from tqdm import tqdm
 
 from data import checks
+from data.provenance import file_sha1, git_blob_sha1
 from data.registry import DATASETS, NETFLIX_GENRES, NETFLIX_TITLES, SPLITS, RawFormat
 from data.schema import (ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_COL, DataError,
                          canonical_int_ids, sorted_ids)
 from data.splits import read_split, split_path
-from runs.files import atomic_write
+from runs.files import atomic_write, atomic_write_text
 
 PREPARED_SPLITS = ("train_original", "validation", "test")
 RAW_FORMATS = {name: d.raw for name, d in DATASETS.items()}
+RECORD_FILE = "prepared.json"
+KEPT_OF_DUPLICATES = "the first row of each (user, item) pair in file order"
 
 
 @dataclass(frozen=True)
@@ -220,14 +228,24 @@ def split_interactions(df: pd.DataFrame, protocol: SplitProtocol = SplitProtocol
 
 
 def prepare_frame(inter: pd.DataFrame, items: pd.DataFrame | None, text_cols,
-                  protocol: SplitProtocol = SplitProtocol()):
-    """Step 1 (join the item text, drop incomplete rows) then ``split_interactions``."""
+                  protocol: SplitProtocol = SplitProtocol(), log=print):
+    """Step 1 (join the item text, drop incomplete rows), drop rows repeating a (user, item)
+    pair (the first of each is kept), then ``split_interactions``. Returns the three frames
+    and the counts for the record."""
+    counts = {"rows_read": len(inter)}
     if items is not None:
         inter = inter.merge(items[[ITEM_COL, *text_cols]], on=ITEM_COL, how="left")
     inter = inter.dropna(subset=[USER_COL, ITEM_COL, RATING_COL, *text_cols])
     inter = inter.assign(**{USER_COL: _as_ids(inter[USER_COL]),
                             ITEM_COL: _as_ids(inter[ITEM_COL])})
-    return split_interactions(inter.reset_index(drop=True), protocol)
+    repeated = inter.duplicated([USER_COL, ITEM_COL], keep="first")
+    counts.update(rows_complete=len(inter), duplicates_dropped=int(repeated.sum()),
+                  kept_of_duplicates=KEPT_OF_DUPLICATES)
+    if repeated.any():
+        log(f"dropped {int(repeated.sum()):,} duplicate (user, item) row(s) of "
+            f"{len(inter):,} complete rows; kept {KEPT_OF_DUPLICATES}")
+        inter = inter[~repeated]
+    return split_interactions(inter.reset_index(drop=True), protocol), counts
 
 
 def refuse_overwrite(out_dir, name: str, overwrite: bool) -> None:
@@ -239,16 +257,22 @@ def refuse_overwrite(out_dir, name: str, overwrite: bool) -> None:
                         f"renamed to *.stale), or choose another --data_dir")
 
 
-def write_splits(out_dir, name: str, frames, log=print, core: int = 5) -> list[Path]:
+def write_splits(out_dir, name: str, frames, log=print, core: int = 5,
+                 record: dict | None = None) -> list[Path]:
     """Write train_original/validation/test exactly as ``to_csv(index=False)`` does (LF line
-    ends on every OS), atomically (runs.files.atomic_write: a crash leaves no half file). An empty split is
-    an error before anything is written. A train_augment there that no longer relabels the
-    new train_original is renamed ``*.stale`` (with its manifest), so nothing trains on it."""
+    ends on every OS), atomically (runs.files.atomic_write: a crash leaves no half file). An
+    empty split, or a (user, item) pair in two splits, is an error before anything is
+    written. ``record`` (source, parameters, counts) goes to ``prepared.json`` with the rows
+    and git blobs written. A train_augment there that no longer relabels the new
+    train_original is renamed ``*.stale`` (with its manifest), so nothing trains on it."""
     empty = [split for split, frame in zip(PREPARED_SPLITS, frames) if len(frame) == 0]
     if empty:
         raise DataError(f"{name}: the {empty[0]} split came out empty after {core}-core "
                         f"filtering (check --core, --positive, the split ratios and the "
                         f"ratings scale); nothing written")
+    for shared in checks.overlaps(list(zip(PREPARED_SPLITS, frames))):
+        raise DataError(f"{name}: refusing to write splits that share pairs: {shared}; "
+                        f"nothing written")
     paths = []
     for split, frame in zip(PREPARED_SPLITS, frames):
         dest = split_path(out_dir, name, split)
@@ -257,6 +281,10 @@ def write_splits(out_dir, name: str, frames, log=print, core: int = 5) -> list[P
                                                               lineterminator="\n"))
         log(f"wrote {dest}: {len(frame):,} rows")
         paths.append(dest)
+    if record is not None:
+        record = {**record, "rows_written": {s: len(f) for s, f in zip(PREPARED_SPLITS, frames)},
+                  "git_blobs": {p.name: git_blob_sha1(p) for p in paths}}
+        atomic_write_text(paths[0].parent / RECORD_FILE, json.dumps(record, indent=2) + "\n")
     retire_stale_augment(split_path(out_dir, name, "train_augment"), paths[0], log)
     return paths
 
@@ -295,8 +323,9 @@ def prepare_dataset(dataset: str, raw_dir, out_dir, protocol: SplitProtocol = Sp
     raw_dir = Path(raw_dir)
     inter = _read_inter(raw_dir / f"{fmt.stem}.inter", fmt.sample_users, protocol.seed, log)
     items = _read_items(fmt, raw_dir, raw_dir / f"{fmt.stem}.item")
-    frames = prepare_frame(inter, items, fmt.text_cols, protocol)
-    return write_splits(out_dir, dataset, frames, log, protocol.core)
+    frames, counts = prepare_frame(inter, items, fmt.text_cols, protocol, log)
+    return write_splits(out_dir, dataset, frames, log, protocol.core,
+                        _record(raw_dir / f"{fmt.stem}.inter", protocol, counts))
 
 
 def prepare_custom(inter_path, name: str, out_dir, item_path=None, text_cols=None,
@@ -312,8 +341,18 @@ def prepare_custom(inter_path, name: str, out_dir, item_path=None, text_cols=Non
             header = pd.read_csv(item_path, sep="\t", nrows=0, quoting=csv.QUOTE_NONE)
             text_cols = [c for c in header.columns if c != ITEM_COL]
         items = _read_table(Path(item_path), [ITEM_COL, *text_cols])
-    frames = prepare_frame(inter, items, list(text_cols or []), protocol)
-    return write_splits(out_dir, name, frames, log, protocol.core)
+    frames, counts = prepare_frame(inter, items, list(text_cols or []), protocol, log)
+    return write_splits(out_dir, name, frames, log, protocol.core,
+                        _record(Path(inter_path), protocol, counts))
+
+
+def _record(inter_path: Path, protocol: SplitProtocol, counts: dict) -> dict:
+    """What prepared.json says besides the output: the source file, the parameters and the
+    counts of ``prepare_frame``."""
+    return {"made_by": "python dataloader.py prepare",
+            "source": {"path": inter_path.as_posix(), "bytes": inter_path.stat().st_size,
+                       "sha1": file_sha1(inter_path)},
+            "protocol": asdict(protocol), **counts}
 
 
 # ----------------------------------------------------------------------------- stats

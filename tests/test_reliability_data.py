@@ -206,3 +206,59 @@ def test_ctrl_c_during_a_download_ends_at_once_with_one_line(tmp_path, mirror):
     lines = [line for line in err.splitlines() if line.startswith("interrupted")]
     assert len(lines) == 1, err
     assert parts(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- prepare
+
+def duplicated_inter(path: Path) -> list[tuple]:
+    """8 users x 12 items, all rated (item u + 1: 2, else user + item odd: 5, even: 4), then every
+    positive row again with rating 1, then the first 30 rows again unchanged: 96 + 88 + 30
+    rows, of which 118 repeat a pair. The first of each pair is the original row."""
+    rows = [(u, i, 2 if i == u % 12 + 1 else (5 if (u + i) % 2 else 4))
+            for u in range(1, 9) for i in range(1, 13)]
+    rows += [(u, i, 1) for u, i, r in rows if r >= 4] + rows[:30]
+    path.write_text("user_id:token\titem_id:token\trating:float\n"
+                    + "".join(f"{u}\t{i}\t{r}\n" for u, i, r in rows))
+    return rows
+
+
+def test_prepare_drops_duplicate_pairs_before_splitting(tmp_path, capsys):
+    duplicated_inter(tmp_path / "dup.inter")
+    out = tmp_path / "data"
+    assert dataloader.main(["prepare", "--inter", str(tmp_path / "dup.inter"), "--name", "Dup",
+                            "--data_dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    frames = {s: pd.read_csv(split_path(out, "Dup", s), dtype=str) for s in prep.PREPARED_SPLITS}
+    keys = {s: set(zip(f["user_id:token"], f["item_id:token"])) for s, f in frames.items()}
+    for s, f in frames.items():
+        assert not f.duplicated(["user_id:token", "item_id:token"]).any(), s
+    names = list(keys)
+    for a in range(3):
+        for b in range(a + 1, 3):
+            assert not keys[names[a]] & keys[names[b]], (names[a], names[b])
+    together = pd.concat(frames.values())
+    assert len(together) == 96  # every pair once, with its first rating
+    first = {(str(u), str(i)): str(float(r)) for u, i, r in
+             [(u, i, 2 if i == u % 12 + 1 else (5 if (u + i) % 2 else 4))
+              for u in range(1, 9) for i in range(1, 13)]}
+    got = dict(zip(zip(together["user_id:token"], together["item_id:token"]),
+                   together["rating:float"]))
+    assert {k: str(float(v)) for k, v in got.items()} == first
+    assert "dropped 118 duplicate (user, item) row(s)" in printed
+    record = json.loads((out / "Dup" / prep.RECORD_FILE).read_text())
+    assert record["duplicates_dropped"] == 118 and record["rows_read"] == 214
+    assert record["kept_of_duplicates"].startswith("the first")
+    assert record["rows_written"] == {s: len(f) for s, f in frames.items()}
+
+
+def test_prepare_refuses_to_write_splits_that_overlap(tmp_path):
+    train = pd.DataFrame({"user_id:token": [1, 1, 2], "item_id:token": [1, 2, 1],
+                          "rating:float": [5.0, 4.0, 4.0]})
+    valid = pd.DataFrame({"user_id:token": [1], "item_id:token": [3], "rating:float": [5.0]})
+    test = pd.DataFrame({"user_id:token": [2], "item_id:token": [1], "rating:float": [4.0]})
+    with pytest.raises(DataError) as err:
+        prep.write_splits(tmp_path, "Bad", (train, valid, test), log=lambda *_: None)
+    message = str(err.value)
+    assert "\n" not in message and "both" in message and "user 2, item 1" in message
+    assert "nothing written" in message
+    assert not (tmp_path / "Bad").exists() or not any((tmp_path / "Bad").iterdir())
