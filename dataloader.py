@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from data import checks, dislikes, protocols
+from data import dislikes, loading, protocols
 from data.registry import DATASETS, PROTOCOLS, SPLITS
-from data.schema import ITEM_COL, RATING_COL, USER_COL, DataError, sorted_ids
-from data.splits import DATA_DIR_ENV, read_split, resolve_data_dir, split_path
+from data.schema import DataError
+from data.splits import DATA_DIR_ENV, read_split, resolve_data_dir, split_path  # noqa: F401 (API)
+from data.table import out_of_memory
 from data.transfer import DEFAULT_MAX_MB, DEFAULT_TIMEOUT_S
 
 @dataclass
@@ -76,132 +76,68 @@ class RecData:
         return Interactions(self.train.users[keep], self.train.items[keep])
 
 
-def _encode(df: pd.DataFrame, user_index: pd.Index, item_index: pd.Index):
-    users = user_index.get_indexer(df[USER_COL].to_numpy(dtype=object))
-    items = item_index.get_indexer(df[ITEM_COL].to_numpy(dtype=object))
-    return users, items
-
-
 def read_checked_splits(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
                         warn=print, allow_overlap: bool = False):
-    """The train file, validation and test of ``dataset`` as frames, after checking that they
-    fit together (data/checks.py); and the (role, path) of every file read — train_original
-    too when it was read to check that train_augment relabels it."""
-    if dataset_augment not in ("augment", "original"):
-        raise DataError(f"--dataset_augment must be augment or original, got {dataset_augment!r}")
-    spec = protocols.read_protocol(data_dir, dataset)
-    if spec is not None:
-        return protocols.read_protocol_splits(data_dir, dataset, dataset_augment, spec, warn,
-                                              allow_overlap)
-    variant = dislikes.variant_inputs(data_dir, dataset)  # a variant's files: as recorded
-    paths = {role: split_path(data_dir, dataset, role)
-             for role in (f"train_{dataset_augment}", "validation", "test")}
-    frames = {role: read_split(path, is_train=role.startswith("train"), warn=warn)
-              for role, path in paths.items()}
-    train_path, train_df = paths[f"train_{dataset_augment}"], frames[f"train_{dataset_augment}"]
-    files = list(paths.items())
-    original_path = split_path(data_dir, dataset, "train_original")
-    if dataset_augment == "augment" and original_path.is_file():
-        original = read_split(original_path, is_train=True, warn=lambda line: None)
-        checks.check_relabeling(original, train_df, original_path, train_path)
-        checks.check_manifest(train_path, original_path, warn=warn)
-        files.append(("train_original", original_path))
-    checks.check_overlap([(paths[r].name, frames[r]) for r in paths], allow=allow_overlap,
-                         warn=warn)
-    return train_df, frames["validation"], frames["test"], files + variant
-
-
-def _eval_rows(path: Path | None, df: pd.DataFrame, user_index: pd.Index,
-               item_index: pd.Index, spec: dict | None, warn) -> Interactions:
-    """A validation/test split's ground-truth rows (rating >= 4) in index space; rows of
-    users/items outside the index dropped with a counted warning. ``path`` None: a protocol
-    folder's missing validation split (no rows)."""
-    if path is None:
-        return Interactions(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
-    user_ids, item_ids = user_index.to_numpy(), item_index.to_numpy()
-    low = df[RATING_COL] < 4
-    kept = df[~low]
-    users, items = _encode(kept, user_index, item_index)
-    seen = (users >= 0) & (items >= 0)
-    if not seen.any():
-        raise DataError(checks.why_empty(path, df, user_ids, item_ids))
-    if low.any() and spec is not None:
-        warn(f"{path.name}: {int(low.sum())} row(s) rated below 4 are not ground truth "
-             f"(threshold {spec['threshold']})")
-    elif low.any():
-        warn(f"warning: {path.name}: dropped {int(low.sum())} row(s) with rating < 4")
-    if not seen.all():
-        clash = checks.id_format_clash(path, kept[~seen], user_ids, item_ids)
-        if clash:  # not unseen users/items: the same ones written another way
-            raise DataError(clash)
-        warn(f"warning: {path.name}: dropped {int((~seen).sum())} row(s) whose user or item "
-             f"is not in the training data")
-    return Interactions(torch.as_tensor(users[seen], dtype=torch.long),
-                        torch.as_tensor(items[seen], dtype=torch.long))
-
-
-def _held_out(path: Path, user_index: pd.Index, item_index: pd.Index, warn) -> Interactions:
-    """A dislikes variant's held-out rows (every rating) in index space; rows of users or
-    items absent from T dropped with a count."""
-    users, items = _encode(read_split(path, is_train=True, warn=warn), user_index, item_index)
-    seen = (users >= 0) & (items >= 0)
-    if not seen.all():
-        warn(f"warning: {path.name}: {int((~seen).sum())} row(s) of users/items absent from T "
-             f"not counted in disliked@k")
-    return Interactions(torch.as_tensor(users[seen], dtype=torch.long),
-                        torch.as_tensor(items[seen], dtype=torch.long))
+    """The train file, validation and test of ``dataset`` as ``data.table.CodedSplit``s,
+    checked to fit together, and the (role, path) of every file read (data/loading.py)."""
+    return loading.read_checked_splits(data_dir, dataset, dataset_augment, warn, allow_overlap)
 
 
 def load_dataset(data_dir: str | Path, dataset: str, dataset_augment: str = "augment",
                  warn=print, allow_overlap: bool = False) -> RecData:
     """Load the split files of ``dataset`` (``read_checked_splits``) and encode them
-    (docs/method.md, "Data").
+    (docs/method.md, "Data"), in bounded memory; a MemoryError is one line saying roughly
+    how much memory the files need.
 
     Validation/test rows whose user or item does not occur in T are dropped with a counted
     warning; rows with rating < 4 there are dropped too (they hold positives only).
     """
-    train_df, valid_df, test_df, files = read_checked_splits(
-        data_dir, dataset, dataset_augment, warn, allow_overlap)
-    spec = protocols.read_protocol(data_dir, dataset)
-    train_path = files[0][1]
-    rating = train_df[RATING_COL].to_numpy()
-    in_t = (rating >= 4) | (rating <= 1)
-    t_df = train_df[in_t]
-    if len(t_df) == 0 or not (t_df[RATING_COL] >= 4).any():
-        raise DataError(f"{train_path}: no positive (rating >= 4) training rows")
-    # a protocol folder's catalogue: every user and item of train and test (its codes
-    # index every id and never recommend one in neither split); else those of T
-    catalogue = pd.concat([train_df, test_df]) if spec is not None else t_df
-    user_ids = sorted_ids(catalogue[USER_COL])
-    item_ids = sorted_ids(catalogue[ITEM_COL])
-    user_index, item_index = pd.Index(user_ids), pd.Index(item_ids)
+    try:
+        return _load(data_dir, dataset, dataset_augment, warn, allow_overlap)
+    except MemoryError:
+        raise out_of_memory([split_path(data_dir, dataset, role) for role in
+                             (f"train_{dataset_augment}", "validation", "test")]) from None
 
-    t_users, t_items = _encode(t_df, user_index, item_index)
-    neutral_df = train_df[~in_t]
-    n_users, n_items = _encode(neutral_df, user_index, item_index)
+
+def _long(values) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(values, dtype=np.int64), dtype=torch.long)
+
+
+def _load(data_dir, dataset: str, dataset_augment: str, warn, allow_overlap: bool) -> RecData:
+    train, valid, test, files = read_checked_splits(data_dir, dataset, dataset_augment, warn,
+                                                    allow_overlap)
+    spec = protocols.read_protocol(data_dir, dataset)
+    in_t = (train.ratings >= 4) | (train.ratings <= 1)
+    if not in_t.any() or not (train.ratings[in_t] >= 4).any():
+        raise DataError(f"{files[0][1]}: no positive (rating >= 4) training rows")
+    user_ids, item_ids = loading.catalogue_ids(train, test, in_t, spec)
+    user_map = loading.index_map(user_ids, train.user_vocab)
+    item_map = loading.index_map(item_ids, train.item_vocab)
+    t_users, t_items = user_map[train.users[in_t]], item_map[train.items[in_t]]
+    n_users, n_items = user_map[train.users[~in_t]], item_map[train.items[~in_t]]
     known = (n_users >= 0) & (n_items >= 0)  # a neutral row of a user/item absent from T
     if not known.all():
         warn(f"warning: {int((~known).sum())} neutral training row(s) of users/items absent "
              f"from T ignored")
 
-    def eval_split(path: Path | None, df: pd.DataFrame) -> Interactions:
-        return _eval_rows(path, df, user_index, item_index, spec, warn)
+    def eval_split(split) -> Interactions:
+        users, items = loading.eval_rows(split, user_map, item_map, user_ids, item_ids, spec,
+                                         warn)
+        return Interactions(_long(users), _long(items))
     held_out = split_path(data_dir, dataset, dislikes.DISLIKES)  # a dislikes variant's
+    dislikes_rows = None
     if held_out.is_file():
         files.append((dislikes.DISLIKES, held_out))
-
+        dislikes_rows = Interactions(*map(_long, loading.held_out(
+            held_out, user_map, item_map, train.user_vocab, train.item_vocab, warn)))
     return RecData(
         dataset=dataset, num_users=len(user_ids), num_items=len(item_ids),
         user_ids=user_ids, item_ids=item_ids,
-        train=Interactions(torch.as_tensor(t_users, dtype=torch.long),
-                           torch.as_tensor(t_items, dtype=torch.long)),
-        train_is_pos=torch.as_tensor(t_df[RATING_COL].to_numpy() >= 4),
-        neutral=Interactions(torch.as_tensor(n_users[known], dtype=torch.long),
-                             torch.as_tensor(n_items[known], dtype=torch.long)),
-        validation=eval_split(files[1][1], valid_df), test=eval_split(files[2][1], test_df),
-        test_dislikes=_held_out(held_out, user_index, item_index, warn)
-        if held_out.is_file() else None, protocol=spec,
-        files=[(role, path) for role, path in files if path is not None])
+        train=Interactions(_long(t_users), _long(t_items)),
+        train_is_pos=torch.as_tensor(train.ratings[in_t] >= 4),
+        neutral=Interactions(_long(n_users[known]), _long(n_items[known])),
+        validation=eval_split(valid), test=eval_split(test), test_dislikes=dislikes_rows,
+        protocol=spec, files=[(role, path) for role, path in files if path is not None])
 
 
 # ----------------------------------------------------------------------------- graphs
