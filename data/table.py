@@ -148,7 +148,7 @@ def read_coded(path: Path, *, is_train: bool, users: Vocab, items: Vocab,
                warn=print) -> CodedSplit:
     """``read_split``'s checks and result as codes, reading ``path`` chunk by chunk."""
     expected = TRAIN_RATINGS if is_train else EVAL_RATINGS  # eval rows < 4 are dropped later
-    problems, parts, offset = _Problems(), [], 0
+    problems, parts, offset = _Problems(), ([], [], []), 0
     for chunk in _chunks(path):
         ratings = pd.to_numeric(chunk[RATING_COL], errors="coerce").to_numpy(np.float64)
         bad = np.isnan(ratings)  # non-numeric (coerced to NaN) or empty
@@ -165,13 +165,16 @@ def read_coded(path: Path, *, is_train: bool, users: Vocab, items: Vocab,
         offset += len(chunk)
         if problems.bad or problems.empty or problems.unexpected:
             continue  # only counting from here on
-        parts.append((users.encode(chunk[USER_COL].to_numpy(dtype=object)),
-                      items.encode(chunk[ITEM_COL].to_numpy(dtype=object)),
-                      ratings.astype(np.float32)))
+        parts[0].append(users.encode(chunk[USER_COL].to_numpy(dtype=object)))
+        parts[1].append(items.encode(chunk[ITEM_COL].to_numpy(dtype=object)))
+        parts[2].append(ratings.astype(np.float32))
     problems.raise_first(path, expected)
-    joined = [np.concatenate([p[k] for p in parts]) if parts else np.zeros(0, np.int32)
-              for k in range(3)]
+    joined = []
+    for column in parts:  # one column at a time: its chunks go as it is joined
+        joined.append(np.concatenate(column) if column else np.zeros(0, np.int32))
+        column.clear()
     split = CodedSplit(path, joined[0], joined[1], joined[2].astype(np.float32), users, items)
+    del joined
     dup = repeated(split.keys())
     if dup.any():
         warn(f"warning: {path.name}: {int(dup.sum())} duplicate (user, item) row(s); "
