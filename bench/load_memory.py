@@ -6,13 +6,14 @@ kept below) against the chunked, integer-coded one (NEW, data.splits.read_split_
 For each size a synthetic train file (random integer ids, the seven train ratings, about
 17 bytes a row) is written to a temp folder; each loader then reads it in a child process
 whose address space is capped at ``--cap_gb`` (RLIMIT_AS), and the child's peak resident
-memory (ru_maxrss) is reported, or that it ran out of memory under the cap. One line per
+memory (its VmHWM; wait4's ru_maxrss if it crashed) is reported, or that it ran out of memory under the cap. One line per
 loader and size, and the ratio OLD/NEW where both finished.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -73,7 +74,10 @@ except MemoryError:
     outcome = "MemoryError"
 except Exception as err:  # the new loader's one line (out of memory) lands here
     outcome = f"{type(err).__name__}: {err}"
-print(json.dumps({"maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+# VmHWM: this process's own peak (ru_maxrss would include the parent's at the fork)
+peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status")
+               if line.startswith("VmHWM"))
+print(json.dumps({"maxrss_kb": peak_kb,
                   "seconds": time.time() - start, "outcome": outcome}))
 '''
 
@@ -96,20 +100,35 @@ def write_train(path: Path, gb: float, seed: int = 0) -> int:
 
 
 def measure(path: Path, which: str, cap: int) -> dict:
+    """Run one loader in a child; its peak RSS from wait4, so a child killed or crashed
+    under the cap is still measured."""
     code = f"OLD_LOADER = {OLD_LOADER!r}\n" + CHILD
-    proc = subprocess.run([sys.executable, "-c", code, str(path), which, str(cap)], cwd=REPO,
-                          capture_output=True, text=True)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        start = time.time()
+        proc = subprocess.Popen([sys.executable, "-c", code, str(path), which, str(cap)],
+                                cwd=REPO, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.time() - start
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
     if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"maxrss_kb": 0, "seconds": 0.0, "outcome": f"child failed: {tail}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        tail = (stderr.strip().splitlines() or ["no message"])[-1]
+        return {"maxrss_kb": usage.ru_maxrss, "seconds": seconds,  # (upper bound: wait4)
+                "outcome": f"child ended with exit code {proc.returncode} ({tail})"}
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["--write"]:
+        print(write_train(Path(sys.argv[2]), float(sys.argv[3])))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, nargs="+", default=[0.5])
     parser.add_argument("--cap_gb", type=float, default=12.0)
     parser.add_argument("--out", help="also append the lines to this file")
+    parser.add_argument("--only", choices=("OLD", "NEW"), help="measure one loader only")
     args = parser.parse_args(argv)
     if args.cap_gb > 12:
         parser.error("--cap_gb must be at most 12")
@@ -119,19 +138,21 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "Big_train_original.csv"
             start = time.time()
-            rows = write_train(path, gb)
+            rows = int(subprocess.run(  # in a child, so this process stays small
+                [sys.executable, __file__, "--write", str(path), str(gb)], check=True,
+                capture_output=True, text=True).stdout)
             size = path.stat().st_size
             print(f"# wrote {size / 2 ** 30:.2f} GiB, {rows:,} rows in "
                   f"{time.time() - start:.0f} s", flush=True)
             got = {}
-            for which in ("OLD", "NEW"):
+            for which in [args.only] if args.only else ("OLD", "NEW"):
                 got[which] = m = measure(path, which, cap)
                 line = (f"{which} file {size / 2 ** 30:.2f} GiB ({rows:,} rows), cap "
                         f"{args.cap_gb:g} GiB: peak RSS {m['maxrss_kb'] / 2 ** 20:.2f} GiB, "
                         f"{m['seconds']:.0f} s, {m['outcome']}")
                 print(line, flush=True)
                 lines.append(line)
-            if all("rows kept" in got[w]["outcome"] for w in got):
+            if len(got) == 2 and all("rows kept" in got[w]["outcome"] for w in got):
                 line = (f"ratio OLD/NEW peak RSS at {size / 2 ** 30:.2f} GiB: "
                         f"{got['OLD']['maxrss_kb'] / got['NEW']['maxrss_kb']:.2f}")
                 print(line, flush=True)

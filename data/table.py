@@ -1,6 +1,6 @@
 """Reading a split file in bounded memory: chunks of rows with explicit dtypes, ids turned
 into integer codes chunk by chunk, so memory grows with the rows kept (two int32 codes and a
-float32 rating each, plus every distinct id once), not with the file's text (~80 bytes a row
+float32 rating each, plus every distinct id once), not with the file's text (~70 bytes a row
 at the peak, against ~137 for whole-file string frames: tests/test_loading_memory.py).
 
 A ``CodedSplit`` is one split file as arrays: ``users``/``items`` are codes into the
@@ -21,7 +21,7 @@ from data.schema import EVAL_RATINGS, ITEM_COL, RATING_COL, TRAIN_RATINGS, USER_
 
 SPLIT_COLUMNS = (USER_COL, ITEM_COL, RATING_COL)
 CHUNK_ROWS = 1 << 18
-NEED_PER_ROW = 100  # bytes per row loading takes at its peak (bench/load_memory.py: ~80)
+NEED_PER_ROW = 100  # bytes per row loading takes at its peak (~70 measured, ids add more)
 
 
 class Vocab:
@@ -87,8 +87,8 @@ class CodedSplit:
 
 def read_table(path: Path, columns=SPLIT_COLUMNS, **read_csv_args) -> pd.DataFrame:
     """A comma-separated file with (at least) ``columns``, ids as strings; one-line
-    DataError when it cannot be parsed, lacks a column, or uses another delimiter. With
-    ``chunksize`` the header is checked and the chunks are returned (``_chunks``)."""
+    DataError when it cannot be parsed, lacks a column, or uses another delimiter (the
+    split loader reads the header this way, ``nrows=0``, then the rows in chunks)."""
     dtype = read_csv_args.pop("dtype", {USER_COL: str, ITEM_COL: str})
     try:
         df = pd.read_csv(path, dtype=dtype, **read_csv_args)

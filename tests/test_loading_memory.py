@@ -181,19 +181,21 @@ def big_train(path: Path, rows: int) -> None:
 
 
 def test_memory_grows_with_the_rows_kept_not_the_text(tmp_path):
-    """Peak resident memory a child process adds while reading a 2,000,000-row train file
+    """Peak resident memory (VmHWM: ru_maxrss would start at pytest's own, inherited at
+    the fork) a child process adds while reading a 2,000,000-row train file
     (100,000 users, 5,000 items): the whole-file string reading took ~137 bytes a row, the
-    chunked codes ~80 (two int32 codes and a float32 kept, plus the sort that finds
+    chunked codes ~70 (two int32 codes and a float32 kept, plus the sort that finds
     duplicates); the bound is 110."""
     path = tmp_path / "t.csv"
     rows = 2_000_000
     big_train(path, rows)
     script = (
-        "import resource, sys\n"
+        "import sys\n"
         "from pathlib import Path\n"
         "import numpy, pandas\n"
         "from data.splits import read_split_coded\n"
-        "def rss(): return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "def rss(): return next(int(l.split()[1]) for l in open('/proc/self/status')\n"
+        "                       if l.startswith('VmHWM')) * 1024\n"
         "base = rss()\n"
         "n = len(read_split_coded(Path(sys.argv[1]), is_train=True, warn=lambda x: None))\n"
         "print(n, rss() - base)\n")
