@@ -9,7 +9,9 @@ test split, and nothing of a trial is tested. Storage: ``<study>/study.db`` (SQL
 ``--storage URL`` names another database (PostgreSQL: several machines on one study).
 After the search the best trial's settings run for ``--final_seeds`` seeds on the real data
 and are tested into ``<study>/best-trialNNNN/`` (runs/seeds.py), whose seeds.json records
-the study.
+the study. A study records its problem (model, data, fixed settings, space) and refuses a
+worker of another; a trial whose process died is failed by its stopped heartbeat and run
+again once.
 """
 from __future__ import annotations
 
