@@ -16,6 +16,7 @@ import yaml
 from runs.config import ConfigError
 
 FLAG = "--config"
+ABBREVIATIONS = ("--con", "--conf", "--confi")  # argparse's: no other flag starts so
 
 
 def split_config_flag(argv: list[str]) -> tuple[list[str], str | None]:
@@ -23,6 +24,8 @@ def split_config_flag(argv: list[str]) -> tuple[list[str], str | None]:
     rest, paths, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
+        if arg.split("=", 1)[0] in ABBREVIATIONS:
+            arg = FLAG + arg[len(arg.split("=", 1)[0]):]
         if arg == FLAG:
             if i + 1 >= len(argv):
                 raise ConfigError(f"{FLAG} needs a YAML file")

@@ -263,8 +263,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     if taken:
         raise ConfigError(f"--{taken[0]}: tune.py names its own runs and seeds "
                           f"(--final_seeds); leave it out")
-    if own.trials < 1 or own.final_seeds < 0 or own.heartbeat < 1:
-        raise ConfigError("--trials must be >= 1, --final_seeds >= 0 and --heartbeat >= 1")
+    if own.trials < 1 or own.final_seeds < 0 or own.warmup_epochs < 0 or own.heartbeat < 1:
+        raise ConfigError("--trials must be >= 1, --final_seeds >= 0, --warmup_epochs >= 0 "
+                          "and --heartbeat >= 1")
     return own, given
 
 

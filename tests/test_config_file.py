@@ -93,3 +93,13 @@ def test_a_yaml_boolean_for_a_valued_flag_says_to_quote_it(tmp_path, capsys):
     # YAML 1.1 reads yes/no/on/off as booleans: 'True' is not what the user wrote
     cfg = write_yaml(tmp_path, "dataset: yes\n")
     fails_with(capsys, M.main(["--config", cfg]), "run.yaml", "dataset", "quote")
+
+
+def test_an_abbreviated_config_flag_reads_the_file(tmp_path):
+    # argparse took --conf for --config and the file was never read ('--config is not a flag')
+    cfg = write_yaml(tmp_path, "epochs: 3\n")
+    assert M.parse_flags(["--conf", cfg])["epochs"] == 3
+    assert M.parse_flags([f"--confi={cfg}"])["epochs"] == 3
+    from recommenders import MODELS  # the abbreviations stay unambiguous
+    options = {o for m in MODELS for a in M.build_parser(m)._actions for o in a.option_strings}
+    assert {o for o in options if o.startswith("--con")} == {"--config"}

@@ -192,3 +192,10 @@ def test_a_trial_killed_with_sigkill_is_failed_and_run_again(tmp_path):
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(done) == 2 and done[0].params == trials[0].params  # its settings run again
+
+
+def test_a_negative_warmup_or_heartbeat_is_one_line(tmp_path, capsys):
+    synth(tmp_path)  # Optuna's ValueError traceback, after the study folder was made
+    fails_with(capsys, tune.main(tiny(tmp_path, "--warmup_epochs", "-1")), "--warmup_epochs")
+    fails_with(capsys, tune.main(tiny(tmp_path, "--heartbeat", "0")), "--heartbeat")
+    assert not (tmp_path / "result").exists()
