@@ -66,7 +66,12 @@ def search_space(model: str, given: dict) -> dict:
     """The model's search space without the settings given on the command line (or in
     --config): those are held fixed, not searched."""
     from recommenders import MODELS
-    return {k: v for k, v in MODELS[model].search_space.items() if k not in given}
+    space = {k: v for k, v in MODELS[model].search_space.items() if k not in given}
+    if not space:  # every trial would be the same run
+        raise ConfigError(f"every setting of {model}'s search space "
+                          f"({', '.join(MODELS[model].search_space)}) is given fixed: "
+                          f"nothing to search")
+    return space
 
 
 def sample(trial: optuna.Trial, space: dict) -> dict:
@@ -275,6 +280,7 @@ def search(argv: list[str], pruner=None) -> optuna.Study:
     from recommenders import make_config
     own, given = parse(argv)
     base = make_config(**given)
+    space = search_space(base.model, given)
     name = own.study or f"{base.model}-tune"
     study_dir = Path(base.result_dir) / base.dataset / name
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +289,6 @@ def search(argv: list[str], pruner=None) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial: ours
     study = open_study(name, storage, base.random_seed, own.warmup_epochs, pruner,
                        own.heartbeat)
-    space = search_space(base.model, given)
     check_problem(study, problem_of(base, space, view), storage)
     run_args = {**given, "result_dir": base.result_dir}
     if not study.trials:  # trial 0: the model's defaults, the baseline any tuning must beat

@@ -199,3 +199,21 @@ def test_a_negative_warmup_or_heartbeat_is_one_line(tmp_path, capsys):
     fails_with(capsys, tune.main(tiny(tmp_path, "--warmup_epochs", "-1")), "--warmup_epochs")
     fails_with(capsys, tune.main(tiny(tmp_path, "--heartbeat", "0")), "--heartbeat")
     assert not (tmp_path / "result").exists()
+
+
+def test_a_search_space_given_all_fixed_is_refused(tmp_path, capsys):
+    synth(tmp_path)  # every trial was the same run
+    fixed = [f"--{name}={tuning.default_point('lightgcn', 'Synth')[name]}"
+             for name in MODELS["lightgcn"].search_space]
+    fails_with(capsys, tune.main(tiny(tmp_path, *fixed)), "nothing to search")
+
+
+def test_running_the_final_seeds_again_runs_nothing_again(tmp_path):
+    synth(tmp_path)
+    args = tiny(tmp_path, "--trials", "1", "--final_seeds", "2")
+    assert tune.main(args) == 0
+    [final] = (tmp_path / "result" / "Synth" / "lightgcn-tune").glob("best-trial*")
+    stamps = {p: p.stat().st_mtime_ns for p in final.glob("seed*/*")}
+    assert tune.main(args) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in final.glob("seed*/*")}
+    assert json.loads((final / "seeds.json").read_text())["study"]["trials"] == 1
