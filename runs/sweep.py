@@ -150,6 +150,7 @@ def sweep_name(spec: dict, path: str) -> str:
 
 def cell_command(cell: Cell, threads: int, device: str | None) -> list[str]:
     """The python main.py (or tune.py) command of a cell: new, or --resume of its folder."""
+    threads = cell.values.get("threads") or threads  # the file's, else a share of the cores
     place = ["--threads", str(threads), "--quiet", *(["--device", device] if device else [])]
     if "tune" not in cell.values and (cell.folder / "last.pt").is_file():
         return [sys.executable, str(REPO / "main.py"), "--resume", str(cell.folder), *place]

@@ -233,3 +233,11 @@ def test_a_second_sweep_of_the_same_file_is_refused_while_one_runs(tmp_path):
         out, _ = first.communicate(timeout=300)
     assert first.returncode == 0, out
     assert "2 finished, 0 to run" in run_sweep(exp).stdout
+
+
+def test_threads_given_in_the_file_are_kept(tmp_path):
+    result = tmp_path / "result"  # the sweep's share of the cores silently replaced them
+    exp = experiment(tmp_path, result, seeds="[1]", extra="  threads: 1\n")
+    assert run_sweep(exp, "--workers", "1").returncode == 0
+    [cell] = cells(result)
+    assert json.loads((cell / "config.json").read_text())["threads"] == 1
