@@ -22,7 +22,7 @@ def main(argv=None) -> int:
                                      "e.g. cuda:0,cuda:1")
     args = p.parse_args(argv)
     devices = [d for d in (args.devices or "").split(",") if d]
-    workers = args.workers or max(1, len(devices))
+    workers = max(1, len(devices)) if args.workers is None else args.workers
     return run_cli(lambda: run_sweep(args.experiment, workers, devices),
                    interrupted="interrupted: run the same command again to continue the sweep")
 

@@ -16,36 +16,76 @@ import yaml
 from runs.config import ConfigError
 
 FLAG = "--config"
+ABBREVIATIONS = ("--con", "--conf", "--confi")  # argparse's: no other flag starts so
 
 
 def split_config_flag(argv: list[str]) -> tuple[list[str], str | None]:
     """``argv`` without ``--config FILE`` (or ``--config=FILE``), and FILE (None: none)."""
-    rest, path, i = [], None, 0
+    rest, paths, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
+        if arg.split("=", 1)[0] in ABBREVIATIONS:
+            arg = FLAG + arg[len(arg.split("=", 1)[0]):]
         if arg == FLAG:
             if i + 1 >= len(argv):
                 raise ConfigError(f"{FLAG} needs a YAML file")
-            path, i = argv[i + 1], i + 2
+            paths, i = paths + [argv[i + 1]], i + 2
             continue
         if arg.startswith(FLAG + "="):
-            path = arg.split("=", 1)[1]
+            paths.append(arg.split("=", 1)[1])
         else:
             rest.append(arg)
         i += 1
-    return rest, path
+    if len(paths) > 1:  # the last one silently won: the first file's flags were dropped
+        raise ConfigError(f"{FLAG} may be given once (got {', '.join(paths)})")
+    return rest, (paths or [None])[0]
+
+
+class DuplicateKey(Exception):
+    def __init__(self, key, line: int):
+        super().__init__(f"{key!r} is written twice (line {line})")
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader, but a key written twice in one mapping is an error: PyYAML
+    keeps the last value without a word, so half of a file could be ignored."""
+
+
+def _unique_mapping(loader: _Loader, node, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            if key in seen:
+                raise DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        except TypeError:  # an unhashable key: refused by the callers' checks
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def load_yaml(path: str, source: str):
+    """The YAML document of ``path``; ConfigError starting with ``source`` otherwise."""
+    try:
+        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source}: not UTF-8 text") from None
+    except DuplicateKey as err:
+        raise ConfigError(f"{source}: {err}; say it once") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{where}") from None
 
 
 def read_config_file(path: str) -> dict:
     """The file's mapping of flag names to values; ConfigError naming the file otherwise."""
-    try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"{FLAG} {path}: cannot be read ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{FLAG} {path}: not valid YAML{where}") from None
+    values = load_yaml(path, f"{FLAG} {path}")
     if values is None:
         return {}
     if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
@@ -72,16 +112,20 @@ def as_tokens(parser: argparse.ArgumentParser, values: dict, source: str,
                 raise ConfigError(f"{source}: {name} is a switch: true or false")
             tokens += [flag] if value else []
         elif isinstance(value, (list, tuple)):
-            tokens += [flag, *(scalar(v, action) for v in value)]
-        else:
-            tokens += [flag, scalar(value, action)]
+            tokens += [flag, *(scalar(v, action, name, source) for v in value)]
+        else:  # --flag=value: a value starting with '-' is not read as a flag
+            tokens += [f"{flag}={scalar(value, action, name, source)}"]
     return tokens
 
 
-def scalar(value, action) -> str:
-    """A YAML scalar as the flag's text; YAML 1.1 reads on/off as booleans."""
-    if isinstance(value, bool) and action.choices and "on" in action.choices:
-        return "on" if value else "off"
+def scalar(value, action, name: str, source: str) -> str:
+    """A YAML scalar as the flag's text; YAML 1.1 reads on/off (yes/no, ...) as booleans."""
+    if isinstance(value, bool):
+        if action.choices and "on" in action.choices:
+            return "on" if value else "off"
+        raise ConfigError(f"{source}: {name}: YAML reads yes/no/on/off/true/false as a "
+                          f"boolean (here {str(value).lower()}), not a value of --{name}; "
+                          f"quote the value")
     return str(value)
 
 

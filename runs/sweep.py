@@ -13,6 +13,7 @@ std over seeds per cell group, printed and written to results.txt / results.json
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import itertools
 import json
@@ -24,22 +25,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from data import provenance
 from data.errors import UserError
-from data.splits import resolve_data_dir
 from runs import seeds
 from runs.config import ConfigError
-from runs.config_file import read_config_file
+from runs.config_file import as_tokens, load_yaml, parse_file
 from runs.faults import fault_point
 from runs.files import atomic_write_text, dump_json
 from runs.flags import build_parser, values_as_flags
+from runs.problem import input_fingerprint, what_it_computes
+from runs.summary import COUNTS, SPLITS
 
 TOP_KEYS = ("name", "result_dir", "settings", "grid", "runs", "seeds", "tune")
 OWNED = ("path_name", "resume", "seeds", "num_seeds", "result_dir", "compare_to")
-# where a run goes and how fast, not what it computes: left out of a cell's hash
-PLACE = ("data_dir", "result_dir", "path_name", "resume", "threads", "device", "gpu_id",
-         "quiet", "download", "base_url", "compare_to", "seeds")
-FILE_SETTINGS = ("augment_file", "negative_file", "item_file")
+TUNE_OWNED = ("study",)  # each tune cell's study is named after its cell
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -63,43 +61,63 @@ class Cell:
 
 
 def read_experiment(path: str) -> dict:
-    spec = read_config_file(path)
+    spec = load_yaml(path, path)
+    if spec is not None and not isinstance(spec, dict):
+        raise SweepError(f"{path}: an experiment is a mapping of {', '.join(TOP_KEYS)}")
+    spec = spec or {}
     unknown = sorted(set(spec) - set(TOP_KEYS))
     if unknown:
         raise SweepError(f"{path}: unknown key {unknown[0]!r} (an experiment has "
                          f"{', '.join(TOP_KEYS)}; a run's flags go under settings, grid or runs)")
+    if not set(spec) & {"settings", "grid", "runs", "seeds"}:
+        raise SweepError(f"{path}: no cell: an experiment names its runs under settings, grid "
+                         f"or runs (docs/experiments.md)")  # else: one cell of every default
     for key, kind in (("settings", dict), ("grid", dict), ("runs", list), ("tune", dict)):
         if not isinstance(spec.get(key, kind()), kind):
             raise SweepError(f"{path}: {key} must be a {'mapping' if kind is dict else 'list'}")
     if not all(isinstance(run, dict) for run in spec.get("runs") or []):
         raise SweepError(f"{path}: each entry of runs must be a mapping of flags")
+    if spec.get("tune") is not None:
+        check_tune(spec["tune"], path)
     return spec
+
+
+def check_tune(tune: dict, path: str) -> None:
+    """The tune: section's keys and values as tune.py's flags check them: a bad one made
+    every cell fail, one after the other."""
+    from runs.tuning import tune_parser
+    parser = tune_parser()
+    known = [a.dest for a in parser._actions if a.dest not in TUNE_OWNED]
+    for key in tune:
+        if key in TUNE_OWNED:
+            raise SweepError(f"{path}: tune: {key} is set by the sweep (one study per cell)")
+        if key not in known:
+            raise SweepError(f"{path}: tune: unknown key {key!r} (tune.py's own flags: "
+                             f"{', '.join(known)}; a run's flags go under settings)")
+    parse_file(parser, [f"--{k}={v}" for k, v in tune.items()], f"{path}: tune")
 
 
 def cell_values(spec: dict, path: str) -> list[dict]:
     """Every cell's flags: settings, then a runs entry, then a grid point (later wins)."""
     grid = dict(spec.get("grid") or {})
+    runs = spec.get("runs") or [{}]
+    twice = sorted(set(grid) & {k for run in runs for k in run})
+    if twice:  # the grid's value silently won over the entry's
+        raise SweepError(f"{path}: {twice[0]} is given both in grid and in runs; give it in "
+                         f"one of them")
     if spec.get("seeds") is not None:
+        if "random_seed" in {*grid, *(spec.get("settings") or {}), *(k for r in runs for k in r)}:
+            raise SweepError(f"{path}: random_seed is given both by seeds and in settings, "
+                             f"grid or runs; give the seeds once")
         grid["random_seed"] = spec["seeds"]
     axes = [[(k, v) for v in (vs if isinstance(vs, list) else [vs])] for k, vs in grid.items()]
     cells = [{**(spec.get("settings") or {}), **run, **dict(point)}
-             for run in (spec.get("runs") or [{}]) for point in itertools.product(*axes)]
+             for run in runs for point in itertools.product(*axes)]
     for values in cells:
         owned = sorted(set(values) & set(OWNED))
         if owned:
             raise SweepError(f"{path}: {owned[0]} is set by the sweep for each cell")
     return cells
-
-
-def input_fingerprint(values: dict, config: dict) -> str:
-    """8 hex digits naming the bytes of the cell's dataset folder and file settings."""
-    data_dir = resolve_data_dir(values.get("data_dir"))
-    folder = data_dir / config["dataset"]
-    files = [(p.name, p) for p in sorted(folder.iterdir()) if p.is_file()] \
-        if folder.is_dir() else []
-    files += [(k, Path(config[k])) for k in FILE_SETTINGS if config.get(k)]
-    return provenance.fingerprint([{"role": role, "git_blob": provenance.git_blob_sha1(p)}
-                                   for role, p in files if p.is_file()])
 
 
 def make_cells(spec: dict, path: str, tune: dict | None) -> list[Cell]:
@@ -108,9 +126,11 @@ def make_cells(spec: dict, path: str, tune: dict | None) -> list[Cell]:
     cells, names = [], set()
     for values in cell_values(spec, path):
         given = values_as_flags(values, path)
-        config = {k: v for k, v in make_config(**given).to_dict().items() if k not in PLACE}
-        blob = json.dumps(config, sort_keys=True, default=str) + input_fingerprint(values,
-                                                                                   config)
+        config = what_it_computes(make_config(**given).to_dict())
+        blob = json.dumps(config, sort_keys=True, default=str) + input_fingerprint(
+            values.get("data_dir"), config)
+        if tune:  # another budget or storage: another study
+            blob += json.dumps(tune, sort_keys=True, default=str)
         digest = hashlib.sha1(blob.encode()).hexdigest()[:10]
         seed = "tuned" if tune else f"s{config['random_seed']}"
         name = f"{config['model']}-{seed}-{digest}"
@@ -130,11 +150,11 @@ def sweep_name(spec: dict, path: str) -> str:
 
 def cell_command(cell: Cell, threads: int, device: str | None) -> list[str]:
     """The python main.py (or tune.py) command of a cell: new, or --resume of its folder."""
+    threads = cell.values.get("threads") or threads  # the file's, else a share of the cores
     place = ["--threads", str(threads), "--quiet", *(["--device", device] if device else [])]
     if "tune" not in cell.values and (cell.folder / "last.pt").is_file():
         return [sys.executable, str(REPO / "main.py"), "--resume", str(cell.folder), *place]
     values = {k: v for k, v in cell.values.items() if k != "tune"}
-    from runs.config_file import as_tokens
     tokens = as_tokens(build_parser(values.get("model") or "refine_plus"), values, "cell",
                        str)
     root = ["--result_dir", str(cell.folder.parents[1])]
@@ -165,7 +185,8 @@ def run_cells(cells: list[Cell], workers: int, devices: list[str], log_dir: Path
     todo = [c for c in cells if not c.finished]
     print(f"{len(cells)} cells: {len(cells) - len(todo)} finished, {len(todo)} to run "
           f"({workers} workers)", flush=True)
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    # the cores shared among the cells that run at once, not among idle workers
+    threads = max(1, len(os.sched_getaffinity(0)) // max(1, min(workers, len(todo))))
     free, running, failures, done = list(range(workers))[::-1], {}, [], 0
     log_dir.mkdir(parents=True, exist_ok=True)
     while todo or running:
@@ -192,15 +213,29 @@ def run_cells(cells: list[Cell], workers: int, devices: list[str], log_dir: Path
 
 
 def cell_metrics(cell: Cell) -> list[dict]:
-    """A finished cell's metrics.json; a tune cell's: each of its best settings' seeds."""
+    """A finished cell's metrics.json; a tune cell's: each of its best settings' seeds.
+    SweepError naming a file that cannot be read or lacks a number of the table."""
     if "tune" not in cell.values:
-        return [json.loads((cell.folder / "metrics.json").read_text())]
+        return [read_metrics(cell.folder / "metrics.json", cell)]
     best = sorted(cell.folder.glob("best-trial*/summary.json"))[-1].parent
-    return [json.loads(p.read_text()) for p in sorted(best.glob("seed*/metrics.json"))]
+    return [read_metrics(p, cell) for p in sorted(best.glob("seed*/metrics.json"))]
 
 
-def table(cells: list[Cell]) -> tuple[list[str], list[dict]]:
-    """One row per group of cells that differ only in their seed: mean ± std over seeds."""
+def read_metrics(path: Path, cell: Cell) -> dict:
+    try:
+        metrics = json.loads(path.read_text())
+        if all(k in metrics for k in COUNTS) and all(isinstance(metrics[s], dict)
+                                                    for s in SPLITS):
+            return metrics
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    raise SweepError(f"{path} is damaged; remove {cell.folder} to run the cell again")
+
+
+def table(cells: list[Cell], problems: list[str]) -> tuple[list[str], list[dict]]:
+    """One row per group of cells that differ only in their seed: mean ± std over seeds; a
+    finished cell whose numbers cannot be read is left out and its line added to
+    ``problems``."""
     groups: dict[str, list[Cell]] = {}
     for cell in cells:
         groups.setdefault(cell.group, []).append(cell)
@@ -208,7 +243,12 @@ def table(cells: list[Cell]) -> tuple[list[str], list[dict]]:
                      and len({json.dumps(c.config.get(k), default=str) for c in cells}) > 1)
     rows, records = [["cell", "seeds", "valid R@20", "test R@20", "test N@20"]], []
     for members in groups.values():
-        runs = [m for c in members if c.finished for m in cell_metrics(c)]
+        runs = []
+        for cell in (c for c in members if c.finished):
+            try:
+                runs += cell_metrics(cell)
+            except SweepError as err:
+                problems.append(str(err))
         first = members[0].config
         label = " ".join([first["model"], first["dataset"],
                           *(f"{k}={first.get(k)}" for k in varying)])
@@ -228,19 +268,37 @@ def table(cells: list[Cell]) -> tuple[list[str], list[dict]]:
     return lines, records
 
 
+def lock_sweep(root: Path) -> int:
+    """Hold ``root``'s lock for this process (the kernel drops it on exit, kill -9 too): a
+    second sweep of the same cells started their folders under the first one's feet."""
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SweepError(f"{root} is being run by another sweep; wait for it to end (or add "
+                         f"--workers to one sweep instead of starting two)") from None
+    return fd
+
+
 def run_sweep(path: str, workers: int, devices: list[str]) -> int:
-    spec = read_experiment(path)
     if workers < 1:
         raise ConfigError("--workers must be >= 1")
+    spec = read_experiment(path)
     tune = spec.get("tune")
     cells = make_cells(spec, path, tune)
     if not cells:
         raise SweepError(f"{path}: no cell (an empty grid?)")
     root = Path(spec.get("result_dir", "result")) / "sweeps" / sweep_name(spec, path)
-    failures = run_cells(cells, workers, devices, root / "logs")
-    lines, records = table(cells)
-    atomic_write_text(root / "results.txt", "\n".join(lines) + "\n")
-    dump_json(records, root / "results.json")
+    lock = lock_sweep(root)
+    try:
+        failures = run_cells(cells, workers, devices, root / "logs")
+        lines, records = table(cells, failures)
+        atomic_write_text(root / "results.txt", "\n".join(lines) + "\n")
+        dump_json(records, root / "results.json")
+    finally:
+        os.close(lock)
     print("\n".join(["", *lines, "", f"(written to {root / 'results.txt'})"]))
     if failures:
         raise SweepError(f"{len(failures)} cell(s) failed; first: {failures[0]}")

@@ -9,7 +9,9 @@ test split, and nothing of a trial is tested. Storage: ``<study>/study.db`` (SQL
 ``--storage URL`` names another database (PostgreSQL: several machines on one study).
 After the search the best trial's settings run for ``--final_seeds`` seeds on the real data
 and are tested into ``<study>/best-trialNNNN/`` (runs/seeds.py), whose seeds.json records
-the study.
+the study. A study records its problem (model, data, fixed settings, space) and refuses a
+worker of another; a trial whose process died is failed by its stopped heartbeat and run
+again once.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -29,6 +32,7 @@ from runs import seeds, trainer, training_loop
 from runs.config import ConfigError
 from runs.files import dump_json
 from runs.flags import parse_flags
+from runs.problem import input_fingerprint, what_it_computes
 
 OWNED = ("seeds", "num_seeds", "resume", "path_name", "compare_to", "data_dir_view")
 
@@ -51,7 +55,23 @@ def tune_parser() -> argparse.ArgumentParser:
                         "(default 5; 0: search only, e.g. an extra worker)")
     p.add_argument("--warmup_epochs", type=int, default=5,
                    help="epochs before a trial may be pruned (default 5)")
+    p.add_argument("--heartbeat", type=int, default=60,
+                   help="seconds between a running trial's heartbeats in the storage; a trial "
+                        "silent for two of them (its process killed) is marked failed and "
+                        "its settings run again once (default 60)")
     return p
+
+
+def search_space(model: str, given: dict) -> dict:
+    """The model's search space without the settings given on the command line (or in
+    --config): those are held fixed, not searched."""
+    from recommenders import MODELS
+    space = {k: v for k, v in MODELS[model].search_space.items() if k not in given}
+    if not space:  # every trial would be the same run
+        raise ConfigError(f"every setting of {model}'s search space "
+                          f"({', '.join(MODELS[model].search_space)}) is given fixed: "
+                          f"nothing to search")
+    return space
 
 
 def sample(trial: optuna.Trial, space: dict) -> dict:
@@ -69,11 +89,36 @@ def sample(trial: optuna.Trial, space: dict) -> dict:
     return params
 
 
-def default_point(model: str, dataset: str) -> dict:
+def default_point(model: str, dataset: str, space: dict | None = None) -> dict:
     """The model's defaults (on ``dataset``) at the names of its search space."""
     from recommenders import MODELS, defaults_of
     defaults = defaults_of(model, dataset)
-    return {name: defaults[name] for name in MODELS[model].search_space}
+    return {name: defaults[name] for name in (space or MODELS[model].search_space)}
+
+
+def problem_of(base, space: dict, view: Path) -> dict:
+    """What a study searches, recorded in it: trials of another problem cannot be ranked
+    with its own. Its inputs: the bytes the trials read (the validation view: not test)."""
+    fixed = {k: v for k, v in what_it_computes(base.to_dict()).items() if k not in space}
+    return json.loads(json.dumps({
+        "model": base.model, "dataset": base.dataset, "objective": "best validation recall@20",
+        "search_space": space, "settings": fixed,
+        "inputs": input_fingerprint(view, base.to_dict())}, default=str))
+
+
+def check_problem(study: optuna.Study, problem: dict, storage: str) -> None:
+    """Record ``problem`` in a new study; ConfigError when the study searches another."""
+    saved = study.user_attrs.get("problem")
+    if saved is None:
+        study.set_user_attr("problem", problem)
+        return
+    flat = [(k, saved.get(k), problem[k]) for k in problem if k != "settings"]
+    flat += [(k, saved.get("settings", {}).get(k), v) for k, v in problem["settings"].items()]
+    for key, there, here in flat:
+        if there != here:
+            raise ConfigError(f"study {study.study_name} in {shown_storage(storage)} searches "
+                              f"another problem ({key}: {there} there, {here} here); name "
+                              f"another --study")
 
 
 def shown_storage(url: str) -> str:
@@ -108,20 +153,64 @@ def validation_view(data_dir: Path, dataset: str, view: Path) -> Path:
     return view
 
 
-def open_study(name: str, storage: str, seed: int, warmup: int, pruner=None) -> optuna.Study:
+def check_storage(storage: str) -> None:
+    """ConfigError at once for a URL that is none, or an SQLite file that cannot be made:
+    retrying them only delayed the same error."""
+    try:
+        url = sqlalchemy.engine.make_url(storage)
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(f"--storage {storage!r} is not a database URL (sqlite:///FILE, "
+                          f"postgresql+psycopg://USER:PW@HOST/DB)") from None
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database)
+    problem = "is a folder" if path.is_dir() else "has no folder to go in" \
+        if not path.parent.is_dir() else "is not writable" \
+        if not os.access(path if path.exists() else path.parent, os.W_OK) else None
+    if problem:
+        raise ConfigError(f"--storage {shown_storage(storage)}: {path} {problem}")
+
+
+def transient(err: Exception) -> bool:
+    """A second worker creating the same tables, or SQLite's lock: worth another try."""
+    text = str(err).lower()
+    return isinstance(err, sqlalchemy.exc.IntegrityError) or "already exists" in text \
+        or "locked" in text
+
+
+def stale_trial_retry() -> dict:
+    """RDBStorage's argument that runs a stale trial's settings again, once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback"):  # Optuna >= 4.9
+            return {"heartbeat_stale_trial_callback":
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)}
+        return {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1)}
+
+
+def open_study(name: str, storage: str, seed: int, warmup: int, pruner=None,
+               heartbeat: int = 60) -> optuna.Study:
     """The study (created by the first worker); a second worker starting at the same
-    moment may find the tables half made: it tries again."""
+    moment may find the tables half made: it tries again. A trial whose heartbeat stops
+    (its process killed) is failed by the next worker to start a trial, which runs its
+    settings again once (Optuna's RetryFailedTrialCallback)."""
+    check_storage(storage)
     kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
     pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=warmup)
+    retry = stale_trial_retry()
     for attempt in range(5):
         try:  # SQLite: several processes on one file wait for its lock
-            url = optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
+            with warnings.catch_warnings():  # the heartbeat is 'experimental' in Optuna
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                url = optuna.storages.RDBStorage(storage, engine_kwargs=kwargs,
+                                                 heartbeat_interval=heartbeat, **retry)
             return optuna.create_study(
                 study_name=name, storage=url, direction="maximize", load_if_exists=True,
                 # each worker its own draws (the same seed would repeat the first trials)
                 sampler=optuna.samplers.TPESampler(seed=seed + os.getpid()), pruner=pruner)
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
-            if attempt == 4:
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError,
+                ImportError) as err:
+            if attempt == 4 or not transient(err):
                 raise ConfigError(f"--storage {shown_storage(storage)}: {err.__class__.__name__}: "
                                   f"{str(err).splitlines()[0][:120]}") from None
             time.sleep(1 + attempt)
@@ -132,11 +221,12 @@ def finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def run_trial(trial: optuna.Trial, given: dict, view: Path, study_name: str) -> float:
+def run_trial(trial: optuna.Trial, given: dict, view: Path, study_name: str,
+              space: dict) -> float:
     """One trial: the sampled settings trained on the validation view; its best validation
     Recall@20, reported after each validation so that the pruner can stop it."""
-    from recommenders import MODELS, make_config
-    params = sample(trial, MODELS[given.get("model") or "refine_plus"].search_space)
+    from recommenders import make_config
+    params = sample(trial, space)
     trial.set_user_attr("pid", os.getpid())
     config = make_config(**{**given, **params, "data_dir": str(view), "quiet": True,
                             "allow_split_overlap": True,  # test is validation here
@@ -178,8 +268,9 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, dict]:
     if taken:
         raise ConfigError(f"--{taken[0]}: tune.py names its own runs and seeds "
                           f"(--final_seeds); leave it out")
-    if own.trials < 1 or own.final_seeds < 0:
-        raise ConfigError("--trials must be >= 1 and --final_seeds >= 0")
+    if own.trials < 1 or own.final_seeds < 0 or own.warmup_epochs < 0 or own.heartbeat < 1:
+        raise ConfigError("--trials must be >= 1, --final_seeds >= 0, --warmup_epochs >= 0 "
+                          "and --heartbeat >= 1")
     return own, given
 
 
@@ -189,22 +280,27 @@ def search(argv: list[str], pruner=None) -> optuna.Study:
     from recommenders import make_config
     own, given = parse(argv)
     base = make_config(**given)
+    space = search_space(base.model, given)
     name = own.study or f"{base.model}-tune"
     study_dir = Path(base.result_dir) / base.dataset / name
     study_dir.mkdir(parents=True, exist_ok=True)
     storage = own.storage or f"sqlite:///{study_dir / 'study.db'}"
     view = validation_view(resolve_data_dir(base.data_dir), base.dataset, study_dir / "data")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial: ours
-    study = open_study(name, storage, base.random_seed, own.warmup_epochs, pruner)
+    study = open_study(name, storage, base.random_seed, own.warmup_epochs, pruner,
+                       own.heartbeat)
+    check_problem(study, problem_of(base, space, view), storage)
     run_args = {**given, "result_dir": base.result_dir}
     if not study.trials:  # trial 0: the model's defaults, the baseline any tuning must beat
-        study.enqueue_trial(default_point(base.model, base.dataset), skip_if_exists=True)
+        study.enqueue_trial(default_point(base.model, base.dataset, space),
+                            skip_if_exists=True)
 
     def enough(study, _trial) -> None:
         if finished(study) >= own.trials:
             study.stop()
     if finished(study) < own.trials:
-        study.optimize(lambda t: run_trial(t, run_args, view, name), callbacks=[enough])
+        study.optimize(lambda t: run_trial(t, run_args, view, name, space),
+                       callbacks=[enough])
     if own.final_seeds:
         final_seeds(study, run_args, study_dir, storage, own.final_seeds)
     return study

@@ -61,3 +61,45 @@ def test_unreadable_files(tmp_path, capsys):
     fails_with(capsys, M.main(["--config", cfg]), "run.yaml", "mapping")
     cfg = write_yaml(tmp_path, "model: [unclosed\n")
     fails_with(capsys, M.main(["--config", cfg]), "run.yaml", "YAML")
+
+
+def test_a_key_written_twice_is_refused_naming_it(tmp_path, capsys):
+    # PyYAML keeps the last of two equal keys without a word: half of the file was ignored
+    cfg = write_yaml(tmp_path, "epochs: 3\nlearning_rate: 0.01\nepochs: 5\n")
+    fails_with(capsys, M.main(["--config", cfg]), "run.yaml", "epochs", "twice", "line 3")
+
+
+def test_a_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(b"epochs: 3\n\xff\xfe\n")
+    fails_with(capsys, M.main(["--config", str(path)]), "run.yaml", "UTF-8")
+
+
+def test_config_given_twice_is_refused(tmp_path, capsys):
+    first, second = write_yaml(tmp_path, "epochs: 3\n"), str(tmp_path / "b.yaml")
+    (tmp_path / "b.yaml").write_text("epochs: 4\n")
+    fails_with(capsys, M.main(["--config", first, f"--config={second}"]), "--config",
+               "once")
+
+
+def test_a_value_that_looks_like_a_flag_is_the_flags_value(tmp_path):
+    cfg = write_yaml(tmp_path, "path_name: '--quiet'\nbase_url: -x\n")
+    given = M.parse_flags(["--config", cfg])
+    assert given["path_name"] == "--quiet" and given["base_url"] == "-x"
+    assert "quiet" not in given
+
+
+def test_a_yaml_boolean_for_a_valued_flag_says_to_quote_it(tmp_path, capsys):
+    # YAML 1.1 reads yes/no/on/off as booleans: 'True' is not what the user wrote
+    cfg = write_yaml(tmp_path, "dataset: yes\n")
+    fails_with(capsys, M.main(["--config", cfg]), "run.yaml", "dataset", "quote")
+
+
+def test_an_abbreviated_config_flag_reads_the_file(tmp_path):
+    # argparse took --conf for --config and the file was never read ('--config is not a flag')
+    cfg = write_yaml(tmp_path, "epochs: 3\n")
+    assert M.parse_flags(["--conf", cfg])["epochs"] == 3
+    assert M.parse_flags([f"--confi={cfg}"])["epochs"] == 3
+    from recommenders import MODELS  # the abbreviations stay unambiguous
+    options = {o for m in MODELS for a in M.build_parser(m)._actions for o in a.option_strings}
+    assert {o for o in options if o.startswith("--con")} == {"--config"}

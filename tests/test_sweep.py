@@ -134,3 +134,110 @@ def test_a_tune_section_makes_each_cell_a_study_then_its_seeds(tmp_path):
     assert row.split()[:3] == ["lightgcn", "Synth", "2"]
     again = run_sweep(exp)
     assert "1 finished, 0 to run" in again.stdout
+
+
+def test_an_empty_experiment_is_refused_before_any_run(tmp_path, capsys, monkeypatch):
+    import sweep as S
+    monkeypatch.chdir(tmp_path)  # where the old code ran its cell: kept away from real data
+    monkeypatch.setenv("REFINE_DATA_DIR", str(tmp_path / "no-data"))
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")  # ran one cell of every default (ML-100K, 400 epochs)
+    fails_with(capsys, S.main([str(empty), "--workers", "1"]), "empty.yaml", "no cell")
+    assert not (tmp_path / "result").exists()
+    listed = tmp_path / "listed.yaml"
+    listed.write_text("- {model: lightgcn}\n")
+    fails_with(capsys, S.main([str(listed)]), "listed.yaml", "mapping")
+    assert "--config" not in capsys.readouterr().err
+
+
+def test_a_key_set_twice_across_seeds_grid_and_runs_is_refused(tmp_path, capsys):
+    import sweep as S
+    # seeds: [1] silently replaced a grid's random_seed (and a runs entry's or settings')
+    exp = experiment(tmp_path, tmp_path / "r", grid="random_seed: [5, 6]", seeds="[1]")
+    fails_with(capsys, S.main([exp]), "random_seed", "seeds")
+    exp = experiment(tmp_path, tmp_path / "r", extra="  random_seed: 9\n")
+    fails_with(capsys, S.main([exp]), "random_seed", "seeds")
+    exp = experiment(tmp_path, tmp_path / "r")
+    with open(exp, "a") as f:
+        f.write("runs:\n  - {model: mixgcf}\n")  # the grid's lightgcn silently won
+    fails_with(capsys, S.main([exp]), "model", "grid", "runs")
+    assert not (tmp_path / "r").exists()
+
+
+def test_workers_below_one_are_refused(tmp_path, capsys):
+    import sweep as S
+    exp = experiment(tmp_path, tmp_path / "r")
+    fails_with(capsys, S.main([exp, "--workers", "0"]), "--workers")  # ran as 1
+    fails_with(capsys, S.main([exp, "--workers", "-2"]), "--workers")
+    assert not (tmp_path / "r").exists()
+
+
+def test_more_workers_than_cells_share_the_cores_among_the_cells(tmp_path):
+    result = tmp_path / "result"
+    done = run_sweep(experiment(tmp_path, result, seeds="[1]"), "--workers", "4")
+    assert done.returncode == 0, done.stdout + done.stderr
+    [cell] = cells(result)  # one cell: every core, not a quarter of them
+    threads = json.loads((cell / "config.json").read_text())["threads"]
+    assert threads == len(os.sched_getaffinity(0))
+
+
+def test_the_tune_section_is_checked_before_any_cell_runs(tmp_path, capsys):
+    import sweep as S
+    for section, fragment in (("{trails: 2}", "trails"), ("{study: shared}", "study"),
+                              ("{trials: many}", "--trials")):
+        exp = experiment(tmp_path, tmp_path / "r", seeds="[7]")
+        with open(exp, "a") as f:
+            f.write(f"tune: {section}\n")
+        fails_with(capsys, S.main([exp]), "tune", fragment)  # every cell failed, one by one
+    assert not (tmp_path / "r").exists()
+
+
+def test_an_edited_tune_section_is_another_cell(tmp_path):
+    exp = experiment(tmp_path, tmp_path / "r", seeds="[7]")
+    spec = sweep.read_experiment(exp)
+    [few] = sweep.make_cells(spec, exp, {"trials": 2})
+    [more] = sweep.make_cells(spec, exp, {"trials": 3})
+    assert few.name != more.name  # the 2-trial study's table was reused for 3 trials
+
+
+def test_a_damaged_cell_is_one_line_and_the_rest_of_the_table_stands(tmp_path):
+    result = tmp_path / "result"
+    exp = experiment(tmp_path, result, seeds="[1, 2]")
+    assert run_sweep(exp).returncode == 0
+    first = cells(result)[0]
+    (first / "metrics.json").write_text("{bad")
+    again = run_sweep(exp)
+    assert again.returncode == 2, again.stdout + again.stderr
+    assert again.stderr.count("\n") == 1 and "Traceback" not in again.stderr
+    assert "metrics.json" in again.stderr and first.name in again.stderr
+    rows = (result / "sweeps" / "tiny" / "results.txt").read_text().splitlines()
+    assert rows[1].split()[:3] == ["lightgcn", "Synth", "1"]  # the other seed
+
+
+def test_a_second_sweep_of_the_same_file_is_refused_while_one_runs(tmp_path):
+    result = tmp_path / "result"
+    exp = experiment(tmp_path, result, seeds="[1, 2]")
+    barrier = tmp_path / "go"  # the first sweep's first cell waits at its run folder's claim
+    first = subprocess.Popen([sys.executable, str(REPO / "sweep.py"), exp], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "REFINE_WAIT_AT": f"claim:{barrier}"})
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob("go.*")) and time.time() < deadline:
+            time.sleep(0.1)
+        second = run_sweep(exp)  # its cells were 'in use' or 'exists': spurious failures
+        assert second.returncode == 2 and second.stderr.count("\n") == 1, second.stderr
+        assert "another sweep" in second.stderr
+    finally:
+        barrier.touch()
+        out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    assert "2 finished, 0 to run" in run_sweep(exp).stdout
+
+
+def test_threads_given_in_the_file_are_kept(tmp_path):
+    result = tmp_path / "result"  # the sweep's share of the cores silently replaced them
+    exp = experiment(tmp_path, result, seeds="[1]", extra="  threads: 1\n")
+    assert run_sweep(exp, "--workers", "1").returncode == 0
+    [cell] = cells(result)
+    assert json.loads((cell / "config.json").read_text())["threads"] == 1

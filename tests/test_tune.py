@@ -127,3 +127,93 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
 def test_recorded_storage_hides_the_password():
     assert tuning.shown_storage("postgresql+psycopg://ann:s3cret@db:5432/tune") == \
         "postgresql+psycopg://ann:***@db:5432/tune"
+
+
+def load(tmp_path, name="lightgcn-tune"):
+    db = tmp_path / "result" / "Synth" / name / "study.db"
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{db}")
+
+
+def test_a_flag_given_fixed_is_held_fixed_not_searched(tmp_path):
+    synth(tmp_path)  # the search space's learning rate silently replaced --learning_rate 0.05
+    study = tuning.search(tiny(tmp_path, "--trials", "2", "--final_seeds", "0",
+                               "--learning_rate", "0.05"))
+    for trial in study.trials:
+        assert "learning_rate" not in trial.params and "layers" in trial.params
+        run = tmp_path / "result" / "Synth" / "lightgcn-tune" / "trials" / \
+            f"trial{trial.number:04d}"
+        assert json.loads((run / "config.json").read_text())["learning_rate"] == 0.05
+
+
+def test_a_study_of_another_problem_is_refused(tmp_path, capsys):
+    synth(tmp_path)
+    assert tune.main(tiny(tmp_path, "--trials", "1", "--final_seeds", "0")) == 0
+    assert load(tmp_path).user_attrs["problem"]["model"] == "lightgcn"
+    # other epochs, another model, another fixed setting: trials that cannot be compared
+    fails_with(capsys, tune.main(tiny(tmp_path, "--trials", "2", "--epochs", "3")),
+               "lightgcn-tune", "epochs")
+    fails_with(capsys, tune.main(tiny(tmp_path, "--trials", "2", "--model", "mixgcf",
+                                      "--study", "lightgcn-tune")), "lightgcn-tune", "model")
+    fails_with(capsys, tune.main(tiny(tmp_path, "--trials", "2", "--learning_rate", "0.01")),
+               "lightgcn-tune", "learning_rate")
+    assert len(load(tmp_path).trials) == 1
+    assert tune.main(tiny(tmp_path, "--trials", "2", "--final_seeds", "0")) == 0  # the same
+
+
+@pytest.mark.parametrize("storage", ["sqlite:///{tmp}", "sqlite:////proc/no/study.db",
+                                     "not a url", "mysql://u@127.0.0.1/x",
+                                     "postgresql+psycopg://u@127.0.0.1:1/x"])
+def test_a_storage_that_cannot_open_is_one_line_at_once(tmp_path, capsys, storage):
+    import time
+    synth(tmp_path)
+    start = time.monotonic()  # 13 s of retries (a traceback for the last two URLs)
+    rc = tune.main(tiny(tmp_path, "--trials", "1", "--storage", storage.format(tmp=tmp_path)))
+    fails_with(capsys, rc, "--storage")
+    assert time.monotonic() - start < 5
+
+
+def test_a_trial_killed_with_sigkill_is_failed_and_run_again(tmp_path):
+    synth(tmp_path)
+    args = [sys.executable, "tune.py", *tiny(tmp_path, "--trials", "2", "--final_seeds", "0",
+                                             "--heartbeat", "1")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    killed = subprocess.run(args, cwd=REPO, env={**env, "REFINE_CRASH_AT": "epochs_jsonl:1"},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    [trial] = load(tmp_path).trials
+    assert trial.state == optuna.trial.TrialState.RUNNING  # RUNNING forever, before
+    import time
+    time.sleep(3)  # past the grace period (2 heartbeats)
+    again = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    trials = load(tmp_path).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and done[0].params == trials[0].params  # its settings run again
+
+
+def test_a_negative_warmup_or_heartbeat_is_one_line(tmp_path, capsys):
+    synth(tmp_path)  # Optuna's ValueError traceback, after the study folder was made
+    fails_with(capsys, tune.main(tiny(tmp_path, "--warmup_epochs", "-1")), "--warmup_epochs")
+    fails_with(capsys, tune.main(tiny(tmp_path, "--heartbeat", "0")), "--heartbeat")
+    assert not (tmp_path / "result").exists()
+
+
+def test_a_search_space_given_all_fixed_is_refused(tmp_path, capsys):
+    synth(tmp_path)  # every trial was the same run
+    fixed = [f"--{name}={tuning.default_point('lightgcn', 'Synth')[name]}"
+             for name in MODELS["lightgcn"].search_space]
+    fails_with(capsys, tune.main(tiny(tmp_path, *fixed)), "nothing to search")
+
+
+def test_running_the_final_seeds_again_runs_nothing_again(tmp_path):
+    synth(tmp_path)
+    args = tiny(tmp_path, "--trials", "1", "--final_seeds", "2")
+    assert tune.main(args) == 0
+    [final] = (tmp_path / "result" / "Synth" / "lightgcn-tune").glob("best-trial*")
+    stamps = {p: p.stat().st_mtime_ns for p in final.glob("seed*/*")}
+    assert tune.main(args) == 0
+    assert stamps == {p: p.stat().st_mtime_ns for p in final.glob("seed*/*")}
+    assert json.loads((final / "seeds.json").read_text())["study"]["trials"] == 1
