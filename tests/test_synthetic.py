@@ -11,7 +11,7 @@ import pytest
 import dataloader
 from recommenders import base, refine_plus
 from bench import synthetic as S
-from dataloader import ITEM_COL, RATING_COL, USER_COL
+from data.schema import ITEM_COL, RATING_COL, USER_COL
 
 # (shape, scale, U, I, |T|, validation rows, test rows): floor(n * scale + 0.5) by hand,
 # e.g. 29,948 x 0.02 = 598.96 -> 599 and 1,169,780 x 0.02 = 23,395.6 -> 23,396.
