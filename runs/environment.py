@@ -6,13 +6,15 @@ another torch build, float32 results differ from the first epochs on in their la
 after hundreds of epochs a few metrics differ in the fourth decimal. Without a record of the
 machine such a difference cannot be explained, so every start and every resume appends what
 decides it: the library versions, the CPU and its vector unit as torch dispatches to it,
-the thread count and the GPU. Lines are appended, never rewritten: a resumed run on another
-machine shows both.
+the thread count and the GPU, and the code that ran (the git commit of the checkout, with
+``+dirty`` when tracked files differ from it; None outside a git checkout). Lines are
+appended, never rewritten: a resumed run on another machine, or on later code, shows both.
 """
 from __future__ import annotations
 
 import json
 import platform
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,23 @@ import torch
 from runs.files import append_synced
 
 FILE = "environment.jsonl"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_version(root: Path = REPO) -> str | None:
+    """The commit checked out at ``root``, ``+dirty`` when a tracked file differs from it;
+    None where ``root`` is no git checkout or git cannot be run."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    try:
+        if git("rev-parse", "--show-toplevel") != str(Path(root).resolve()):
+            return None  # a folder inside some other checkout: its commit is not this code's
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
 
 
 def cpu_name() -> str:
@@ -40,7 +59,7 @@ def describe(device: torch.device) -> dict:
     facts = {"python": platform.python_version(), "torch": torch.__version__,
              "numpy": np.__version__, "platform": platform.platform(),
              "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-             "threads": torch.get_num_threads(), "device": str(device)}
+             "threads": torch.get_num_threads(), "device": str(device), "code": code_version()}
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
         facts["cuda"] = torch.version.cuda

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.errors import UserError
-from runs import seeds
+from runs import environment, seeds
 from runs.config import ConfigError
 from runs.config_file import as_tokens, load_yaml, parse_file
 from runs.faults import fault_point
@@ -212,13 +212,30 @@ def run_cells(cells: list[Cell], workers: int, devices: list[str], log_dir: Path
     return failures
 
 
-def cell_metrics(cell: Cell) -> list[dict]:
-    """A finished cell's metrics.json; a tune cell's: each of its best settings' seeds.
-    SweepError naming a file that cannot be read or lacks a number of the table."""
+def cell_metrics(cell: Cell) -> list[tuple[Path, dict]]:
+    """A finished cell's run folder and metrics.json; a tune cell's: each of its best
+    settings' seeds. SweepError naming a file that cannot be read or lacks a number of the
+    table."""
     if "tune" not in cell.values:
-        return [read_metrics(cell.folder / "metrics.json", cell)]
+        return [(cell.folder, read_metrics(cell.folder / "metrics.json", cell))]
     best = sorted(cell.folder.glob("best-trial*/summary.json"))[-1].parent
-    return [read_metrics(p, cell) for p in sorted(best.glob("seed*/metrics.json"))]
+    return [(p.parent, read_metrics(p, cell)) for p in sorted(best.glob("seed*/metrics.json"))]
+
+
+def code_versions(folders: list[Path]) -> list[str]:
+    """The code versions the runs in ``folders`` trained on (environment.jsonl), sorted;
+    "unknown" for a line without one (before the field existed, or outside git)."""
+    return sorted({line.get("code") or "unknown" for f in folders for line in environment.read(f)})
+
+
+def code_notes(records: list[dict], now: str | None) -> list[str]:
+    """One line per table row whose runs trained on other code than the checkout's now (a
+    finished cell is kept, not run again, when the code changes)."""
+    def short(version: str) -> str:  # a commit's first 12 digits, and +dirty where it was
+        return version[:12] + version[40:]
+    return [f"note: {r['cell']} trained on code {', '.join(map(short, r['code']))}, "
+            f"not {short(now or 'unknown')} checked out now (remove its folders to rerun)"
+            for r in records if r["code"] != [now or "unknown"]]
 
 
 def read_metrics(path: Path, cell: Cell) -> dict:
@@ -243,12 +260,13 @@ def table(cells: list[Cell], problems: list[str]) -> tuple[list[str], list[dict]
                      and len({json.dumps(c.config.get(k), default=str) for c in cells}) > 1)
     rows, records = [["cell", "seeds", "valid R@20", "test R@20", "test N@20"]], []
     for members in groups.values():
-        runs = []
+        found = []
         for cell in (c for c in members if c.finished):
             try:
-                runs += cell_metrics(cell)
+                found += cell_metrics(cell)
             except SweepError as err:
                 problems.append(str(err))
+        runs = [metrics for _, metrics in found]
         first = members[0].config
         label = " ".join([first["model"], first["dataset"],
                           *(f"{k}={first.get(k)}" for k in varying)])
@@ -257,6 +275,7 @@ def table(cells: list[Cell], problems: list[str]) -> tuple[list[str], list[dict]
             continue
         summary = seeds.summarize(dict(enumerate(runs)))
         records.append({"cell": label, "folders": [str(c.folder) for c in members],
+                        "code": code_versions([folder for folder, _ in found]),
                         "summary": summary})
         cells_text = [f"{s['mean']:.4f} ± {s['std']:.4f}" if s else "-" for s in (
             summary["best_validation"].get("recall@20"), summary["test"].get("recall@20"),
@@ -295,6 +314,7 @@ def run_sweep(path: str, workers: int, devices: list[str]) -> int:
     try:
         failures = run_cells(cells, workers, devices, root / "logs")
         lines, records = table(cells, failures)
+        lines += code_notes(records, environment.code_version())
         atomic_write_text(root / "results.txt", "\n".join(lines) + "\n")
         dump_json(records, root / "results.json")
     finally:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import torch
@@ -28,9 +29,29 @@ def test_a_start_and_a_resume_each_leave_a_line(tmp_path, monkeypatch):
         assert line["threads"] == 1 and line["device"] == "cpu"
         assert line["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         assert line["cpu"]
+        assert line["code"] == environment.code_version()  # this checkout's commit, or None
     raw = (run / environment.FILE).read_text().splitlines()
     assert [json.loads(text) for text in raw] == lines and len(raw) == 2
 
 
 def test_runs_made_before_the_file_read_as_none(tmp_path):
     assert environment.read(tmp_path) == []
+
+
+def test_the_code_version_is_the_checkouts_commit(tmp_path):
+    def git(*args, cwd=tmp_path):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    assert environment.code_version(tmp_path) is None  # no checkout
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "a")
+    (tmp_path / "f.py").write_text("x = 1\n")
+    assert environment.code_version(tmp_path) == git("rev-parse", "HEAD")  # untracked: clean
+    git("add", "f.py")
+    assert environment.code_version(tmp_path) == git("rev-parse", "HEAD") + "+dirty"
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "b")
+    head = git("rev-parse", "HEAD")
+    assert environment.code_version(tmp_path) == head and len(head) == 40
+    inner = tmp_path / "sub"
+    inner.mkdir()
+    assert environment.code_version(inner) is None  # inside a checkout is not the checkout

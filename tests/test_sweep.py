@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from runs import sweep
+from runs import environment, sweep
 from tests.conftest import REPO, fails_with, synthetic_rows, write_split_folder
 
 
@@ -64,10 +64,20 @@ def test_grid_runs_as_run_folders_and_a_table_per_group(tmp_path):
         mean = record["summary"]["test"]["recall@20"]["mean"]
         assert mean == pytest.approx(sum(values) / 2)
         assert f"{mean:.4f} ±" in rows[record["cell"].split()[0]]
+        assert record["code"] == [environment.code_version() or "unknown"]
+    assert not any(line.startswith("note:") for line in table)  # all on today's code
     stamps = {c: (c / "metrics.json").stat().st_mtime_ns for c in folders}
+    old = folders[0] / environment.FILE  # as if trained before the last commit
+    old.write_text(old.read_text().replace('"code": ', '"code": "0123456789abcdef", "was": '))
     again = run_sweep(exp, "--workers", "2")
     assert again.returncode == 0 and "4 finished, 0 to run" in again.stdout
     assert stamps == {c: (c / "metrics.json").stat().st_mtime_ns for c in cells(result)}
+    config = json.loads((folders[0] / "config.json").read_text())
+    notes = [line for line in again.stdout.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {config['model']} Synth ")
+    now = environment.code_version() or "unknown"
+    assert f"trained on code 0123456789ab, {now[:12]}{now[40:]}, not {now[:12]}{now[40:]} " \
+        in notes[0] and notes[0].endswith("(remove its folders to rerun)")
 
 
 def test_cell_names_follow_settings_and_input_bytes(tmp_path):
