@@ -9,8 +9,9 @@ embeddings' dot products, E_u · E_i; a user's train-file rows are masked as eva
 them. ``--user`` also lists the user's known dislikes and where the model ranks them: the
 train file's confirmed negatives (rating <= 1: 1 and the LLM's 0.5; dataloader.py) and the
 rows of ``<DATASET>_test_dislikes.csv`` beside the split files when there is one. Refused
-in one line, before anything is written: a run folder without best.pt, a multi-seed folder
-without ``--seed``, and data that changed since the run (every input's git blob SHA-1 is
+in one line, before anything is written: a run folder without best.pt, a run that did not
+finish (unless ``--allow_unfinished``, and then said), a multi-seed folder without ``--seed``,
+and data that changed since the run (every input's git blob SHA-1 is
 compared with config.json's record). docs/recommend.md shows the output.
 """
 from __future__ import annotations
@@ -77,9 +78,11 @@ def embeddings(trained: Trained) -> tuple[torch.Tensor, torch.Tensor]:
 def describe(trained: Trained) -> str:
     c, data = trained.config, trained.data
     fingerprint = provenance.fingerprint(provenance.as_dicts(trained.inputs))
+    said = f"; UNFINISHED: {trained.unfinished}" if trained.unfinished else ""
     return (f"run {trained.run_dir}: --model {c.model}, best epoch {trained.best_epoch}, "
             f"{c.dataset} ({c.dataset_augment} train file): {data.num_users} users, "
-            f"{data.num_items} items; data unchanged since the run (inputs {fingerprint})")
+            f"{data.num_items} items; data unchanged since the run (inputs {fingerprint})"
+            f"{said}")
 
 
 def user_index(trained: Trained, user: str) -> int:
@@ -281,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="--all: the CSV to write (user_id, rank, item_id, score)")
     p.add_argument("--item_file", help="--user: RecBole .item file with the titles "
                                        "(default: found beside the data)")
+    p.add_argument("--allow_unfinished", action="store_true",
+                   help="use the best.pt of a run that did not finish (killed, still running "
+                        "or resumed since); refused without it, and said in the output")
     return p
 
 
@@ -292,7 +298,9 @@ def run(args) -> int:
                              "--out: only with --all")
     if args.item_file and args.user is None:
         raise RecommendError("--item_file: only with --user")
-    trained = load_trained(run_folder(args.run, args.seed), None, args.data_dir, flag="--run")
+    trained = load_trained(run_folder(args.run, args.seed), None, args.data_dir, flag="--run",
+                           unfinished_flag=None if args.allow_unfinished else
+                           "--allow_unfinished")
     if args.user is not None:
         print("\n".join(user_report(trained, args.user, args.k, args.item_file)))
     elif args.all:

@@ -308,3 +308,20 @@ def test_ml100k_with_titles(tmp_path, capsys):
     assert not {r[1] for r in rows} & set(train.loc[train["user_id:token"] == "1",
                                                     "item_id:token"])
     assert "train file, rating <= 1:" in out
+
+
+def test_an_unfinished_run_is_refused_unless_allowed_and_then_said(lightgcn, tmp_path, capsys):
+    data, run_dir = lightgcn
+    killed = tmp_path / "killed"  # as a run killed after its last validation: no metrics.json
+    shutil.copytree(run_dir, killed)
+    (killed / "metrics.json").unlink()
+    for mode in (["--user", "3"], ["--all", "--out", str(tmp_path / "all.csv")],
+                 ["--export", str(tmp_path / "emb")]):
+        fails_with(capsys, recommend.main(["--run", str(killed), *mode]),
+                   "did not finish (no metrics.json)", "--allow_unfinished")
+    assert not (tmp_path / "all.csv").exists() and not (tmp_path / "emb").exists()
+    assert recommend.main(["--run", str(killed), "--user", "3", "--allow_unfinished"]) == 0
+    out = capsys.readouterr().out
+    assert "UNFINISHED: it did not finish (no metrics.json)" in out.splitlines()[0]
+    assert recommend.main(["--run", str(run_dir), "--user", "3"]) == 0  # a finished one:
+    assert "UNFINISHED" not in capsys.readouterr().out  # nothing to say
