@@ -251,3 +251,17 @@ def test_threads_given_in_the_file_are_kept(tmp_path):
     assert run_sweep(exp, "--workers", "1").returncode == 0
     [cell] = cells(result)
     assert json.loads((cell / "config.json").read_text())["threads"] == 1
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_the_committed_experiment_files_are_valid(path):
+    """Every cell of a committed experiment resolves to a configuration (its keys are flags
+    of its model, its values parse); a renamed flag would otherwise surface hours into it."""
+    from recommenders import make_config
+    from runs.flags import values_as_flags
+    spec = sweep.read_experiment(str(path))
+    values = sweep.cell_values(spec, str(path))
+    configs = [make_config(**values_as_flags(v, str(path))).to_dict() for v in values]
+    assert configs and all(c["model"] == v["model"] for c, v in zip(configs, values))
+    assert len({json.dumps(c, sort_keys=True, default=str) for c in configs}) == len(configs)
