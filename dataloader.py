@@ -204,12 +204,14 @@ class RowIndex:
 # ----------------------------------------------------------------------------- getting the files
 
 def ensure_split_files(data_dir, dataset: str, splits: list[str], download: bool = True,
-                       base_url: str | None = None, log=print) -> None:
+                       base_url: str | None = None, log=print, limits=None) -> None:
     """Download missing published split files (verified by git blob SHA-1) unless
     ``download`` is False; raise DataError naming a missing file and how to get it.
-    The base URL defaults to the pinned upstream commit; ``$REFINE_BASE_URL`` overrides it."""
+    The base URL defaults to the pinned upstream commit; ``$REFINE_BASE_URL`` overrides it.
+    ``limits``: each download's deadline and size cap (data/transfer.py; None: defaults)."""
     from data.fetch import ensure_split_files as ensure  # urllib/zip only when needed
-    ensure(data_dir, dataset, splits, download=download, base_url=base_url, log=log)
+    ensure(data_dir, dataset, splits, download=download, base_url=base_url, log=log,
+           limits=limits)
 
 
 def build_parser():

@@ -27,14 +27,16 @@ BLOCK = 1 << 16
 
 @dataclass(frozen=True)
 class Limits:
-    """The total deadline per request (seconds) and the largest response (MiB) accepted."""
+    """The total deadline per request (seconds) and the largest response (MiB) accepted;
+    ``flags``: the command's flags that set them, as its messages name them."""
 
     timeout_s: float = DEFAULT_TIMEOUT_S
     max_mb: float = DEFAULT_MAX_MB
+    flags: tuple[str, str] = ("--timeout", "--max_mb")
 
     def __post_init__(self):
-        for flag, value, unit in (("--timeout", self.timeout_s, "seconds"),
-                                  ("--max_mb", self.max_mb, "MiB")):
+        for flag, value, unit in ((self.flags[0], self.timeout_s, "seconds"),
+                                  (self.flags[1], self.max_mb, "MiB")):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise DataError(f"{flag} must be a positive number of {unit}, got {value!r}")
 
@@ -97,11 +99,12 @@ def copy_url(url: str, out, limits: Limits, hint: str, progress=None) -> int:
 
     def too_slow(got: int) -> DataError:
         return DataError(f"download failed: {url} did not finish within {limits.timeout_s:g} s "
-                         f"({_mb(got)} received; a slow mirror? raise --timeout); {hint}")
+                         f"({_mb(got)} received; a slow mirror? raise {limits.flags[0]}); "
+                         f"{hint}")
 
     def too_big(size: int) -> DataError:
-        return DataError(f"download failed: {url} is larger than --max_mb {limits.max_mb:g} "
-                         f"({_mb(size)} or more); {hint}")
+        return DataError(f"download failed: {url} is larger than {limits.flags[1]} "
+                         f"{limits.max_mb:g} ({_mb(size)} or more); {hint}")
 
     response = _open(url, limits, hint)
     announced = response.headers.get("Content-Length", "")

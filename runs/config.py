@@ -10,6 +10,7 @@ base class.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import PurePosixPath
@@ -23,6 +24,10 @@ MAX_THREADS = 512  # far more than any CPU here; thousands of threads crash torc
 
 class ConfigError(UserError, ValueError):
     """An invalid flag or combination of flags."""
+
+
+def positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
 def require(*checks: tuple[bool, str]) -> None:
@@ -69,6 +74,8 @@ class Config:
     flush_denormal: bool = True
     download: bool = True
     base_url: str | None = None
+    download_timeout: float = 900.0  # a split file's download in all, seconds (as
+    download_max_mb: float = 4096.0  # data/transfer.py's defaults; a test holds them equal)
     seeds: tuple[int, ...] | None = None  # several runs, one per seed (runs/seeds.py)
     compare_to: tuple[str, ...] | None = None  # logs/runs to compare with at the end
     settings: Any = None  # the model's own settings (its file's Settings dataclass)
@@ -102,6 +109,11 @@ class Config:
             (self.threads <= MAX_THREADS, f"--threads must be <= {MAX_THREADS}"),
             (self.gpu_id is None or self.gpu_id >= 0, "--gpu_id must be >= 0"),
             (self.result_dir != "", "--result_dir must not be empty"),
+            (positive(self.download_timeout),
+             f"--download_timeout must be a positive number of seconds, got "
+             f"{self.download_timeout}"),
+            (positive(self.download_max_mb),
+             f"--download_max_mb must be a positive number of MiB, got {self.download_max_mb}"),
             (self.path_name is None or path_name_ok(self.path_name),
              f"--path_name {self.path_name!r}: a name (or relative path) inside "
              f"<result_dir>/<dataset>/, without '..'"))

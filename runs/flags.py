@@ -68,6 +68,11 @@ def build_parser(model: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
       help="never download missing split files (default: fetch and verify them)")
     a("--base_url", help="where to download the published splits from (default: the pinned "
                          "upstream commit; also $REFINE_BASE_URL)")
+    a("--download_timeout", type=float, metavar="SECONDS",
+      help=f"a split file's download may take this long in all, from the request to the last "
+           f"byte" + d("download_timeout"))
+    a("--download_max_mb", type=float, metavar="MIB",
+      help="refuse a split file's download past this size" + d("download_max_mb"))
     a("--seeds", type=int, nargs="+", help="run once per seed, each in <run>/seed<S>/, then "
                                            "write <run>/summary.json (mean ± std)")
     a("--num_seeds", type=int, help="as --seeds with random_seed, random_seed + 1, ...")

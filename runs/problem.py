@@ -11,7 +11,8 @@ from data.splits import resolve_data_dir
 
 # where a run goes and how fast, not what it computes
 PLACE = ("data_dir", "result_dir", "path_name", "resume", "threads", "device", "gpu_id",
-         "quiet", "download", "base_url", "compare_to", "seeds")
+         "quiet", "download", "base_url", "download_timeout", "download_max_mb", "compare_to",
+         "seeds")
 FILE_SETTINGS = ("augment_file", "negative_file", "item_file")
 
 

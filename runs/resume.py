@@ -18,7 +18,7 @@ from runs.files import atomic_write_text
 BEST_NEXT = "best.next.pt"  # a new best model, until the epoch's last.pt is written
 # the settings --resume may change (main.py refuses the others on the command line)
 RESUME_OVERRIDES = ("epochs", "device", "gpu_id", "threads", "data_dir", "quiet", "download",
-                    "base_url", "compare_to")
+                    "base_url", "download_timeout", "download_max_mb", "compare_to")
 # where the run is, not how it trains: a moved run folder keeps its settings
 LOCATIONS = ("resume", "result_dir", "path_name")
 LOGS = (("train.log", "log_bytes"), ("epochs.jsonl", "jsonl_bytes"))

@@ -18,6 +18,7 @@ import torch
 import dataloader
 from data import provenance
 from data.protocols import read_protocol
+from data.transfer import Limits
 from data.errors import UserError
 from recommenders import MODELS
 from recommenders.base import TrainingError, build_eval_index, build_graphs
@@ -91,6 +92,7 @@ def check_before_writing(config: Config, device, shard) -> Checked:
             dataloader.ensure_split_files(data_dir, config.dataset, splits,
                                           download=config.download and is_main,
                                           base_url=config.base_url,
+                                          limits=download_limits(config),
                                           log=(lambda line: None) if config.quiet else print)
         return dataloader.load_dataset(data_dir, config.dataset, config.dataset_augment,
                                        warn=warnings.append,
@@ -113,6 +115,12 @@ def check_before_writing(config: Config, device, shard) -> Checked:
         check_resumed_inputs(run_dir, inputs)
     return Checked(run_dir, state, data, inputs, recommender, graphs,
                    build_eval_index(data, device, graphs.seen_by_user), sampling, warnings, stamp)
+
+
+def download_limits(config: Config) -> Limits:
+    """--download_timeout / --download_max_mb as data/transfer.py's limits."""
+    return Limits(config.download_timeout, config.download_max_mb,
+                  flags=("--download_timeout", "--download_max_mb"))
 
 
 def file_stamp(path: Path) -> tuple:

@@ -21,11 +21,13 @@ import pandas as pd
 import pytest
 
 import dataloader
+import main as M
 from data import fetch
 from data import prepare as prep
 from data.provenance import git_blob_sha1
 from data.schema import DataError
 from data.splits import split_path
+from runs.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 HEADER = "user_id:token,item_id:token,rating:float"
@@ -119,6 +121,34 @@ def test_a_response_over_the_size_cap_is_one_line(tmp_path, mirror, capsys, mode
     assert "Traceback" not in err and len(error_lines(err)) == 1
     assert "larger than --max_mb 0.1" in err
     assert parts(tmp_path) == []
+
+
+def main_args(tmp_path: Path, base: str, *extra: str) -> list[str]:
+    return ["--dataset", "ML-100K", "--data_dir", str(tmp_path / "data"), "--base_url", base,
+            "--result_dir", str(tmp_path / "result"), "--epochs", "1", "--quiet", *extra]
+
+
+def test_main_downloads_within_its_own_limits_named_by_its_flags(tmp_path, mirror, capsys):
+    """main.py fetches missing splits before training: the same deadline and size cap, set
+    by --download_timeout / --download_max_mb and named by them in the one line."""
+    base, _ = mirror("big", size=300_000)
+    assert M.main(main_args(tmp_path, base, "--download_max_mb", "0.1")) == 2
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "larger than --download_max_mb 0.1" in err
+    base, _ = mirror("drip")
+    start = time.monotonic()
+    assert M.main(main_args(tmp_path, base, "--download_timeout", "2")) == 2
+    assert 1.5 < time.monotonic() - start < 6
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "did not finish within 2 s" in err
+    assert "raise --download_timeout" in err and parts(tmp_path) == []
+    assert not (tmp_path / "result").exists()  # refused before any run folder
+    config = Config()  # config.py imports nothing, so it states the downloader's defaults
+    assert (config.download_timeout, config.download_max_mb) == (fetch.Limits().timeout_s,
+                                                                  fetch.Limits().max_mb)
+    for flag, value in (("--download_timeout", "0"), ("--download_max_mb", "nan")):
+        assert M.main(main_args(tmp_path, base, flag, value)) == 2
+        assert f"{flag} must be a positive number" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag, value", [("--timeout", "0"), ("--timeout", "-5"),
