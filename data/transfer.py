@@ -45,6 +45,33 @@ class Limits:
         return int(self.max_mb * (1 << 20))
 
 
+class TooLarge(Exception):
+    """A body passed its byte cap (``size``: the bytes announced or received so far)."""
+
+    def __init__(self, size: int):
+        super().__init__(size)
+        self.size = size
+
+
+def capped_blocks(response, cap: int, read):
+    """The blocks of ``response``'s body, ``read()`` giving each (b"" at the end); TooLarge
+    as soon as the body is announced (Content-Length) or found to pass ``cap`` bytes. The one
+    size check of both HTTP readers: a download into a file (``copy_url``) and an LLM
+    server's answer (llm/http_client.py)."""
+    announced = response.headers.get("Content-Length", "") if response.headers else ""
+    if announced.isdigit() and int(announced) > cap:
+        raise TooLarge(int(announced))
+    got = 0
+    while True:
+        block = read()
+        if not block:
+            return
+        got += len(block)
+        if got > cap:
+            raise TooLarge(got)
+        yield block
+
+
 def _mb(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
@@ -109,33 +136,34 @@ def copy_url(url: str, out, limits: Limits, hint: str, progress=None) -> int:
     response = _open(url, limits, hint)
     announced = response.headers.get("Content-Length", "")
     total = int(announced) if announced.isdigit() else None
-    if total is not None and total > limits.max_bytes:
-        response.close()
-        raise too_big(total)
-    with response, (progress or _no_bar)(total) as bar:
-        got = 0
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise too_slow(got)
-            _wait_at_most(response, min(left, SILENCE_S))
-            try:
-                block = response.read1(BLOCK)
-            except (TimeoutError, socket.timeout):
-                if time.monotonic() >= deadline - 0.01:
-                    raise too_slow(got) from None
-                raise DataError(f"download failed: {url} sent nothing for {SILENCE_S:g} s "
-                                f"({_mb(got)} received); {hint}") from None
-            except (OSError, http.client.HTTPException) as err:
-                raise DataError(f"download failed: connection lost while reading {url} "
-                                f"({err}); {hint}") from None
-            if not block:
-                return got
-            got += len(block)
-            if got > limits.max_bytes:
-                raise too_big(got)
-            out.write(block)
-            bar.update(len(block))
+    got = 0
+
+    def read() -> bytes:  # a block within the time left; a one-line DataError past it
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise too_slow(got)
+        _wait_at_most(response, min(left, SILENCE_S))
+        try:
+            return response.read1(BLOCK)
+        except (TimeoutError, socket.timeout):
+            if time.monotonic() >= deadline - 0.01:
+                raise too_slow(got) from None
+            raise DataError(f"download failed: {url} sent nothing for {SILENCE_S:g} s "
+                            f"({_mb(got)} received); {hint}") from None
+        except (OSError, http.client.HTTPException) as err:
+            raise DataError(f"download failed: connection lost while reading {url} "
+                            f"({err}); {hint}") from None
+    with response:
+        try:
+            blocks = capped_blocks(response, limits.max_bytes, read)
+            with (progress or _no_bar)(total) as bar:
+                for block in blocks:
+                    got += len(block)
+                    out.write(block)
+                    bar.update(len(block))
+        except TooLarge as err:
+            raise too_big(err.size) from None
+    return got
 
 
 def remove_stale_parts(dest: Path) -> None:

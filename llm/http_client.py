@@ -13,7 +13,7 @@ import socket
 import threading
 import urllib.parse
 
-BLOCK = 1 << 16  # bytes read at a time
+from data.transfer import BLOCK, TooLarge, capped_blocks
 
 
 def check_url(url: str, flag: str) -> None:
@@ -29,8 +29,7 @@ def check_url(url: str, flag: str) -> None:
                          f"e.g. http://127.0.0.1:8000/v1")
 
 
-class AnswerTooLarge(Exception):
-    """The answer passed the size cap."""
+AnswerTooLarge = TooLarge  # the answer passed the size cap
 
 
 class Stopped(Exception):
@@ -55,17 +54,7 @@ class _Line:
 
 def read_capped(resp: http.client.HTTPResponse, cap: int) -> bytes:
     """The whole body, or AnswerTooLarge as soon as it passes ``cap`` bytes."""
-    if resp.length is not None and resp.length > cap:
-        raise AnswerTooLarge
-    blocks, size = [], 0
-    while True:
-        block = resp.read(min(BLOCK, cap + 1 - size))
-        if not block:
-            return b"".join(blocks)
-        size += len(block)
-        if size > cap:
-            raise AnswerTooLarge
-        blocks.append(block)
+    return b"".join(capped_blocks(resp, cap, lambda: resp.read(BLOCK)))
 
 
 class Client:
