@@ -136,6 +136,9 @@ def copy_url(url: str, out, limits: Limits, hint: str, progress=None) -> int:
     response = _open(url, limits, hint)
     announced = response.headers.get("Content-Length", "")
     total = int(announced) if announced.isdigit() else None
+    if total is not None and total > limits.max_bytes:  # before a progress bar is drawn
+        response.close()
+        raise too_big(total)
     got = 0
 
     def read() -> bytes:  # a block within the time left; a one-line DataError past it
