@@ -310,6 +310,11 @@ def run_sweep(path: str, workers: int, devices: list[str]) -> int:
     if not cells:
         raise SweepError(f"{path}: no cell (an empty grid?)")
     root = Path(spec.get("result_dir", "result")) / "sweeps" / sweep_name(spec, path)
+    repeats = len(cell_values(spec, path)) - len(cells)
+    if repeats:
+        print(f"note: {repeats} cell{'s' if repeats > 1 else ''} of the file "
+              f"repeat{'' if repeats > 1 else 's'} another (the same settings and inputs); "
+              f"it runs once", flush=True)
     lock = lock_sweep(root)
     try:
         failures = run_cells(cells, workers, devices, root / "logs")

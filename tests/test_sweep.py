@@ -265,3 +265,13 @@ def test_the_committed_experiment_files_are_valid(path):
     configs = [make_config(**values_as_flags(v, str(path))).to_dict() for v in values]
     assert configs and all(c["model"] == v["model"] for c, v in zip(configs, values))
     assert len({json.dumps(c, sort_keys=True, default=str) for c in configs}) == len(configs)
+
+
+def test_a_cell_written_twice_runs_once_and_is_said(tmp_path):
+    result = tmp_path / "result"
+    exp = experiment(tmp_path, result, grid="model: [lightgcn, lightgcn]", seeds="[1]")
+    done = run_sweep(exp)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(cells(result)) == 1 and "1 cells: 0 finished, 1 to run" in done.stdout
+    assert "note: 1 cell of the file repeats another (the same settings and inputs); " \
+           "it runs once" in done.stdout
