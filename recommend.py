@@ -259,8 +259,8 @@ def export(trained: Trained, folder: Path) -> dict:
     about = dict(
         command=command_line("python recommend.py"), run=str(trained.run_dir),
         dataset=c.dataset, dataset_augment=c.dataset_augment, model=c.model,
-        best_epoch=trained.best_epoch, users=e_users.shape[0], items=e_items.shape[0],
-        dim=e_users.shape[1], score="user_embeddings @ item_embeddings.T; evaluation masks "
+        best_epoch=trained.best_epoch, unfinished=trained.unfinished,
+        users=e_users.shape[0], items=e_items.shape[0], dim=e_users.shape[1], score="user_embeddings @ item_embeddings.T; evaluation masks "
                                    "each user's train-file rows",
         inputs_fingerprint=provenance.fingerprint(provenance.as_dicts(trained.inputs)),
         inputs=provenance.as_dicts(trained.inputs))

@@ -59,7 +59,7 @@ def capped_blocks(response, cap: int, read):
     size check of both HTTP readers: a download into a file (``copy_url``) and an LLM
     server's answer (llm/http_client.py)."""
     announced = response.headers.get("Content-Length", "") if response.headers else ""
-    if announced.isdigit() and int(announced) > cap:
+    if announced.isascii() and announced.isdigit() and int(announced) > cap:
         raise TooLarge(int(announced))
     got = 0
     while True:
@@ -135,7 +135,7 @@ def copy_url(url: str, out, limits: Limits, hint: str, progress=None) -> int:
 
     response = _open(url, limits, hint)
     announced = response.headers.get("Content-Length", "")
-    total = int(announced) if announced.isdigit() else None
+    total = int(announced) if announced.isascii() and announced.isdigit() else None
     if total is not None and total > limits.max_bytes:  # before a progress bar is drawn
         response.close()
         raise too_big(total)

@@ -7,7 +7,7 @@ after hundreds of epochs a few metrics differ in the fourth decimal. Without a r
 machine such a difference cannot be explained, so every start and every resume appends what
 decides it: the library versions, the CPU and its vector unit as torch dispatches to it,
 the thread count and the GPU, and the code that ran (the git commit of the checkout, with
-``+dirty`` when tracked files differ from it; None outside a git checkout). Lines are
+``+dirty`` when files differ from it; None outside a git checkout). Lines are
 appended, never rewritten: a resumed run on another machine, or on later code, shows both.
 """
 from __future__ import annotations
@@ -27,8 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def code_version(root: Path = REPO) -> str | None:
-    """The commit checked out at ``root``, ``+dirty`` when a tracked file differs from it;
-    None where ``root`` is no git checkout or git cannot be run."""
+    """The commit checked out at ``root``, ``+dirty`` when a file differs from it (a tracked
+    file changed, or a new file not ignored: a new module a run may import); None where
+    ``root`` is no git checkout or git cannot be run."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
                               timeout=30, check=True).stdout.strip()
@@ -36,7 +37,7 @@ def code_version(root: Path = REPO) -> str | None:
         if git("rev-parse", "--show-toplevel") != str(Path(root).resolve()):
             return None  # a folder inside some other checkout: its commit is not this code's
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=normal")  # not ignored ones
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")

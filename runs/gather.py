@@ -6,31 +6,37 @@ only if they differ in nothing but their seed. This command checks that, then co
 run to ``DIR/seed<S>/`` and writes what ``main.py --seeds`` writes: ``seeds.json`` (the
 settings, with the list of seeds), ``summary.json`` and ``summary.txt`` (runs/seeds.py), so
 that compare.py (``--test`` too), recommend.py and the sweep read the folder as any
-multi-seed run; ``gathered.json`` records where each seed came from. Refused in one line,
-before anything is written: a run that did not finish (no metrics.json, or one that is not
-the run's end), runs whose settings differ (the first differing setting is named), two runs
-of one seed, runs that read other data (input files' git blob SHA-1), and a ``DIR`` that
-already exists.
+multi-seed run; ``gathered.json`` records where each seed came from (relative to ``DIR``)
+and the code each trained on (environment.jsonl; a note when they differ). Refused in one
+line, before anything is written: a run that did not finish (no metrics.json, or one that is
+not the run's end), a metrics.json without the numbers a summary needs or without its input
+records, runs whose settings differ (the first differing setting is named; where and how
+fast they ran may differ), two runs of one seed, runs that read other data (input files' git
+blob SHA-1, by role) or report other metrics, and a ``DIR`` that already exists. The folder
+is built under a temporary name and renamed when complete.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 from data.errors import UserError
-from runs import run_folder
+from runs import environment, run_folder
 from runs.cli import command_line, run_cli
 from runs.files import dump_json
 from runs.problem import PLACE
-from runs.seeds import SEEDS_FILE, write_summary
+from runs.seeds import SEEDS_FILE, SUMMARY_TEXT, write_summary
+from runs.summary import COUNTS, SPLITS
 
 GATHERED_FILE = "gathered.json"
 CHECKPOINTS = ("best.pt", "last.pt", "best.next.pt")
-# where or how a run ran, or what its folder is called: free to differ between the seeds
-FREE = (*PLACE, "random_seed")
+# where or how a run ran, or what its folder is called: free to differ between the seeds;
+# the input files are compared by their bytes (git blob SHA-1), not by where they lay
+FREE = (*PLACE, "random_seed", "inputs")
 
 
 class GatherError(UserError, ValueError):
@@ -59,11 +65,21 @@ def read_run(path: str) -> tuple[Path, dict, dict]:
     if not ended:
         raise GatherError(f"{path} stopped at epoch {metrics['last_epoch']} of "
                           f"{config['epochs']}; finish it with python main.py --resume {path}")
+    lacking = [k for k in COUNTS if not isinstance(metrics.get(k), (int, float))] + \
+        [s for s in SPLITS if not isinstance(metrics.get(s), dict)]
+    if lacking:
+        raise GatherError(f"{path}/metrics.json lacks {lacking[0]}: damaged, or not written "
+                          f"by main.py")
+    if not metrics.get("inputs"):
+        raise GatherError(f"{path}/metrics.json records no input files, so its data cannot "
+                          f"be checked against the other seeds'")
     return folder, config, metrics
 
 
 def first_difference(a: dict, b: dict) -> str | None:
-    for key in sorted(set(a) | set(b)):
+    """The first setting both configs have with another value (a setting only one knows,
+    added by a later version, is not compared: as runs/resume.py)."""
+    for key in sorted(set(a) & set(b)):
         if key in FREE:
             continue
         if json.dumps(a.get(key), default=str) != json.dumps(b.get(key), default=str):
@@ -85,14 +101,18 @@ def check_runs(runs: list[tuple[Path, dict, dict]]) -> dict[int, tuple[Path, dic
             raise GatherError(f"{folder} has {key} {config.get(key)!r}, {first_folder} has "
                               f"{first.get(key)!r}: not seeds of one configuration")
         by_seed[seed] = run
-    blobs = lambda m: {r["role"]: r["git_blob"] for r in m.get("inputs") or []}  # noqa: E731
-    first_blobs = blobs(runs[0][2])
+    blobs = lambda m: {r["role"]: r["git_blob"] for r in m["inputs"]}  # noqa: E731
+    first_folder, _, first_metrics = runs[0]
     for folder, _, metrics in runs:
-        own = blobs(metrics)
-        differ = sorted(r for r in own.keys() & first_blobs.keys() if own[r] != first_blobs[r])
+        own, theirs = blobs(metrics), blobs(first_metrics)
+        differ = sorted(r for r in own.keys() | theirs.keys() if own.get(r) != theirs.get(r))
         if differ:
             raise GatherError(f"{folder} read other files than {first_folder} "
                               f"({', '.join(differ)}): not seeds of one experiment")
+        if {split: sorted(metrics[split]) for split in SPLITS} != \
+                {split: sorted(first_metrics[split]) for split in SPLITS}:
+            raise GatherError(f"{folder} reports other metrics than {first_folder} (another "
+                              f"--top_k or version?): they cannot be averaged")
     return dict(sorted(by_seed.items()))
 
 
@@ -107,15 +127,41 @@ def gather(paths: list[str], into: str, checkpoints: bool = True, quiet: bool = 
     by_seed = check_runs([read_run(p) for p in paths])
     seeds = list(by_seed)
     first = by_seed[seeds[0]][1]
+    codes = {f"seed{s}": code_of(f) for s, (f, _, _) in by_seed.items()}
     ignore = shutil.ignore_patterns(run_folder.LOCK_FILE, *(() if checkpoints else CHECKPOINTS))
-    for seed, (folder, _, _) in by_seed.items():
-        shutil.copytree(folder, target / f"seed{seed}", ignore=ignore)
-    dump_json({**first, "random_seed": seeds[0], "seeds": seeds, "path_name": target.name},
-              target / SEEDS_FILE)
-    dump_json({"command": command_line("python -m runs.gather"),
-               "seeds": {f"seed{s}": str(f) for s, (f, _, _) in by_seed.items()},
-               "checkpoints": checkpoints}, target / GATHERED_FILE)
-    return write_summary(target, {s: m for s, (_, _, m) in by_seed.items()}, None, quiet)
+    building = target.with_name(f".{target.name}.{os.getpid()}.gathering")
+    try:  # built beside the target and renamed at the end: all of it or nothing
+        for seed, (folder, _, _) in by_seed.items():
+            shutil.copytree(folder, building / f"seed{seed}", ignore=ignore)
+        dump_json({**first, "random_seed": seeds[0], "seeds": seeds,
+                   "path_name": target.name}, building / SEEDS_FILE)
+        dump_json({"command": command_line("python -m runs.gather"),
+                   "seeds": {f"seed{s}": os.path.relpath(f, target)
+                             for s, (f, _, _) in by_seed.items()},
+                   "sources_relative_to": "this folder", "code": codes,
+                   "checkpoints": checkpoints}, building / GATHERED_FILE)
+        summary = write_summary(building, {s: m for s, (_, _, m) in by_seed.items()}, None,
+                                True)
+        building.rename(target)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    if len(set(codes.values())) > 1:
+        versions = "; ".join(sorted(set(codes.values())))
+        print(f"note: the seeds trained on different code ({versions}); gathered.json lists "
+              f"each seed's", file=sys.stderr)
+    if not quiet:
+        print((target / SUMMARY_TEXT).read_text(), end="")
+    return summary
+
+
+def code_of(folder: Path) -> str:
+    """The code versions ``folder``'s run trained on (environment.jsonl), "unknown" where
+    none is recorded."""
+    try:
+        versions = sorted({line.get("code") or "unknown" for line in environment.read(folder)})
+    except (OSError, ValueError):
+        return "unreadable environment.jsonl"
+    return ", ".join(versions) or "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

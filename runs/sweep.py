@@ -224,8 +224,16 @@ def cell_metrics(cell: Cell) -> list[tuple[Path, dict]]:
 
 def code_versions(folders: list[Path]) -> list[str]:
     """The code versions the runs in ``folders`` trained on (environment.jsonl), sorted;
-    "unknown" for a line without one (before the field existed, or outside git)."""
-    return sorted({line.get("code") or "unknown" for f in folders for line in environment.read(f)})
+    "unknown" for a run or line without one (before the field existed, or outside git) and
+    for a file that cannot be read."""
+    versions = set()
+    for folder in folders:
+        try:
+            lines = environment.read(folder)
+        except (OSError, ValueError):
+            lines = []
+        versions |= {line.get("code") or "unknown" for line in lines} or {"unknown"}
+    return sorted(versions)
 
 
 def code_notes(records: list[dict], now: str | None) -> list[str]:
@@ -312,9 +320,10 @@ def run_sweep(path: str, workers: int, devices: list[str]) -> int:
     root = Path(spec.get("result_dir", "result")) / "sweeps" / sweep_name(spec, path)
     repeats = len(cell_values(spec, path)) - len(cells)
     if repeats:
-        print(f"note: {repeats} cell{'s' if repeats > 1 else ''} of the file "
-              f"repeat{'' if repeats > 1 else 's'} another (the same settings and inputs); "
-              f"it runs once", flush=True)
+        many = repeats > 1
+        print(f"note: {repeats} cell{'s' if many else ''} of the file repeat{'' if many else 's'}"
+              f" another (the same settings and inputs); {'they run' if many else 'it runs'} "
+              f"once", flush=True)
     lock = lock_sweep(root)
     try:
         failures = run_cells(cells, workers, devices, root / "logs")

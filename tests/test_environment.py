@@ -45,8 +45,14 @@ def test_the_code_version_is_the_checkouts_commit(tmp_path):
     assert environment.code_version(tmp_path) is None  # no checkout
     git("init", "-q")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "a")
-    (tmp_path / "f.py").write_text("x = 1\n")
-    assert environment.code_version(tmp_path) == git("rev-parse", "HEAD")  # untracked: clean
+    (tmp_path / ".gitignore").write_text("result/\n")
+    git("add", ".gitignore")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "ignore")
+    (tmp_path / "result").mkdir()
+    (tmp_path / "result" / "run.log").write_text("ignored\n")
+    assert environment.code_version(tmp_path) == git("rev-parse", "HEAD")  # ignored: clean
+    (tmp_path / "f.py").write_text("x = 1\n")  # a new module: not the commit's code
+    assert environment.code_version(tmp_path) == git("rev-parse", "HEAD") + "+dirty"
     git("add", "f.py")
     assert environment.code_version(tmp_path) == git("rev-parse", "HEAD") + "+dirty"
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "b")

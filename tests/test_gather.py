@@ -9,7 +9,7 @@ import pytest
 
 import compare
 from conftest import fails_with, run_main, synthetic_rows, write_split_folder
-from runs import gather
+from runs import environment, gather
 
 ARGS = ["--dataset", "Synth", "--batch_size", "64", "--epochs", "2", "--embedding_dim", "8"]
 
@@ -46,7 +46,11 @@ def test_gathered_seeds_equal_a_multi_seed_run(runs, tmp_path, capsys):
             assert (into / f"seed{seed}" / name).read_bytes() == \
                 (result / f"s{seed}" / name).read_bytes()
     record = json.loads((into / gather.GATHERED_FILE).read_text())
-    assert record["seeds"] == {"seed1": str(result / "s1"), "seed2": str(result / "s2")}
+    for seed in (1, 2):  # relative to the gathered folder
+        assert (into / record["seeds"][f"seed{seed}"]).resolve() == (result / f"s{seed}").resolve()
+    now = environment.code_version() or "unknown"
+    assert record["code"] == {"seed1": now, "seed2": now}
+    assert not list(tmp_path.glob(".*gathering"))
     # compare.py --test pairs it with the real multi-seed run: the same per-user numbers
     assert compare.main(["--test", str(into), str(result / "both")]) == 0
     out = capsys.readouterr().out
@@ -87,9 +91,35 @@ def test_refusals_are_one_line_and_write_nothing(runs, tmp_path, capsys):
     (moved / "config.json").write_text(json.dumps({**config, "threads": 2,
                                                    "result_dir": "elsewhere"}))
     metrics = json.loads((moved / "metrics.json").read_text())
-    metrics["inputs"][0]["git_blob"] = "0" * 40
-    (moved / "metrics.json").write_text(json.dumps(metrics))
+    metrics["inputs"][0]["git_blob"] = "0" * 40  # as a run on changed data records it: in
+    (moved / "metrics.json").write_text(json.dumps(metrics))  # both files
+    (moved / "config.json").write_text(json.dumps({**config, "threads": 2,
+                                                   "inputs": metrics["inputs"]}))
     refused([result / "s1", moved], "read other files than", metrics["inputs"][0]["role"])
+    bare = tmp_path / "bare"  # a metrics.json a summary cannot average: nothing written
+    shutil.copytree(result / "s2", bare)
+    metrics = json.loads((bare / "metrics.json").read_text())
+    (bare / "metrics.json").write_text(json.dumps({**metrics, "seconds_per_epoch": None}))
+    refused([result / "s1", bare], "lacks seconds_per_epoch")
+    (bare / "metrics.json").write_text(json.dumps({**metrics, "inputs": []}))
+    refused([result / "s1", bare], "records no input files")
+    assert not list(tmp_path.glob(".*gathering"))
     into.mkdir()
     fails_with(capsys, gather.main([str(result / "s1"), str(result / "s2"), "--into",
                                     str(into)]), "exists; give a new folder")
+
+
+def test_a_setting_only_one_version_knows_is_not_a_difference_and_other_code_is_said(
+        runs, tmp_path, capsys):
+    _, result = runs
+    newer = tmp_path / "newer"  # seed 2 as a later version writes it: one more setting,
+    shutil.copytree(result / "s2", newer)  # trained on another commit
+    config = json.loads((newer / "config.json").read_text())
+    (newer / "config.json").write_text(json.dumps({**config, "a_later_setting": True}))
+    env = newer / environment.FILE
+    env.write_text(env.read_text().replace('"code": ', '"code": "f00d", "was": '))
+    into = tmp_path / "into"
+    assert gather.main([str(result / "s1"), str(newer), "--into", str(into), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "note: the seeds trained on different code" in err and "f00d" in err
+    assert json.loads((into / gather.GATHERED_FILE).read_text())["code"]["seed2"] == "f00d"

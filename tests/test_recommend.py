@@ -323,5 +323,10 @@ def test_an_unfinished_run_is_refused_unless_allowed_and_then_said(lightgcn, tmp
     assert recommend.main(["--run", str(killed), "--user", "3", "--allow_unfinished"]) == 0
     out = capsys.readouterr().out
     assert "UNFINISHED: it did not finish (no metrics.json)" in out.splitlines()[0]
+    assert recommend.main(["--run", str(killed), "--export", str(tmp_path / "emb"),
+                           "--allow_unfinished"]) == 0  # the exported files say it too
+    about = json.loads((tmp_path / "emb" / "about.json").read_text())
+    assert about["unfinished"].startswith("it did not finish (no metrics.json)")
+    assert "UNFINISHED:" in capsys.readouterr().out
     assert recommend.main(["--run", str(run_dir), "--user", "3"]) == 0  # a finished one:
     assert "UNFINISHED" not in capsys.readouterr().out  # nothing to say

@@ -22,7 +22,7 @@ import pytest
 
 import dataloader
 import main as M
-from data import fetch
+from data import fetch, transfer
 from data import prepare as prep
 from data.provenance import git_blob_sha1
 from data.schema import DataError
@@ -50,9 +50,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         server = self.server
         server.requests += 1
-        body = server.body if server.mode == "file" else b"x" * server.size
+        body = server.body if server.mode in ("file", "odd_length") else b"x" * server.size
         self.send_response(200)
-        if server.mode != "big_unannounced":
+        if server.mode == "odd_length":  # a non-ASCII digit (latin-1 on the wire)
+            self.send_header("Content-Length", "\xb2")
+        elif server.mode != "big_unannounced":
             self.send_header("Content-Length", "100000" if server.mode == "drip"
                              else str(len(body)))
         self.end_headers()
@@ -121,6 +123,20 @@ def test_a_response_over_the_size_cap_is_one_line(tmp_path, mirror, capsys, mode
     assert "Traceback" not in err and len(error_lines(err)) == 1
     assert "larger than --max_mb 0.1" in err
     assert parts(tmp_path) == []
+
+
+def test_a_content_length_that_is_no_number_is_read_as_unannounced(tmp_path, mirror, capsys):
+    """"²" passes str.isdigit but not int(): the body is read and checked, no traceback."""
+    base, _ = mirror("odd_length", body=b"not the published file\n")
+    assert dataloader.main(download_args(tmp_path, base)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(error_lines(err)) == 1 and "rejected" in err
+    response = type("Answer", (), {"headers": {"Content-Length": "\u00b2"}})()
+    blocks = iter([b"ab", b"c", b""])
+    assert b"".join(transfer.capped_blocks(response, 3, lambda: next(blocks))) == b"abc"
+    blocks = iter([b"ab", b"cd", b""])
+    with pytest.raises(transfer.TooLarge):
+        list(transfer.capped_blocks(response, 3, lambda: next(blocks)))
 
 
 def main_args(tmp_path: Path, base: str, *extra: str) -> list[str]:

@@ -78,6 +78,9 @@ def test_grid_runs_as_run_folders_and_a_table_per_group(tmp_path):
     now = environment.code_version() or "unknown"
     assert f"trained on code 0123456789ab, {now[:12]}{now[40:]}, not {now[:12]}{now[40:]} " \
         in notes[0] and notes[0].endswith("(remove its folders to rerun)")
+    assert sweep.code_versions([folders[1], tmp_path]) == sorted({now, "unknown"})  # no file
+    (folders[1] / environment.FILE).write_text("{damaged\n")
+    assert sweep.code_versions([folders[1]]) == ["unknown"]
 
 
 def test_cell_names_follow_settings_and_input_bytes(tmp_path):
