@@ -79,3 +79,13 @@ def read(run_dir: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def trained_on(run_dir: Path) -> set[str]:
+    """The code versions the run in ``run_dir`` trained on: {"unknown"} where none is
+    recorded (before the field existed, outside git) or the file cannot be read."""
+    try:
+        lines = read(run_dir)
+    except (OSError, ValueError):
+        lines = []
+    return {line.get("code") or "unknown" for line in lines} or {"unknown"}

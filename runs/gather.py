@@ -102,7 +102,7 @@ def check_runs(runs: list[tuple[Path, dict, dict]]) -> dict[int, tuple[Path, dic
                               f"{first.get(key)!r}: not seeds of one configuration")
         by_seed[seed] = run
     blobs = lambda m: {r["role"]: r["git_blob"] for r in m["inputs"]}  # noqa: E731
-    first_folder, _, first_metrics = runs[0]
+    first_metrics = runs[0][2]
     for folder, _, metrics in runs:
         own, theirs = blobs(metrics), blobs(first_metrics)
         differ = sorted(r for r in own.keys() | theirs.keys() if own.get(r) != theirs.get(r))
@@ -127,7 +127,8 @@ def gather(paths: list[str], into: str, checkpoints: bool = True, quiet: bool = 
     by_seed = check_runs([read_run(p) for p in paths])
     seeds = list(by_seed)
     first = by_seed[seeds[0]][1]
-    codes = {f"seed{s}": code_of(f) for s, (f, _, _) in by_seed.items()}
+    codes = {f"seed{s}": ", ".join(sorted(environment.trained_on(f)))
+             for s, (f, _, _) in by_seed.items()}
     ignore = shutil.ignore_patterns(run_folder.LOCK_FILE, *(() if checkpoints else CHECKPOINTS))
     building = target.with_name(f".{target.name}.{os.getpid()}.gathering")
     try:  # built beside the target and renamed at the end: all of it or nothing
@@ -152,16 +153,6 @@ def gather(paths: list[str], into: str, checkpoints: bool = True, quiet: bool = 
     if not quiet:
         print((target / SUMMARY_TEXT).read_text(), end="")
     return summary
-
-
-def code_of(folder: Path) -> str:
-    """The code versions ``folder``'s run trained on (environment.jsonl), "unknown" where
-    none is recorded."""
-    try:
-        versions = sorted({line.get("code") or "unknown" for line in environment.read(folder)})
-    except (OSError, ValueError):
-        return "unreadable environment.jsonl"
-    return ", ".join(versions) or "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

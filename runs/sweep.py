@@ -226,13 +226,7 @@ def code_versions(folders: list[Path]) -> list[str]:
     """The code versions the runs in ``folders`` trained on (environment.jsonl), sorted;
     "unknown" for a run or line without one (before the field existed, or outside git) and
     for a file that cannot be read."""
-    versions = set()
-    for folder in folders:
-        try:
-            lines = environment.read(folder)
-        except (OSError, ValueError):
-            lines = []
-        versions |= {line.get("code") or "unknown" for line in lines} or {"unknown"}
+    versions = set().union(*map(environment.trained_on, folders))
     return sorted(versions)
 
 
