@@ -36,8 +36,8 @@ def file_sha1(path: Path) -> str:
 @dataclass(frozen=True)
 class FileRecord:
     """One input file of a run. ``path`` is relative to the data folder when it lies
-    inside it (``in_data_dir``; so a moved data folder still matches), else as given (an
-    item file, a text cache); ``published`` is True only when its name is a published
+    inside it or beside it (``in_data_dir``, ../raw/...; so a moved data folder still
+    matches), else as given (an item file, a text cache); ``published`` is True only when its name is a published
     file's and its bytes are that file's."""
 
     role: str
@@ -67,19 +67,29 @@ class FileRecord:
 
 def record_file(role: str, path: Path, data_dir: Path | None = None) -> FileRecord:
     path = Path(path)
-    shown = path.as_posix()
-    if data_dir is not None:
-        # lexically first: a symlinked data folder or file keeps its name inside it
-        for inside, root in ((path, Path(data_dir)), (path.resolve(), Path(data_dir).resolve())):
-            try:
-                shown = inside.relative_to(root).as_posix()
-                break
-            except ValueError:  # outside the data folder (an item file, a text cache)
-                continue
+    shown = relative_to_data(path, Path(data_dir)) if data_dir is not None else None
     blob = git_blob_sha1(path)
-    return FileRecord(role, shown, path.stat().st_size, blob,
-                      PUBLISHED_BLOBS.get(shown) == blob, shown != path.as_posix()
-                      or data_dir is None)
+    return FileRecord(role, shown or path.as_posix(), path.stat().st_size, blob,
+                      PUBLISHED_BLOBS.get(shown) == blob, shown is not None or data_dir is None)
+
+
+def relative_to_data(path: Path, data_dir: Path) -> str | None:
+    """``path`` relative to the data folder when it lies inside it, or as ../<name>/...
+    when an absolute ``path`` lies beside it (a raw folder next to the split folder); else
+    None (a relative path outside it stays as given). Tried
+    lexically first, so a symlinked data folder or file keeps its name inside it."""
+    for inside, root in ((path, data_dir), (path.resolve(), data_dir.resolve())):
+        beside = ((root.parent, "../"),) if path.is_absolute() and len(root.parts) > 2 \
+            else ()  # a relative path stays as given; nothing is "beside" /data
+        for base, prefix in ((root, ""), *beside):
+            try:
+                rel = inside.relative_to(base)
+            except ValueError:
+                continue
+            if prefix and (not rel.parts or rel.parts[0] == root.name):
+                continue  # the data folder itself, seen from its parent: not "beside"
+            return prefix + rel.as_posix()
+    return None
 
 
 def located(record: dict, data_dir: Path) -> Path:

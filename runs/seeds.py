@@ -11,6 +11,7 @@ they can no longer be averaged (e.g. now of different lengths).
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from itertools import takewhile
 from pathlib import Path
@@ -59,17 +60,32 @@ def check_same_inputs(per_seed: dict[int, dict]) -> None:
                              f"no summary of seeds on different data")
 
 
+def result_dir_of(parent: Path, dataset: str, name: str) -> str:
+    """The <result_dir> of <result_dir>/<dataset>/<name>, spelled as the user spelled the
+    run folder (a relative --resume keeps the run's records free of absolute paths); only
+    a folder like "." needs resolving, and is then made relative to the working folder
+    where it lies inside it."""
+    for root in (Path(os.path.normpath(parent)), parent.resolve()):
+        for _ in Path(name).parts:
+            root = root.parent
+        if root.name == dataset:
+            break
+    else:
+        raise SeedsError(f"--resume {parent}: a multi-seed run folder lies in "
+                         f"<result_dir>/{dataset}/{name}")
+    if root.is_absolute() and not parent.is_absolute():
+        try:
+            return str(root.parent.relative_to(Path.cwd().resolve()))
+        except ValueError:
+            pass
+    return str(root.parent)
+
+
 def run_seeds(config: Config, run_one: Callable[[Config], dict]) -> dict:
     """Run ``config`` once per seed (sequentially) and write the summary; returns it."""
     if config.resume:  # <result_dir>/<dataset>/<path_name>, as a fresh multi-seed run made it
         parent, name = Path(config.resume), config.path_name
-        root = parent.resolve()
-        for _ in Path(name).parts:
-            root = root.parent
-        if root.name != config.dataset:
-            raise SeedsError(f"--resume {config.resume}: a multi-seed run folder lies in "
-                             f"<result_dir>/{config.dataset}/{name}")
-        result_dir = str(root.parent)
+        result_dir = result_dir_of(parent, config.dataset, name)
         folder = run_folder.open_existing(parent)
     else:
         name = config.path_name or run_folder.default_name()

@@ -524,6 +524,25 @@ def test_nested_multi_seed_path_name_runs_and_resumes(tmp_path):
     assert json.loads((parent / "seed2" / "metrics.json").read_text())["last_epoch"] == 3
 
 
+def test_a_resumed_multi_seed_run_keeps_its_result_dir_as_given(tmp_path, monkeypatch):
+    """--resume result/Synth/ms (relative) records result_dir "result" in every seed's
+    config, a seed that had not begun included, and logs relative checkpoint paths: a resume does not turn a run's records into
+    a machine's absolute paths."""
+    synth(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    args = ["--dataset", "Synth", "--data_dir", "data", "--batch_size", "64", "--quiet",
+            "--threads", "1", "--no_download", "--result_dir", "result", "--path_name", "ms"]
+    assert M.main([*args, "--epochs", "2", "--seeds", "1", "2"]) == 0
+    shutil.rmtree("result/Synth/ms/seed2")  # as if killed before seed 2 began
+    assert M.main(["--resume", "result/Synth/ms", "--epochs", "3", "--quiet"]) == 0
+    for seed in ("seed1", "seed2"):
+        assert json.loads(Path(f"result/Synth/ms/{seed}/config.json").read_text())[
+            "result_dir"] == "result"
+    for path in Path("result").rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".log", ".jsonl"):
+            assert str(tmp_path) not in path.read_text(), path
+
+
 def test_resumed_run_has_no_stale_metrics_json_until_it_ends(tmp_path):
     run_dir = finished_run(tmp_path)
     proc = spawn(["--resume", str(run_dir), "--epochs", "4", "--quiet", "--threads", "1"],
@@ -657,14 +676,20 @@ def test_resume_after_train_original_appears(tmp_path):
     assert M.main(["--resume", str(run_dir), "--epochs", "3", "--quiet", "--threads", "1"]) == 0
 
 
-def test_inputs_outside_the_data_folder_are_found_again(tmp_path):
+def test_inputs_outside_the_data_folder_are_found_again(tmp_path, monkeypatch):
     from dataclasses import asdict
 
     from data.provenance import located, record_file
     outside = tmp_path / "elsewhere.item"
     outside.write_text("x")
-    record = asdict(record_file("item_texts", outside, tmp_path / "data"))
+    record = asdict(record_file("item_texts", outside, tmp_path / "splits" / "data"))
     assert record["in_data_dir"] is False and located(record, tmp_path / "data") == outside
+    beside = asdict(record_file("item_texts", outside, tmp_path / "data"))  # ../raw/x.item
+    assert (beside["path"], beside["in_data_dir"]) == ("../elsewhere.item", True)
+    assert located(beside, tmp_path / "data").resolve() == outside
+    monkeypatch.chdir(tmp_path)  # a relative path outside the data folder: as given
+    relative = asdict(record_file("item_texts", Path("elsewhere.item"), Path("data")))
+    assert (relative["path"], relative["in_data_dir"]) == ("elsewhere.item", False)
 
 
 def test_a_result_path_through_a_file_and_a_damaged_seed_are_one_line(tmp_path, capsys):

@@ -20,6 +20,7 @@ from recommenders import semantic_neg as S
 from recommenders import base
 from conftest import SHARED_DATASETS, SHARED_RAW, shared_dataset
 from conftest import fails_with, run_main, write_synthetic_with_items
+from data.provenance import located
 from runs.log_format import parse_log
 
 ITEM_FILE = SHARED_RAW / "ml-100k" / "ml-100k.item"
@@ -214,3 +215,26 @@ def test_two_epochs_on_ml100k(model, extra, tmp_path, monkeypatch):
         assert log["hparams"]["negative_graph"] == "rating <= 1"
     else:  # the cache went to <result_dir>/text_cache
         assert len(list((result / "text_cache").glob("item_text_fake_*.npz"))) == 1
+
+
+def test_an_item_file_beside_the_data_folder_is_recorded_relative_to_it(tmp_path, monkeypatch):
+    """The item file found in <data_dir>/../raw/ (the usual layout of a split folder and a
+    raw folder side by side) is recorded as ../raw/..., so no run record names a machine's
+    absolute path and a moved pair of folders is still found."""
+    data = write_synthetic_with_items(tmp_path / "data")
+    raw = tmp_path / "raw" / "Synth"
+    raw.mkdir(parents=True)
+    (data / "Synth" / "Synth.item").rename(raw / "Synth.item")
+    _fake_encoder(monkeypatch, _fake_text_embeddings)
+    embed_items.embed_items("Synth", str(data), text_model="fake",
+                            cache_dir=tmp_path / "result" / "text_cache", log=lambda _: None)
+    rc, result = run_main(["--model", "semantic_neg", "--dataset", "Synth", "--data_dir",
+                           str(data), "--text_model", "fake", "--hard_pool", "10",
+                           "--epochs", "1"], tmp_path)
+    assert rc == 0
+    run_dir = result / "Synth" / "run"
+    record = next(r for r in json.loads((run_dir / "config.json").read_text())["inputs"]
+                  if r["path"].endswith("Synth.item"))
+    assert record["path"] == "../raw/Synth/Synth.item"
+    assert located(record, data).resolve() == (raw / "Synth.item").resolve()
+    assert "input item_texts: ../raw/Synth/Synth.item" in (run_dir / "train.log").read_text()
