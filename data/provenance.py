@@ -37,8 +37,8 @@ def file_sha1(path: Path) -> str:
 class FileRecord:
     """One input file of a run. ``path`` is relative to the data folder when it lies
     inside it or beside it (``in_data_dir``, ../raw/...; so a moved data folder still
-    matches), else as given (an item file, a text cache); ``published`` is True only when its name is a published
-    file's and its bytes are that file's."""
+    matches), else as given (an item file, a text cache); ``published`` is True only when
+    its name is a published file's and its bytes are that file's."""
 
     role: str
     path: str
@@ -76,8 +76,8 @@ def record_file(role: str, path: Path, data_dir: Path | None = None) -> FileReco
 def relative_to_data(path: Path, data_dir: Path) -> str | None:
     """``path`` relative to the data folder when it lies inside it, or as ../<name>/...
     when an absolute ``path`` lies beside it (a raw folder next to the split folder); else
-    None (a relative path outside it stays as given). Tried
-    lexically first, so a symlinked data folder or file keeps its name inside it."""
+    None (a relative path outside it stays as given). Tried lexically first, so a
+    symlinked data folder or file keeps its name inside it."""
     for inside, root in ((path, data_dir), (path.resolve(), data_dir.resolve())):
         beside = ((root.parent, "../"),) if path.is_absolute() and len(root.parts) > 2 \
             else ()  # a relative path stays as given; nothing is "beside" /data

@@ -526,8 +526,8 @@ def test_nested_multi_seed_path_name_runs_and_resumes(tmp_path):
 
 def test_a_resumed_multi_seed_run_keeps_its_result_dir_as_given(tmp_path, monkeypatch):
     """--resume result/Synth/ms (relative) records result_dir "result" in every seed's
-    config, a seed that had not begun included, and logs relative checkpoint paths: a resume does not turn a run's records into
-    a machine's absolute paths."""
+    config, a seed that had not begun included, and logs relative checkpoint paths: a
+    resume does not turn a run's records into a machine's absolute paths."""
     synth(tmp_path)
     monkeypatch.chdir(tmp_path)
     args = ["--dataset", "Synth", "--data_dir", "data", "--batch_size", "64", "--quiet",
